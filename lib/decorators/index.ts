@@ -1,0 +1,2 @@
+export * from './step-runner.decorator.js';
+export * from './on-terminal.decorator.js';

@@ -1,0 +1,10 @@
+export { WorkflowModule } from './workflow.module.js';
+export { WORKFLOW_MODULE_OPTIONS, type WorkflowModuleAsyncOptions } from './workflow.module-definition.js';
+export { WorkflowService } from './workflow.service.js';
+export { WorkflowWorker } from './worker/workflow.worker.js';
+export { StepRunner, OnTerminal } from './decorators/index.js';
+export type { StepRunnerMetadata, OnTerminalMetadata } from './decorators/index.js';
+export { StepOutcome, StepError, type StepErrorKind } from './outcomes/index.js';
+export * from './errors/index.js';
+export type * from './interfaces/index.js';
+export { WORKFLOW_MIGRATIONS, createWorkflowMigrations } from './storage/schema/migrations.js';

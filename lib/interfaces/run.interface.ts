@@ -1,0 +1,79 @@
+import type { EntityManager } from 'typeorm';
+
+export interface RunSpec<I = unknown> {
+  /** Caller-chosen id, `^[A-Za-z0-9_-]{1,128}$`; makes the submit idempotent. Generated (time-ordered) when absent. */
+  runId?: string;
+  input: I;
+  headers?: Record<string, string>;
+  priority?: number;
+  maxAttemptsPerStep?: number;
+  /** Step 0 becomes claimable this long after submit. */
+  delayMs?: number;
+}
+
+export interface SubmitOptions {
+  /** Write through this EntityManager: the run exists if and only if its transaction commits. */
+  manager?: EntityManager;
+}
+
+export interface SubmitOutcome {
+  runId: string;
+  newlySubmitted: boolean;
+}
+
+export type TerminalStatus = 'succeeded' | 'failed' | 'cancelled';
+
+export interface RunOutcome {
+  runId: string;
+  workflow: string;
+  status: TerminalStatus;
+  result?: unknown;
+  error?: string;
+  headers: Record<string, string>;
+  finalStep: number;
+  submittedAt: Date;
+  finishedAt: Date;
+}
+
+export type RunState = 'pending' | 'running' | 'cancelling' | 'succeeded' | 'failed' | 'cancelled';
+
+export interface RunStatus {
+  runId: string;
+  workflow: string;
+  state: RunState;
+  currentStep: number;
+  /** Deliveries of the current step so far. */
+  attempts: number;
+  headers: Record<string, string>;
+  submittedAt: Date;
+  updatedAt: Date;
+  finishedAt?: Date;
+  result?: unknown;
+  error?: string;
+  /** When a pending step becomes due. */
+  runAt?: Date;
+}
+
+export interface WaitOptions {
+  timeoutMs?: number;
+}
+
+export interface DeadStep {
+  jobId: string;
+  runId: string;
+  workflow: string;
+  stepNumber: number;
+  attempts: number;
+  /** Message and stack of the last failure. */
+  lastError: string;
+  deadAt: Date;
+  /** Set for a dead terminal delivery: the `Class#method` of its @OnTerminal handler. */
+  handler?: string;
+}
+
+export interface DeadStepFilter {
+  workflow?: string;
+  limit?: number;
+  /** Only dead letters that died before this instant. */
+  before?: Date;
+}

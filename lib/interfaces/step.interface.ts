@@ -1,0 +1,16 @@
+export interface Step<P = unknown> {
+  readonly runId: string;
+  readonly workflow: string;
+  /** 0 for the first step, whose payload is the run's input. */
+  readonly stepNumber: number;
+  readonly payload: P;
+  /** Submitter headers; reserved `workflow.*` keys never appear. */
+  readonly headers: Readonly<Record<string, string>>;
+  readonly jobId: string;
+  /** 1 on first delivery. */
+  readonly attempts: number;
+  /** Aborted on external cancel, step timeout or forced shutdown; `signal.reason` says which. */
+  readonly signal: AbortSignal;
+  /** Make the lease last at least `ms` from now. */
+  extendLease(ms: number): Promise<void>;
+}

@@ -1,0 +1,2 @@
+export * from './step-outcome.js';
+export * from './step-error.js';

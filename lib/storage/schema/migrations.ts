@@ -1,0 +1,134 @@
+import type { MigrationInterface, QueryRunner } from 'typeorm';
+
+export interface WorkflowSchemaMigration {
+  version: number;
+  name: string;
+  /** DDL statements, run one at a time (MySQL DDL is not transactional); each is idempotent. */
+  statements(prefix: string): string[];
+}
+
+const ASCII = 'CHARACTER SET ascii COLLATE ascii_bin';
+const TABLE = 'ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin';
+
+/**
+ * Schema versions, oldest first. Never edit a published version: add a new one.
+ *
+ * - runs: one row per run, kept until retention removes it.
+ * - jobs: the live queue (steps and terminal deliveries). A row leaves it when
+ *   settled, so the claim index only ever holds work that is waiting or running.
+ * - dead: dead letters, with what is needed to re-drive them.
+ */
+export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
+  {
+    version: 1,
+    name: 'create runs, jobs, dead',
+    statements: (p) => [
+      `CREATE TABLE IF NOT EXISTS \`${p}runs\` (
+        \`id\` VARCHAR(128) ${ASCII} NOT NULL,
+        \`workflow\` VARCHAR(128) ${ASCII} NOT NULL,
+        \`state\` VARCHAR(12) ${ASCII} NOT NULL,
+        \`current_step\` INT UNSIGNED NOT NULL DEFAULT 0,
+        \`current_job_id\` CHAR(26) ${ASCII} NULL,
+        \`attempts\` INT UNSIGNED NOT NULL DEFAULT 0,
+        \`input_hash\` CHAR(64) ${ASCII} NOT NULL,
+        \`headers\` MEDIUMTEXT NOT NULL,
+        \`priority\` INT NOT NULL DEFAULT 0,
+        \`max_attempts\` INT UNSIGNED NULL,
+        \`result\` LONGTEXT NULL,
+        \`error\` MEDIUMTEXT NULL,
+        \`submitted_at\` BIGINT NOT NULL,
+        \`updated_at\` BIGINT NOT NULL,
+        \`finished_at\` BIGINT NULL,
+        PRIMARY KEY (\`id\`),
+        KEY \`ix_finished\` (\`finished_at\`)
+      ) ${TABLE}`,
+      // ix_claim matches the claim exactly: equality on (queue, state), then ORDER BY
+      // (priority, run_at, id), so a claim reads the first rows of one index range and
+      // never sorts. Delayed steps sit in state 1 and are promoted when due, so they
+      // never stand in front of due ones.
+      `CREATE TABLE IF NOT EXISTS \`${p}jobs\` (
+        \`id\` CHAR(26) ${ASCII} NOT NULL,
+        \`queue\` VARCHAR(191) NOT NULL,
+        \`kind\` TINYINT UNSIGNED NOT NULL,
+        \`state\` TINYINT UNSIGNED NOT NULL,
+        \`priority\` INT NOT NULL,
+        \`run_at\` BIGINT NOT NULL,
+        \`run_id\` VARCHAR(128) ${ASCII} NOT NULL,
+        \`step_number\` INT UNSIGNED NOT NULL,
+        \`attempts\` INT UNSIGNED NOT NULL DEFAULT 0,
+        \`max_attempts\` INT UNSIGNED NOT NULL,
+        \`lease_token\` VARCHAR(40) ${ASCII} NULL,
+        \`lease_until\` DATETIME(3) NULL,
+        \`payload\` LONGTEXT NOT NULL,
+        \`headers\` MEDIUMTEXT NOT NULL,
+        \`last_error\` MEDIUMTEXT NULL,
+        \`created_at\` BIGINT NOT NULL,
+        PRIMARY KEY (\`id\`),
+        KEY \`ix_claim\` (\`queue\`, \`state\`, \`priority\`, \`run_at\`, \`id\`),
+        KEY \`ix_state\` (\`state\`, \`run_at\`)
+      ) ${TABLE}`,
+      `CREATE TABLE IF NOT EXISTS \`${p}dead\` (
+        \`job_id\` CHAR(26) ${ASCII} NOT NULL,
+        \`queue\` VARCHAR(191) NOT NULL,
+        \`kind\` TINYINT UNSIGNED NOT NULL,
+        \`workflow\` VARCHAR(128) ${ASCII} NOT NULL,
+        \`run_id\` VARCHAR(128) ${ASCII} NOT NULL,
+        \`step_number\` INT UNSIGNED NOT NULL,
+        \`attempts\` INT UNSIGNED NOT NULL,
+        \`max_attempts\` INT UNSIGNED NOT NULL,
+        \`priority\` INT NOT NULL,
+        \`payload\` LONGTEXT NOT NULL,
+        \`headers\` MEDIUMTEXT NOT NULL,
+        \`last_error\` MEDIUMTEXT NOT NULL,
+        \`dead_at\` BIGINT NOT NULL,
+        PRIMARY KEY (\`job_id\`),
+        KEY \`ix_dead_at\` (\`dead_at\`),
+        KEY \`ix_workflow_dead_at\` (\`workflow\`, \`dead_at\`)
+      ) ${TABLE}`,
+    ],
+  },
+];
+
+/** The table that records applied schema versions. */
+export function migrationsTableDdl(prefix: string): string {
+  return `CREATE TABLE IF NOT EXISTS \`${prefix}migrations\` (
+    \`version\` INT UNSIGNED NOT NULL,
+    \`name\` VARCHAR(191) NOT NULL,
+    \`applied_at\` BIGINT NOT NULL,
+    PRIMARY KEY (\`version\`)
+  ) ${TABLE}`;
+}
+
+/**
+ * The schema as TypeORM migration classes, for apps that run their own migrations
+ * (`autoMigrate: false`). Pass your `tablePrefix` if you changed it.
+ */
+export function createWorkflowMigrations(tablePrefix = 'workflow_'): Array<new () => MigrationInterface> {
+  return WORKFLOW_SCHEMA.map((m) => {
+    const className = `WorkflowSchema${m.version}${tablePrefix.replace(/[^A-Za-z0-9]/g, '')}`;
+    const migration = class implements MigrationInterface {
+      name = `${className}${1_700_000_000_000 + m.version}`;
+      async up(queryRunner: QueryRunner): Promise<void> {
+        for (const statement of [migrationsTableDdl(tablePrefix), ...m.statements(tablePrefix)]) {
+          await queryRunner.query(statement);
+        }
+        await queryRunner.query(
+          `INSERT IGNORE INTO \`${tablePrefix}migrations\` (\`version\`, \`name\`, \`applied_at\`) VALUES (?, ?, ?)`,
+          [m.version, m.name, Date.now()],
+        );
+      }
+      async down(queryRunner: QueryRunner): Promise<void> {
+        if (m.version === 1) {
+          for (const t of ['dead', 'jobs', 'runs', 'migrations']) {
+            await queryRunner.query(`DROP TABLE IF EXISTS \`${tablePrefix}${t}\``);
+          }
+        }
+      }
+    };
+    Object.defineProperty(migration, 'name', { value: className });
+    return migration;
+  });
+}
+
+/** The schema's migration classes for the default `workflow_` prefix. */
+export const WORKFLOW_MIGRATIONS = createWorkflowMigrations();

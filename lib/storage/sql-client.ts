@@ -1,0 +1,129 @@
+import { Logger } from '@nestjs/common';
+import type { DataSource, EntityManager } from 'typeorm';
+
+/** Something that runs one parameterized statement: a pooled connection or the caller's transaction. */
+export interface Sql {
+  query<T = any>(sql: string, params?: readonly unknown[]): Promise<T>;
+}
+
+export interface WriteResult {
+  affectedRows: number;
+  insertId?: number;
+}
+
+const DEADLOCK = 1213;
+const LOCK_WAIT_TIMEOUT = 1205;
+
+/** Deadlock or lock-wait timeout: the transaction was rolled back and may simply run again. */
+export function isRetryableConflict(err: unknown): boolean {
+  const errno = (err as { errno?: number })?.errno;
+  return errno === DEADLOCK || errno === LOCK_WAIT_TIMEOUT;
+}
+
+/** The connection, not the statement, failed: the server is unreachable or went away. */
+export function isConnectionError(err: unknown): boolean {
+  const e = err as { fatal?: boolean; code?: string; errno?: number };
+  if (!e || typeof e !== 'object') return false;
+  if (e.fatal) return true;
+  return (
+    typeof e.code === 'string' &&
+    /^(ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|ENOTFOUND|EHOSTUNREACH|PROTOCOL_CONNECTION_LOST|PROTOCOL_SEQUENCE_TIMEOUT|ER_SERVER_SHUTDOWN|ER_CON_COUNT_ERROR|POOL_CLOSED)$/.test(
+      e.code,
+    )
+  ) || e.errno === 1053 /* server shutdown in progress */ || e.errno === 2013 || e.errno === 2006;
+}
+
+interface RawConnection {
+  promise(): { query(sql: string, params?: readonly unknown[]): Promise<[unknown, unknown]> };
+  release(): void;
+  destroy(): void;
+}
+
+/**
+ * Connections and transactions over a TypeORM MySQL DataSource's own mysql2 pool.
+ * Goes under TypeORM's QueryRunner on purpose: a step transition is a handful of
+ * statements and the runner's per-query bookkeeping would dominate it.
+ */
+export class SqlClient {
+  private readonly logger = new Logger('WorkflowStorage');
+  conflictRetries = 0;
+
+  constructor(readonly dataSource: DataSource) {}
+
+  private async acquire(): Promise<RawConnection> {
+    const driver = this.dataSource.driver as unknown as { obtainMasterConnection(): Promise<RawConnection> };
+    return driver.obtainMasterConnection();
+  }
+
+  /** One statement on a pooled connection, outside any transaction. */
+  async query<T = any>(sql: string, params?: readonly unknown[]): Promise<T> {
+    const conn = await this.acquire();
+    let broken = false;
+    try {
+      const [rows] = await conn.promise().query(sql, params as unknown[]);
+      return rows as T;
+    } catch (err) {
+      broken = isConnectionError(err);
+      throw err;
+    } finally {
+      if (broken) conn.destroy();
+      else conn.release();
+    }
+  }
+
+  /** Runs `fn` on one connection (for session-scoped locks such as GET_LOCK). */
+  async withConnection<T>(fn: (sql: Sql) => Promise<T>): Promise<T> {
+    const conn = await this.acquire();
+    let broken = false;
+    const sql: Sql = {
+      query: async (text, params) => (await conn.promise().query(text, params as unknown[]))[0] as any,
+    };
+    try {
+      return await fn(sql);
+    } catch (err) {
+      broken = isConnectionError(err);
+      throw err;
+    } finally {
+      if (broken) conn.destroy();
+      else conn.release();
+    }
+  }
+
+  /**
+   * Runs `fn` in a READ COMMITTED transaction (no gap locks, so inserts never wait on a
+   * claimer's range scan). Deadlocks and lock-wait timeouts roll back and run again.
+   */
+  async transaction<T>(fn: (sql: Sql) => Promise<T>, maxRetries = 8): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.withConnection(async (sql) => {
+          await sql.query('SET TRANSACTION ISOLATION LEVEL READ COMMITTED');
+          await sql.query('START TRANSACTION');
+          try {
+            const result = await fn(sql);
+            await sql.query('COMMIT');
+            return result;
+          } catch (err) {
+            await sql.query('ROLLBACK').catch(() => undefined);
+            throw err;
+          }
+        });
+      } catch (err) {
+        if (!isRetryableConflict(err) || attempt >= maxRetries) throw err;
+        this.conflictRetries++;
+        this.logger.debug(`Retrying after ${(err as Error).message}`);
+        await new Promise((r) => setTimeout(r, Math.random() * 5 * (attempt + 1)));
+      }
+    }
+  }
+
+  /**
+   * Runs `fn` inside the caller's EntityManager: joins its open transaction, or opens
+   * one when the manager has none, so our rows commit or vanish with the caller's.
+   */
+  async inManager<T>(manager: EntityManager, fn: (sql: Sql) => Promise<T>): Promise<T> {
+    const wrap = (m: EntityManager): Sql => ({ query: (text, params) => m.query(text, params as unknown[]) });
+    if (manager.queryRunner?.isTransactionActive) return fn(wrap(manager));
+    return manager.transaction('READ COMMITTED', (m) => fn(wrap(m)));
+  }
+}

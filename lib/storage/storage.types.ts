@@ -1,0 +1,108 @@
+import type { TerminalStatus } from '../interfaces/run.interface.js';
+
+export const JobKind = { Step: 0, Terminal: 1 } as const;
+export type JobKind = (typeof JobKind)[keyof typeof JobKind];
+
+/** Ready: claimable now. Scheduled: waiting for run_at, promoted when due. Leased: a worker holds it. */
+export const JobState = { Ready: 0, Scheduled: 1, Leased: 2 } as const;
+
+/** A job a worker holds; `token` fences every write it makes. */
+export interface ClaimedJob {
+  id: string;
+  queue: string;
+  kind: JobKind;
+  runId: string;
+  stepNumber: number;
+  attempts: number;
+  maxAttempts: number;
+  priority: number;
+  payload: string;
+  headers: string;
+  token: string;
+}
+
+export interface NewJob {
+  id: string;
+  queue: string;
+  kind: JobKind;
+  runId: string;
+  stepNumber: number;
+  priority: number;
+  /** Due time, runtime clock ms. */
+  runAt: number;
+  scheduled: boolean;
+  maxAttempts: number;
+  payload: string;
+  headers: string;
+  /** Insert already leased to this token (continuation in place): no claim needed. */
+  leaseToken?: string;
+  leaseMs?: number;
+}
+
+export interface NewRun {
+  id: string;
+  workflow: string;
+  inputHash: string;
+  headers: string;
+  priority: number;
+  maxAttempts: number | null;
+  submittedAt: number;
+  firstJob: NewJob;
+}
+
+/** How a leased job ends. Exactly one is applied, in one transaction, only if the lease still holds. */
+export type Settlement =
+  | { type: 'continue'; next: NewJob }
+  | { type: 'finish'; status: TerminalStatus; result?: string; error?: string }
+  /** `error`: the full text kept on the dead letter; `reason`: the run's error (default `error`). */
+  | { type: 'dead'; error: string; reason?: string }
+  | { type: 'retry'; runAt: number; error: string }
+  | { type: 'cancelled' }
+  | { type: 'release' }
+  | { type: 'delivered' };
+
+/** settled: applied. lost: the lease had moved on, nothing changed. cancelled: the run was cancelling, so it was cancelled instead. */
+export type SettleResult = 'settled' | 'lost' | 'cancelled';
+
+export interface RunRow {
+  id: string;
+  workflow: string;
+  state: string;
+  current_step: number | string;
+  current_job_id: string | null;
+  attempts: number | string;
+  input_hash: string;
+  headers: string;
+  priority: number | string;
+  result: string | null;
+  error: string | null;
+  submitted_at: number | string;
+  updated_at: number | string;
+  finished_at: number | string | null;
+  job_state?: number | string | null;
+  job_attempts?: number | string | null;
+  job_run_at?: number | string | null;
+}
+
+export interface DeadRow {
+  job_id: string;
+  queue: string;
+  kind: number | string;
+  workflow: string;
+  run_id: string;
+  step_number: number | string;
+  attempts: number | string;
+  max_attempts: number | string;
+  priority: number | string;
+  payload: string;
+  headers: string;
+  last_error: string;
+  dead_at: number | string;
+}
+
+/** What the outbox of terminal deliveries needs to know about the workflows of this app. */
+export interface TerminalFanout {
+  /** Queues (one per matching @OnTerminal handler) that get a delivery when a run of `workflow` ends. */
+  queuesFor(workflow: string): readonly string[];
+  maxAttempts: number;
+}

@@ -1,0 +1,76 @@
+import { Logger } from '@nestjs/common';
+import type { WorkflowStorage } from '../storage/workflow.storage.js';
+import { JobKind } from '../storage/storage.types.js';
+import type { Execution } from './execution.js';
+
+/**
+ * Keeps the leases of in-flight jobs alive and notices cross-process cancels:
+ * renews every third of the lease, looks for `cancelling` runs about every second.
+ * A renewal that fails (database briefly away) is simply tried again next tick; the
+ * lease has two more thirds to go before anyone else may take the job.
+ */
+export class LeaseKeeper {
+  private readonly logger = new Logger('WorkflowWorker');
+  private renewTimer?: NodeJS.Timeout;
+  private cancelTimer?: NodeJS.Timeout;
+  private busy = { renew: false, cancel: false };
+
+  constructor(
+    private readonly storage: WorkflowStorage,
+    private readonly inFlight: ReadonlyMap<string, Execution>,
+    private readonly leaseMs: number,
+    private readonly onLost: (exec: Execution) => void,
+    private readonly onCancelled: (exec: Execution) => void,
+  ) {}
+
+  start(): void {
+    this.renewTimer = setInterval(() => void this.renew(), Math.max(50, Math.floor(this.leaseMs / 3)));
+    this.cancelTimer = setInterval(() => void this.pollCancels(), Math.min(1000, Math.max(50, Math.floor(this.leaseMs / 3))));
+    this.renewTimer.unref();
+    this.cancelTimer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.renewTimer);
+    clearInterval(this.cancelTimer);
+  }
+
+  private live(): Execution[] {
+    return [...this.inFlight.values()].filter((e) => !e.owned);
+  }
+
+  async renew(): Promise<void> {
+    if (this.busy.renew) return;
+    const execs = this.live();
+    if (execs.length === 0) return;
+    this.busy.renew = true;
+    try {
+      const lost = new Set(
+        await this.storage.renewLeases(
+          execs.map((e) => ({ id: e.job.id, token: e.job.token })),
+          this.leaseMs,
+        ),
+      );
+      for (const e of execs) if (lost.has(e.job.id)) this.onLost(e);
+    } catch (err) {
+      this.logger.warn(`Lease renewal failed (${(err as Error).message}); will retry.`);
+    } finally {
+      this.busy.renew = false;
+    }
+  }
+
+  private async pollCancels(): Promise<void> {
+    if (this.busy.cancel) return;
+    const execs = this.live().filter((e) => e.job.kind === JobKind.Step);
+    if (execs.length === 0) return;
+    this.busy.cancel = true;
+    try {
+      const cancelling = new Set(await this.storage.cancellingAmong([...new Set(execs.map((e) => e.job.runId))]));
+      for (const e of execs) if (cancelling.has(e.job.runId)) this.onCancelled(e);
+    } catch (err) {
+      this.logger.warn(`Cancellation check failed (${(err as Error).message}); will retry.`);
+    } finally {
+      this.busy.cancel = false;
+    }
+  }
+}

@@ -1,0 +1,71 @@
+import { Logger } from '@nestjs/common';
+import type { WorkflowStorage } from '../storage/workflow.storage.js';
+
+/**
+ * Background upkeep every worker process runs: promote due scheduled jobs, reap
+ * expired leases, and (one process at a time, by database lock) delete finished runs
+ * and dead letters past retention. Errors are logged and tried again next tick.
+ */
+export class Maintenance {
+  private readonly logger = new Logger('WorkflowMaintenance');
+  private timers: NodeJS.Timeout[] = [];
+  private busy = new Set<string>();
+
+  constructor(
+    private readonly storage: WorkflowStorage,
+    private readonly opts: { pollIntervalMs: number; leaseMs: number; runsMs: number; deadMs: number; now: () => number },
+    private readonly onWork: () => void,
+  ) {}
+
+  start(): void {
+    this.every('promote', this.opts.pollIntervalMs, () => this.promote());
+    this.every('reap', Math.min(5000, Math.max(200, Math.floor(this.opts.leaseMs / 4))), () => this.reap());
+    this.every('retention', 60_000, () => this.sweep());
+    const first = setTimeout(() => void this.run('retention', () => this.sweep()), 1000 + Math.random() * 4000);
+    first.unref();
+    this.timers.push(first);
+  }
+
+  stop(): void {
+    for (const t of this.timers) clearTimeout(t);
+    this.timers = [];
+  }
+
+  async promote(): Promise<void> {
+    if ((await this.storage.promoteDue()) > 0) this.onWork();
+  }
+
+  async reap(): Promise<void> {
+    const r = await this.storage.reapExpired();
+    if (r.requeued || r.dead || r.cancelled) {
+      this.logger.warn(
+        `Expired leases: ${r.requeued} job(s) requeued, ${r.dead} dead-lettered, ${r.cancelled} cancelled (their workers died or stalled).`,
+      );
+      this.onWork();
+    }
+  }
+
+  async sweep(): Promise<void> {
+    const now = this.opts.now();
+    const r = await this.storage.sweepRetention(now - this.opts.runsMs, now - this.opts.deadMs);
+    if (r && (r.runs || r.dead)) this.logger.log(`Retention removed ${r.runs} finished run(s) and ${r.dead} dead letter(s).`);
+  }
+
+  private every(name: string, ms: number, fn: () => Promise<void>): void {
+    const t = setInterval(() => void this.run(name, fn), ms);
+    t.unref();
+    this.timers.push(t);
+  }
+
+  private async run(name: string, fn: () => Promise<void>): Promise<void> {
+    if (this.busy.has(name)) return;
+    this.busy.add(name);
+    try {
+      await fn();
+    } catch (err) {
+      this.logger.warn(`${name} failed (${(err as Error).message}); will retry.`);
+    } finally {
+      this.busy.delete(name);
+    }
+  }
+}

@@ -1,0 +1,331 @@
+import { Inject, Injectable, Logger } from '@nestjs/common';
+import { StepError } from '../outcomes/step-error.js';
+import type { StepOutcome } from '../outcomes/step-outcome.js';
+import type { Step } from '../interfaces/step.interface.js';
+import type { RunOutcome } from '../interfaces/run.interface.js';
+import { WorkflowConnection } from '../storage/workflow-connection.js';
+import { type ClaimedJob, JobKind, type Settlement } from '../storage/storage.types.js';
+import { isConnectionError } from '../storage/sql-client.js';
+import { ulid } from '../utils/ulid.js';
+import { serializeJson } from '../utils/json.js';
+import type { ResolvedWorkflowConfig } from '../workflow.config.js';
+import { WORKFLOW_CONFIG } from '../workflow.constants.js';
+import { WorkflowRegistry, type RunnerBinding } from '../workflow.registry.js';
+import { backoffDelay, type BackoffPolicy } from './backoff.js';
+import { Execution } from './execution.js';
+import { WorkflowNotifier } from './workflow.notifier.js';
+
+const OUTCOME_KINDS = new Set(['continue', 'succeed', 'fail', 'cancel']);
+
+/**
+ * Runs one claimed job (a step through its runner, or a terminal delivery through its
+ * handler) and turns what happened into exactly one settlement. Every call into user
+ * code is wrapped: a throw becomes a stored attempt, never an unhandled rejection.
+ */
+@Injectable()
+export class StepExecutor {
+  private readonly logger = new Logger('WorkflowWorker');
+
+  constructor(
+    @Inject(WORKFLOW_CONFIG) private readonly config: ResolvedWorkflowConfig,
+    private readonly registry: WorkflowRegistry,
+    private readonly connection: WorkflowConnection,
+    private readonly notifier: WorkflowNotifier,
+  ) {}
+
+  private get leaseMs(): number {
+    return this.config.worker ? this.config.worker.leaseMs : 30_000;
+  }
+
+  private now(): number {
+    return this.config.clock.now();
+  }
+
+  async execute(exec: Execution): Promise<void> {
+    try {
+      if (exec.job.kind === JobKind.Step) await this.runStep(exec);
+      else await this.deliver(exec);
+    } catch (err) {
+      this.logger.error(`Unexpected error around job ${exec.job.id}: ${(err as Error)?.stack ?? err}`);
+    } finally {
+      exec.settled();
+    }
+  }
+
+  /** The runtime takes a job from its runner (cancel, timeout, shutdown, lost lease) and settles it itself. */
+  async takeOver(exec: Execution, reason: 'cancelled' | 'timeout' | 'shutdown' | 'lease-lost', detail?: string): Promise<void> {
+    if (!exec.takeOver(reason, detail)) return;
+    const job = exec.job;
+    switch (reason) {
+      case 'cancelled':
+        await this.settle(exec, { type: 'cancelled' });
+        break;
+      case 'timeout': {
+        const binding = this.registry.runners.get(exec.workflow);
+        await this.settle(exec, this.failure(job, new Error(detail ?? 'step timed out'), binding?.backoff));
+        break;
+      }
+      case 'shutdown':
+        await this.settle(exec, { type: 'release' });
+        break;
+      case 'lease-lost':
+        this.logger.warn(`${this.where(exec)}: lease lost (another worker took it over); this delivery's outcome is discarded.`);
+        break;
+    }
+    exec.settled();
+  }
+
+  private async runStep(exec: Execution): Promise<void> {
+    const job = exec.job;
+    const binding = this.registry.runners.get(job.queue);
+    if (!binding) {
+      // Only hosted queues are claimed, so this is a tampered or foreign row.
+      await this.own(exec, () => this.deadNow(exec, `no @StepRunner('${job.queue}') in this process`));
+      return;
+    }
+    let payload: unknown;
+    let headers: Record<string, string>;
+    try {
+      payload = JSON.parse(job.payload);
+      headers = JSON.parse(job.headers);
+    } catch (err) {
+      await this.own(exec, () => this.deadNow(exec, `stored payload or headers are not valid JSON: ${(err as Error).message}`));
+      return;
+    }
+    const step: Step = {
+      runId: job.runId,
+      workflow: job.queue,
+      stepNumber: job.stepNumber,
+      payload,
+      headers: Object.freeze(headers),
+      jobId: job.id,
+      attempts: job.attempts,
+      signal: exec.controller.signal,
+      extendLease: (ms: number) => this.extendLease(exec, ms),
+    };
+    if (binding.timeoutMs) {
+      exec.timer = setTimeout(
+        () => void this.takeOver(exec, 'timeout', `step timed out after ${binding.timeoutMs} ms`),
+        binding.timeoutMs,
+      );
+    }
+    let outcome: StepOutcome | undefined;
+    let thrown: unknown;
+    let threw = false;
+    try {
+      const runner = await binding.resolve(step);
+      outcome = await runner.runStep(step);
+    } catch (err) {
+      threw = true;
+      thrown = err;
+    }
+    if (!exec.takeOver('runner')) {
+      this.logger.debug?.(`${this.where(exec)}: outcome discarded (${exec.abortReason}).`);
+      return;
+    }
+    if (threw) {
+      this.logFailure(exec, binding.label, thrown);
+      await this.settle(exec, this.failure(job, thrown, binding.backoff));
+    } else {
+      await this.settle(exec, this.toSettlement(exec, binding, outcome));
+    }
+  }
+
+  private async deliver(exec: Execution): Promise<void> {
+    const job = exec.job;
+    const handler = this.registry.handlers.get(job.queue);
+    if (!handler) {
+      await this.own(exec, () => this.deadNow(exec, `no @OnTerminal handler for queue "${job.queue}" in this process`));
+      return;
+    }
+    let outcome: RunOutcome;
+    try {
+      const raw = JSON.parse(job.payload);
+      outcome = {
+        ...raw,
+        headers: JSON.parse(job.headers),
+        submittedAt: new Date(raw.submittedAt),
+        finishedAt: new Date(raw.finishedAt),
+      };
+    } catch (err) {
+      await this.own(exec, () => this.deadNow(exec, `stored outcome is not valid JSON: ${(err as Error).message}`));
+      return;
+    }
+    try {
+      await handler.invoke(outcome);
+    } catch (err) {
+      if (!exec.takeOver('runner')) return;
+      this.logFailure(exec, handler.label, err);
+      await this.settle(exec, this.failure(job, err, this.config.defaults.backoff));
+      return;
+    }
+    if (exec.takeOver('runner')) await this.settle(exec, { type: 'delivered' });
+  }
+
+  private async own(exec: Execution, fn: () => Promise<void>): Promise<void> {
+    if (exec.takeOver('runner')) await fn();
+  }
+
+  private async deadNow(exec: Execution, error: string): Promise<void> {
+    this.logger.error(`${this.where(exec)}: ${error}; dead-lettered.`);
+    await this.settle(exec, { type: 'dead', error });
+  }
+
+  /** Maps what the runner returned to a settlement; anything that is not a valid StepOutcome fails the step permanently. */
+  private toSettlement(exec: Execution, binding: RunnerBinding, outcome: StepOutcome | undefined): Settlement {
+    const job = exec.job;
+    const o = outcome as Record<string, any> | undefined;
+    if (!o || typeof o !== 'object' || !OUTCOME_KINDS.has(o.kind)) {
+      const error =
+        `${binding.label} returned ${describe(outcome)}, which is not a StepOutcome. ` +
+        'Return StepOutcome.continue(payload), continueAfter(payload, ms), succeed(result), fail(reason) or cancel(reason).';
+      this.logger.error(`${this.where(exec)}: ${error}`);
+      return { type: 'dead', error };
+    }
+    const max = this.config.maxPayloadBytes;
+    try {
+      switch (o.kind) {
+        case 'continue': {
+          const delay = o.delayMs ?? 0;
+          if (typeof delay !== 'number' || !Number.isFinite(delay) || delay < 0) {
+            throw new Error(`continueAfter delay must be a finite number of ms >= 0, got ${describe(delay)}`);
+          }
+          const payload = serializeJson(o.payload, `payload returned by step ${job.stepNumber}`, max);
+          const now = this.now();
+          return {
+            type: 'continue',
+            next: {
+              id: ulid(now),
+              queue: job.queue,
+              kind: JobKind.Step,
+              runId: job.runId,
+              stepNumber: job.stepNumber + 1,
+              priority: job.priority,
+              runAt: now + delay,
+              scheduled: delay > 0,
+              maxAttempts: job.maxAttempts,
+              payload,
+              headers: job.headers,
+            },
+          };
+        }
+        case 'succeed':
+          return {
+            type: 'finish',
+            status: 'succeeded',
+            result: o.result === undefined ? undefined : serializeJson(o.result, 'run result', max),
+          };
+        case 'fail':
+          return { type: 'finish', status: 'failed', error: String(o.reason ?? '') };
+        default:
+          return { type: 'finish', status: 'cancelled', error: String(o.reason ?? '') };
+      }
+    } catch (err) {
+      const error = `${binding.label} returned an invalid ${o.kind} outcome: ${(err as Error).message}`;
+      this.logger.error(`${this.where(exec)}: ${error}`);
+      return { type: 'dead', error };
+    }
+  }
+
+  private failure(job: ClaimedJob, err: unknown, policy: BackoffPolicy | undefined): Settlement {
+    const text = errorText(err);
+    const permanent = err instanceof StepError && err.kind === 'permanent';
+    if (permanent || job.attempts >= job.maxAttempts) {
+      const reason = err instanceof Error ? err.message : text;
+      return {
+        type: 'dead',
+        reason: permanent ? reason : `${reason} (gave up after ${job.attempts} of ${job.maxAttempts} attempts)`,
+        error: text,
+      };
+    }
+    const delay = backoffDelay(policy ?? this.config.defaults.backoff, job.attempts);
+    return { type: 'retry', runAt: this.now() + delay, error: text };
+  }
+
+  /**
+   * Commits a settlement, retrying while the database is unreachable. Giving up is safe:
+   * the job stays leased, the lease expires and another delivery runs it.
+   */
+  private async settle(exec: Execution, settlement: Settlement): Promise<void> {
+    const started = Date.now();
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const storage = await this.connection.ready();
+        const result = await storage.settle(exec.job, settlement);
+        if (result === 'lost') {
+          this.logger.warn(`${this.where(exec)}: lease lost before settling; outcome discarded (another delivery owns it).`);
+          return;
+        }
+        this.afterSettle(exec, settlement, result === 'cancelled');
+        return;
+      } catch (err) {
+        if (!isConnectionError(err) || Date.now() - started > this.leaseMs) {
+          this.logger.error(`${this.where(exec)}: could not settle (${(err as Error).message}); the lease will expire and the job run again.`);
+          return;
+        }
+        this.logger.warn(`${this.where(exec)}: database unreachable while settling (${(err as Error).message}); retrying.`);
+        await new Promise((r) => setTimeout(r, Math.min(2000, 100 * 2 ** attempt)));
+      }
+    }
+  }
+
+  private afterSettle(exec: Execution, s: Settlement, cancelled: boolean): void {
+    const ended = cancelled || s.type === 'finish' || s.type === 'dead' || s.type === 'cancelled';
+    if (exec.job.kind === JobKind.Step && ended) {
+      this.notifier.runFinished(exec.job.runId);
+      if (this.registry.queuesFor(exec.workflow).length) this.notifier.wake();
+    }
+    if (s.type === 'continue' && !cancelled) {
+      if (s.next.scheduled) this.notifier.dueIn(s.next.runAt - this.now());
+      else this.notifier.wake();
+    }
+    if (s.type === 'retry') this.notifier.dueIn(s.runAt - this.now());
+    if (s.type === 'release') this.notifier.wake();
+  }
+
+  private async extendLease(exec: Execution, ms: number): Promise<void> {
+    if (!Number.isFinite(ms) || ms <= 0) throw new RangeError(`extendLease(ms) needs a positive number, got ${ms}`);
+    const storage = await this.connection.ready();
+    const lost = await storage.renewLeases([{ id: exec.job.id, token: exec.job.token }], Math.round(ms));
+    if (lost.length) await this.takeOver(exec, 'lease-lost');
+  }
+
+  private logFailure(exec: Execution, label: string, err: unknown): void {
+    const job = exec.job;
+    const permanent = err instanceof StepError && err.kind === 'permanent';
+    const what = job.kind === JobKind.Step ? `step ${job.stepNumber}` : `terminal delivery`;
+    this.logger.warn(
+      `${exec.workflow} ${what} of run ${job.runId} failed in ${label} (attempt ${job.attempts}/${job.maxAttempts}` +
+        `${permanent ? ', permanent' : ''}): ${errorText(err)}`,
+    );
+  }
+
+  private where(exec: Execution): string {
+    const job = exec.job;
+    return job.kind === JobKind.Step
+      ? `${exec.workflow} step ${job.stepNumber} of run ${job.runId} (job ${job.id})`
+      : `terminal delivery ${job.queue} of run ${job.runId} (job ${job.id})`;
+  }
+}
+
+function errorText(err: unknown): string {
+  if (err instanceof Error) return err.stack && err.stack.includes(err.message) ? err.stack : `${err.name}: ${err.message}`;
+  try {
+    return `non-Error thrown: ${typeof err === 'string' ? err : JSON.stringify(err)}`;
+  } catch {
+    return `non-Error thrown: ${String(err)}`;
+  }
+}
+
+function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (value === undefined) return 'undefined';
+  if (typeof value === 'object') {
+    try {
+      return JSON.stringify(value).slice(0, 120);
+    } catch {
+      return 'an object';
+    }
+  }
+  return `${typeof value} ${String(value).slice(0, 80)}`;
+}

@@ -1,0 +1,66 @@
+import { Injectable } from '@nestjs/common';
+import { EventEmitter } from 'node:events';
+
+/**
+ * In-process signals between the service and the worker of one application: wake the
+ * claim loop at once after a local submit or settlement, tell a local worker a run was
+ * cancelled, tell local waiters a run ended. Other processes learn the same facts by
+ * polling the database.
+ */
+@Injectable()
+export class WorkflowNotifier {
+  private readonly events = new EventEmitter().setMaxListeners(0);
+  private dueTimer?: NodeJS.Timeout;
+  private dueAt = 0;
+
+  wake(): void {
+    this.events.emit('wake');
+  }
+
+  onWake(fn: () => void): () => void {
+    return this.on('wake', fn);
+  }
+
+  /** A scheduled job becomes due in `ms`: promote and claim then instead of at the next poll. */
+  dueIn(ms: number): void {
+    const at = Date.now() + Math.max(0, ms);
+    if (this.dueTimer && this.dueAt <= at) return;
+    if (this.dueTimer) clearTimeout(this.dueTimer);
+    this.dueAt = at;
+    this.dueTimer = setTimeout(() => {
+      this.dueTimer = undefined;
+      this.events.emit('due');
+    }, Math.max(0, ms) + 5);
+    this.dueTimer.unref();
+  }
+
+  onDue(fn: () => void): () => void {
+    return this.on('due', fn);
+  }
+
+  close(): void {
+    if (this.dueTimer) clearTimeout(this.dueTimer);
+    this.dueTimer = undefined;
+  }
+
+  cancelRequested(runId: string): void {
+    this.events.emit('cancel', runId);
+  }
+
+  onCancel(fn: (runId: string) => void): () => void {
+    return this.on('cancel', fn);
+  }
+
+  runFinished(runId: string): void {
+    this.events.emit(`finished:${runId}`);
+  }
+
+  onRunFinished(runId: string, fn: () => void): () => void {
+    return this.on(`finished:${runId}`, fn);
+  }
+
+  private on(event: string, fn: (...args: any[]) => void): () => void {
+    this.events.on(event, fn);
+    return () => this.events.off(event, fn);
+  }
+}

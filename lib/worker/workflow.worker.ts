@@ -1,0 +1,254 @@
+import {
+  type BeforeApplicationShutdown,
+  Inject,
+  Injectable,
+  Logger,
+  type OnApplicationBootstrap,
+} from '@nestjs/common';
+import { randomBytes } from 'node:crypto';
+import type { ResolvedWorkerConfig, ResolvedWorkflowConfig } from '../workflow.config.js';
+import { WORKFLOW_CONFIG } from '../workflow.constants.js';
+import { WorkflowExplorer } from '../workflow.explorer.js';
+import { WorkflowRegistry } from '../workflow.registry.js';
+import { WorkflowConnection } from '../storage/workflow-connection.js';
+import type { WorkflowStorage } from '../storage/workflow.storage.js';
+import { type ClaimedJob, JobKind } from '../storage/storage.types.js';
+import { Execution } from './execution.js';
+import { LeaseKeeper } from './lease-keeper.js';
+import { Maintenance } from './maintenance.js';
+import { StepExecutor } from './step-executor.js';
+import { WorkflowNotifier } from './workflow.notifier.js';
+
+/** Most jobs one claim transaction takes; deep queues are drained in batches of this. */
+const CLAIM_BATCH = 32;
+
+interface QueueSlot {
+  name: string;
+  workflow?: string;
+  limit: number;
+  inFlight: number;
+}
+
+/**
+ * The worker pool: claims jobs of the workflows and handlers this process hosts,
+ * runs them up to the concurrency limits, and drains on shutdown. Starts at
+ * onApplicationBootstrap (never at compile()), stops claiming in
+ * beforeApplicationShutdown while the database is still open.
+ */
+@Injectable()
+export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplicationShutdown {
+  private readonly logger = new Logger('WorkflowWorker');
+  private readonly tag = randomBytes(6).toString('hex');
+  private seq = 0;
+  private readonly inFlight = new Map<string, Execution>();
+  private queues: QueueSlot[] = [];
+  private running = false;
+  private loop?: Promise<void>;
+  private stopping?: Promise<void>;
+  private wakePending = false;
+  private wakeUp?: () => void;
+  private unsubscribe: Array<() => void> = [];
+  private leases?: LeaseKeeper;
+  private maintenance?: Maintenance;
+  private rotation = 0;
+
+  constructor(
+    @Inject(WORKFLOW_CONFIG) private readonly config: ResolvedWorkflowConfig,
+    private readonly registry: WorkflowRegistry,
+    private readonly explorer: WorkflowExplorer,
+    private readonly connection: WorkflowConnection,
+    private readonly executor: StepExecutor,
+    private readonly notifier: WorkflowNotifier,
+  ) {}
+
+  private get options(): ResolvedWorkerConfig {
+    return this.config.worker as ResolvedWorkerConfig;
+  }
+
+  /** Steps and deliveries this process is running now. */
+  get activeCount(): number {
+    return this.inFlight.size;
+  }
+
+  async onApplicationBootstrap(): Promise<void> {
+    if (!this.config.worker) return;
+    await this.start();
+  }
+
+  async start(): Promise<void> {
+    if (this.running || this.stopping || !this.config.worker) return;
+    const storage = await this.connection.ready();
+    const opts = this.options;
+    this.queues = [];
+    for (const [name, runner] of this.registry.runners) {
+      if (this.explorer.runsHere(name)) this.queues.push({ name, workflow: name, limit: runner.concurrency, inFlight: 0 });
+    }
+    for (const handler of this.registry.handlers.values()) {
+      this.queues.push({ name: handler.queue, limit: opts.concurrency, inFlight: 0 });
+    }
+    this.running = true;
+    this.unsubscribe.push(
+      this.notifier.onWake(() => this.wake()),
+      this.notifier.onDue(() => void this.maintenance?.promote().catch(() => undefined)),
+      this.notifier.onCancel((runId) => {
+        for (const e of this.inFlight.values()) if (e.job.runId === runId && e.job.kind === JobKind.Step) this.cancel(e);
+      }),
+    );
+    this.leases = new LeaseKeeper(
+      storage,
+      this.inFlight,
+      opts.leaseMs,
+      (e) => void this.executor.takeOver(e, 'lease-lost'),
+      (e) => this.cancel(e),
+    );
+    this.leases.start();
+    this.maintenance = new Maintenance(
+      storage,
+      {
+        pollIntervalMs: opts.pollIntervalMs,
+        leaseMs: opts.leaseMs,
+        runsMs: this.config.retention.runsMs,
+        deadMs: this.config.retention.deadMs,
+        now: () => this.config.clock.now(),
+      },
+      () => this.wake(),
+    );
+    this.maintenance.start();
+    if (this.queues.length) {
+      this.logger.log(
+        `Worker started: ${this.queues.map((q) => q.name).join(', ')} (concurrency ${opts.concurrency}, lease ${opts.leaseMs} ms)`,
+      );
+    }
+    this.loop = this.claimLoop(storage);
+  }
+
+  wake(): void {
+    this.wakePending = true;
+    this.wakeUp?.();
+  }
+
+  private cancel(exec: Execution): void {
+    void this.executor.takeOver(exec, 'cancelled', 'run cancelled');
+  }
+
+  private nextToken(): string {
+    return `${this.tag}.${(this.seq++).toString(36)}`;
+  }
+
+  private async claimLoop(storage: WorkflowStorage): Promise<void> {
+    const opts = this.options;
+    let failures = 0;
+    while (this.running) {
+      this.wakePending = false;
+      let more = false;
+      try {
+        const n = this.queues.length;
+        for (let i = 0; i < n && this.running; i++) {
+          const q = this.queues[(this.rotation + i) % n];
+          const free = Math.min(opts.concurrency - this.inFlight.size, q.limit - q.inFlight, CLAIM_BATCH);
+          if (free <= 0) continue;
+          const jobs = await storage.claimBatch(q.name, free, this.nextToken(), opts.leaseMs);
+          for (const job of jobs) this.launch(q, job);
+          if (jobs.length === free) more = true;
+        }
+        this.rotation++;
+        if (failures > 0) this.logger.log('Database reachable again; claiming resumed.');
+        failures = 0;
+      } catch (err) {
+        failures++;
+        const delay = Math.min(10_000, opts.pollIntervalMs * 2 ** Math.min(failures, 6));
+        this.logger.error(`Claim failed (${(err as Error).message}); retrying in ${delay} ms.`);
+        await this.sleep(delay);
+        continue;
+      }
+      if (!more || this.inFlight.size >= opts.concurrency) await this.sleep(opts.pollIntervalMs);
+    }
+  }
+
+  /** Waits for `ms` or until woken (a local submit, settlement or freed slot). */
+  private sleep(ms: number): Promise<void> {
+    if (this.wakePending || !this.running) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done() {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.wakeUp = () => {
+        this.wakeUp = undefined;
+        done();
+      };
+    });
+  }
+
+  private launch(q: QueueSlot, job: ClaimedJob): void {
+    const workflow = q.workflow ?? safeWorkflowOf(job);
+    const exec = new Execution(job, workflow);
+    this.inFlight.set(job.id, exec);
+    q.inFlight++;
+    void this.executor.execute(exec);
+    void exec.done.then(() => {
+      if (this.inFlight.get(job.id) === exec) this.inFlight.delete(job.id);
+      q.inFlight--;
+      this.wake();
+    });
+  }
+
+  async beforeApplicationShutdown(): Promise<void> {
+    await this.stop();
+  }
+
+  /**
+   * Stops claiming, waits up to shutdownTimeoutMs for in-flight jobs, then aborts the
+   * rest and hands their leases back so another process resumes them at once.
+   * Idempotent and bounded.
+   */
+  stop(): Promise<void> {
+    this.stopping ??= this.drain();
+    return this.stopping;
+  }
+
+  private async drain(): Promise<void> {
+    if (!this.running) return;
+    this.running = false;
+    this.wakeUp?.();
+    for (const off of this.unsubscribe) off();
+    this.unsubscribe = [];
+    this.maintenance?.stop();
+    this.notifier.close();
+    await this.loop;
+    const timeout = this.options.shutdownTimeoutMs;
+    if (this.inFlight.size) {
+      this.logger.log(`Shutting down: waiting up to ${timeout} ms for ${this.inFlight.size} job(s) in flight.`);
+      await waitAll([...this.inFlight.values()].map((e) => e.done), timeout);
+    }
+    if (this.inFlight.size) {
+      this.logger.warn(`Shutdown timeout: aborting ${this.inFlight.size} job(s) and handing their leases back.`);
+      await waitAll(
+        [...this.inFlight.values()].map((e) => this.executor.takeOver(e, 'shutdown', 'application shutting down')),
+        5_000,
+      );
+    }
+    this.leases?.stop();
+    this.logger.log('Worker stopped.');
+  }
+}
+
+function safeWorkflowOf(job: ClaimedJob): string {
+  try {
+    return String((JSON.parse(job.payload) as { workflow?: unknown }).workflow ?? job.queue);
+  } catch {
+    return job.queue;
+  }
+}
+
+async function waitAll(promises: Promise<unknown>[], ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    Promise.allSettled(promises),
+    new Promise((r) => {
+      timer = setTimeout(r, ms);
+    }),
+  ]);
+  clearTimeout(timer);
+}

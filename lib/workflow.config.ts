@@ -1,0 +1,119 @@
+import type { DataSource } from 'typeorm';
+import { WorkflowConfigError } from './errors/workflow-config.error.js';
+import type {
+  WorkflowClock,
+  WorkflowConnectionOptions,
+  WorkflowModuleOptions,
+} from './interfaces/workflow-module-options.interface.js';
+import { DEFAULTS, TABLE_PREFIX_PATTERN, WORKFLOW_NAME_PATTERN } from './workflow.constants.js';
+import type { BackoffPolicy } from './worker/backoff.js';
+
+export interface ResolvedWorkerConfig {
+  concurrency: number;
+  pollIntervalMs: number;
+  leaseMs: number;
+  shutdownTimeoutMs: number;
+  workflows?: string[];
+}
+
+export interface ResolvedWorkflowConfig {
+  connection?: WorkflowConnectionOptions;
+  dataSource?: DataSource | string;
+  tablePrefix: string;
+  autoMigrate: boolean;
+  worker: false | ResolvedWorkerConfig;
+  defaults: { maxAttempts: number; backoff: BackoffPolicy; priority: number };
+  retention: { runsMs: number; deadMs: number };
+  workflows: string[];
+  maxPayloadBytes: number;
+  clock: WorkflowClock;
+}
+
+const systemClock: WorkflowClock = { now: () => Date.now() };
+
+/** Applies defaults and rejects nonsense with a message that names the option and the fix. */
+export function resolveConfig(options: WorkflowModuleOptions | undefined): ResolvedWorkflowConfig {
+  if (!options || typeof options !== 'object') {
+    throw new WorkflowConfigError('WorkflowModule.forRoot() needs options: give it `connection` or `dataSource`.');
+  }
+  const hasConnection = options.connection !== undefined && options.connection !== null;
+  const hasDataSource = options.dataSource !== undefined && options.dataSource !== null;
+  if (hasConnection === hasDataSource) {
+    throw new WorkflowConfigError(
+      hasConnection
+        ? 'WorkflowModule: give either `connection` or `dataSource`, not both.'
+        : 'WorkflowModule: give `connection` ({ url } or host/port/username/password/database) for a pool of its own, ' +
+          "or `dataSource` (a TypeORM DataSource, or the name it has in TypeOrmModule) to share the app's.",
+    );
+  }
+  const tablePrefix = options.tablePrefix ?? DEFAULTS.tablePrefix;
+  if (typeof tablePrefix !== 'string' || !TABLE_PREFIX_PATTERN.test(tablePrefix)) {
+    throw new WorkflowConfigError(
+      `WorkflowModule: tablePrefix ${JSON.stringify(tablePrefix)} must match ${TABLE_PREFIX_PATTERN} (letters, digits, underscore; at most 41 characters).`,
+    );
+  }
+  const worker =
+    options.worker === false
+      ? false
+      : {
+          concurrency: int(options.worker?.concurrency, DEFAULTS.concurrency, 'worker.concurrency', 1),
+          pollIntervalMs: int(options.worker?.pollIntervalMs, DEFAULTS.pollIntervalMs, 'worker.pollIntervalMs', 1),
+          leaseMs: int(options.worker?.leaseMs, DEFAULTS.leaseMs, 'worker.leaseMs', 100),
+          shutdownTimeoutMs: int(options.worker?.shutdownTimeoutMs, DEFAULTS.shutdownTimeoutMs, 'worker.shutdownTimeoutMs', 0),
+          workflows: options.worker?.workflows ? names(options.worker.workflows, 'worker.workflows') : undefined,
+        };
+  const clock = options.clock ?? systemClock;
+  if (typeof clock.now !== 'function') throw new WorkflowConfigError('WorkflowModule: clock must have a now() method.');
+  return {
+    connection: hasConnection ? options.connection : undefined,
+    dataSource: hasDataSource ? options.dataSource : undefined,
+    tablePrefix,
+    autoMigrate: options.autoMigrate ?? true,
+    worker,
+    defaults: {
+      maxAttempts: int(options.defaults?.maxAttempts, DEFAULTS.maxAttempts, 'defaults.maxAttempts', 1),
+      backoff: backoff(options.defaults?.backoff, 'defaults.backoff'),
+      priority: int(options.defaults?.priority, DEFAULTS.priority, 'defaults.priority', -2_000_000_000),
+    },
+    retention: {
+      runsMs: int(options.retention?.runsMs, DEFAULTS.retentionMs, 'retention.runsMs', 0),
+      deadMs: int(options.retention?.deadMs, DEFAULTS.retentionMs, 'retention.deadMs', 0),
+    },
+    workflows: options.workflows ? names(options.workflows, 'workflows') : [],
+    maxPayloadBytes: int(options.maxPayloadBytes, DEFAULTS.maxPayloadBytes, 'maxPayloadBytes', 1),
+    clock,
+  };
+}
+
+export function backoff(
+  value: { baseMs?: number; maxMs?: number } | undefined,
+  where: string,
+  fallback: BackoffPolicy = { baseMs: DEFAULTS.backoffBaseMs, maxMs: DEFAULTS.backoffMaxMs },
+): BackoffPolicy {
+  const baseMs = int(value?.baseMs, fallback.baseMs, `${where}.baseMs`, 0);
+  const maxMs = int(value?.maxMs, Math.max(fallback.maxMs, baseMs), `${where}.maxMs`, 0);
+  if (maxMs < baseMs) throw new WorkflowConfigError(`WorkflowModule: ${where}.maxMs (${maxMs}) is below baseMs (${baseMs}).`);
+  return { baseMs, maxMs };
+}
+
+export function int(value: unknown, fallback: number, name: string, min: number): number {
+  if (value === undefined || value === null) return fallback;
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
+    throw new WorkflowConfigError(`WorkflowModule: ${name} must be an integer >= ${min}, got ${JSON.stringify(value)}.`);
+  }
+  return value;
+}
+
+function names(list: unknown, option: string): string[] {
+  if (!Array.isArray(list)) throw new WorkflowConfigError(`WorkflowModule: ${option} must be an array of workflow names.`);
+  for (const n of list) assertWorkflowName(n, `WorkflowModule option ${option}`);
+  return [...list];
+}
+
+export function assertWorkflowName(name: unknown, where: string): asserts name is string {
+  if (typeof name !== 'string' || !WORKFLOW_NAME_PATTERN.test(name)) {
+    throw new WorkflowConfigError(
+      `${where}: workflow name ${JSON.stringify(name)} must match ${WORKFLOW_NAME_PATTERN} (ASCII, at most 128 characters).`,
+    );
+  }
+}

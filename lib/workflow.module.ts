@@ -1,0 +1,40 @@
+import { Module } from '@nestjs/common';
+import { DiscoveryModule } from '@nestjs/core';
+import { resolveConfig } from './workflow.config.js';
+import { WORKFLOW_CONFIG } from './workflow.constants.js';
+import { WorkflowExplorer } from './workflow.explorer.js';
+import { WorkflowMetadataAccessor } from './workflow-metadata.accessor.js';
+import { ConfigurableWorkflowModule, WORKFLOW_MODULE_OPTIONS } from './workflow.module-definition.js';
+import { WorkflowRegistry } from './workflow.registry.js';
+import { WorkflowService } from './workflow.service.js';
+import { WorkflowConnection } from './storage/workflow-connection.js';
+import { StepExecutor } from './worker/step-executor.js';
+import { WorkflowNotifier } from './worker/workflow.notifier.js';
+import { WorkflowWorker } from './worker/workflow.worker.js';
+import type { WorkflowModuleOptions } from './interfaces/workflow-module-options.interface.js';
+
+/**
+ * Durable step workflows on MySQL/MariaDB. `WorkflowModule.forRoot(options)` or
+ * `forRootAsync({ imports, inject, useFactory | useClass | useExisting })`; global by
+ * default (`isGlobal: false` to scope it).
+ */
+@Module({
+  imports: [DiscoveryModule],
+  providers: [
+    {
+      provide: WORKFLOW_CONFIG,
+      useFactory: (options: WorkflowModuleOptions) => resolveConfig(options),
+      inject: [WORKFLOW_MODULE_OPTIONS],
+    },
+    WorkflowMetadataAccessor,
+    WorkflowRegistry,
+    WorkflowExplorer,
+    WorkflowNotifier,
+    WorkflowConnection,
+    StepExecutor,
+    WorkflowWorker,
+    WorkflowService,
+  ],
+  exports: [WorkflowService, WorkflowWorker],
+})
+export class WorkflowModule extends ConfigurableWorkflowModule {}

@@ -1,0 +1,293 @@
+import { Inject, Injectable } from '@nestjs/common';
+import { InputMismatchError } from './errors/input-mismatch.error.js';
+import { InvalidRunIdError } from './errors/invalid-run-id.error.js';
+import { InvalidRunSpecError } from './errors/invalid-run-spec.error.js';
+import { ReservedHeaderError } from './errors/reserved-header.error.js';
+import { RunNotFoundError } from './errors/run-not-found.error.js';
+import { UnknownWorkflowError } from './errors/unknown-workflow.error.js';
+import { WaitTimeoutError } from './errors/wait-timeout.error.js';
+import { WorkflowConfigError } from './errors/workflow-config.error.js';
+import type {
+  DeadStep,
+  DeadStepFilter,
+  RunOutcome,
+  RunSpec,
+  RunState,
+  RunStatus,
+  SubmitOptions,
+  SubmitOutcome,
+  TerminalStatus,
+  WaitOptions,
+} from './interfaces/run.interface.js';
+import { WorkflowConnection } from './storage/workflow-connection.js';
+import { JobKind, JobState, type NewRun, type RunRow } from './storage/storage.types.js';
+import { hashJson, parseJson, serializeJson } from './utils/json.js';
+import { ulid } from './utils/ulid.js';
+import type { ResolvedWorkflowConfig } from './workflow.config.js';
+import { RESERVED_HEADER_PREFIX, RUN_ID_PATTERN, WORKFLOW_CONFIG } from './workflow.constants.js';
+import { WorkflowRegistry } from './workflow.registry.js';
+import { WorkflowNotifier } from './worker/workflow.notifier.js';
+
+const TERMINAL = new Set<string>(['succeeded', 'failed', 'cancelled']);
+
+/** Submit, cancel and observe runs, from any process that imports WorkflowModule. */
+@Injectable()
+export class WorkflowService {
+  constructor(
+    @Inject(WORKFLOW_CONFIG) private readonly config: ResolvedWorkflowConfig,
+    private readonly registry: WorkflowRegistry,
+    private readonly connection: WorkflowConnection,
+    private readonly notifier: WorkflowNotifier,
+  ) {}
+
+  /**
+   * Starts a run at step 0 with `spec.input`. With a `runId` that already exists: the
+   * same workflow and input return `newlySubmitted: false`; anything else throws
+   * InputMismatchError. With `options.manager`, the run commits with the caller's
+   * transaction. Every check happens before anything is written.
+   */
+  async submit<I>(workflow: string, spec: RunSpec<I>, options?: SubmitOptions): Promise<SubmitOutcome> {
+    const [outcome] = await this.submitMany(workflow, [spec], options);
+    return outcome;
+  }
+
+  /** Like submit, for many runs in one transaction: all are created, or none. */
+  async submitMany<I>(workflow: string, specs: RunSpec<I>[], options?: SubmitOptions): Promise<SubmitOutcome[]> {
+    if (!this.registry.submittable.has(workflow)) {
+      throw new UnknownWorkflowError(String(workflow), [...this.registry.submittable].sort());
+    }
+    if (!Array.isArray(specs)) throw new InvalidRunSpecError('submitMany(workflow, specs) needs an array of RunSpec.');
+    const runs = specs.map((spec) => this.prepare(workflow, spec));
+    if (runs.length === 0) return [];
+
+    // The same id twice in one call: identical input collapses to one run, anything else is a mismatch.
+    const unique = new Map<string, NewRun>();
+    for (const run of runs) {
+      const prior = unique.get(run.id);
+      if (!prior) unique.set(run.id, run);
+      else if (prior.inputHash !== run.inputHash) throw new InputMismatchError(run.id, 'a different input in the same call');
+    }
+
+    const storage = await this.connection.ready();
+    const write = async (sql: Parameters<Parameters<typeof storage.client.transaction>[0]>[0]) => {
+      const res = await storage.submitRuns(sql, [...unique.values()]);
+      for (const [id, existing] of res.existing) {
+        const wanted = unique.get(id)!;
+        if (existing.workflow !== workflow) {
+          throw new InputMismatchError(id, `workflow "${existing.workflow}" (this submit names "${workflow}")`);
+        }
+        if (existing.inputHash !== wanted.inputHash) throw new InputMismatchError(id, 'a different input');
+      }
+      return res.inserted;
+    };
+
+    let inserted: Set<string>;
+    if (options?.manager) {
+      const manager = options.manager;
+      if (manager.dataSource !== storage.client.dataSource) {
+        throw new WorkflowConfigError(
+          'submit({ manager }) needs an EntityManager of the DataSource WorkflowModule uses. Configure ' +
+            'WorkflowModule.forRoot({ dataSource }) with that DataSource (or its @nestjs/typeorm name).',
+        );
+      }
+      inserted = await storage.client.inManager(manager, write);
+    } else {
+      inserted = await storage.client.transaction(write);
+    }
+    if (inserted.size) this.notifier.wake();
+    const reported = new Set<string>();
+    return runs.map((r) => {
+      const fresh = inserted.has(r.id) && !reported.has(r.id);
+      reported.add(r.id);
+      return { runId: r.id, newlySubmitted: fresh };
+    });
+  }
+
+  private prepare<I>(workflow: string, spec: RunSpec<I>): NewRun {
+    if (!spec || typeof spec !== 'object') throw new InvalidRunSpecError('A RunSpec must be an object: { input, runId?, headers?, ... }.');
+    if (!('input' in spec)) throw new InvalidRunSpecError('RunSpec.input is required (use null for "no input").');
+    const runId = spec.runId ?? ulid(this.config.clock.now());
+    if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId)) throw new InvalidRunIdError(runId);
+    const headers: Record<string, string> = {};
+    if (spec.headers !== undefined) {
+      if (!spec.headers || typeof spec.headers !== 'object' || Array.isArray(spec.headers)) {
+        throw new InvalidRunSpecError('RunSpec.headers must be an object of string values.');
+      }
+      for (const [key, value] of Object.entries(spec.headers)) {
+        if (key.startsWith(RESERVED_HEADER_PREFIX)) throw new ReservedHeaderError(key);
+        if (typeof value !== 'string') throw new InvalidRunSpecError(`Header "${key}" must be a string, got ${typeof value}.`);
+        headers[key] = value;
+      }
+    }
+    const runner = this.registry.runners.get(workflow);
+    const priority = optionalInt(spec.priority, 'priority', -2_000_000_000) ?? runner?.priority ?? this.config.defaults.priority;
+    const maxAttempts = optionalInt(spec.maxAttemptsPerStep, 'maxAttemptsPerStep', 1);
+    const delayMs = optionalInt(spec.delayMs, 'delayMs', 0) ?? 0;
+    const max = this.config.maxPayloadBytes;
+    const input = serializeJson(spec.input, 'run input', max);
+    const headersJson = serializeJson(headers, 'run headers', max);
+    const now = this.config.clock.now();
+    return {
+      id: runId,
+      workflow,
+      inputHash: hashJson(input),
+      headers: headersJson,
+      priority,
+      maxAttempts: maxAttempts ?? null,
+      submittedAt: now,
+      firstJob: {
+        id: ulid(now),
+        queue: workflow,
+        kind: JobKind.Step,
+        runId,
+        stepNumber: 0,
+        priority,
+        runAt: now + delayMs,
+        scheduled: delayMs > 0,
+        maxAttempts: maxAttempts ?? runner?.maxAttempts ?? this.config.defaults.maxAttempts,
+        payload: input,
+        headers: headersJson,
+      },
+    };
+  }
+
+  /**
+   * Cancels a run from any process. A waiting step is removed and the run is cancelled
+   * at once; a running step's worker aborts `step.signal` and settles the run cancelled.
+   * False for a finished or unknown run.
+   */
+  async cancel(runId: string): Promise<boolean> {
+    if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId)) return false;
+    const storage = await this.connection.ready();
+    const result = await storage.cancelRun(runId);
+    if (result === 'cancelled') {
+      this.notifier.runFinished(runId);
+      this.notifier.wake();
+    } else if (result) {
+      this.notifier.cancelRequested(runId);
+    }
+    return result !== false;
+  }
+
+  async status(runId: string): Promise<RunStatus | null> {
+    if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId)) return null;
+    const storage = await this.connection.ready();
+    const row = await storage.getRun(runId);
+    return row ? toStatus(row) : null;
+  }
+
+  /**
+   * Resolves with the run's outcome once it is terminal. Woken at once by a local
+   * settlement; otherwise polls. Rejects with WaitTimeoutError after `timeoutMs`
+   * (the run goes on), RunNotFoundError for an unknown run.
+   */
+  async waitForOutcome(runId: string, options?: WaitOptions): Promise<RunOutcome> {
+    const timeoutMs = options?.timeoutMs;
+    if (timeoutMs !== undefined && (typeof timeoutMs !== 'number' || !(timeoutMs >= 0))) {
+      throw new InvalidRunSpecError(`waitForOutcome timeoutMs must be a number >= 0, got ${String(timeoutMs)}.`);
+    }
+    if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId)) throw new InvalidRunIdError(runId);
+    const deadline = timeoutMs === undefined ? Infinity : Date.now() + timeoutMs;
+    const poll = Math.min(1000, Math.max(20, this.config.worker ? this.config.worker.pollIntervalMs : 250));
+    let woken: (() => void) | undefined;
+    const off = this.notifier.onRunFinished(runId, () => woken?.());
+    try {
+      for (;;) {
+        const status = await this.status(runId);
+        if (!status) throw new RunNotFoundError(runId);
+        if (TERMINAL.has(status.state)) return toOutcome(status);
+        const left = deadline - Date.now();
+        if (left <= 0) throw new WaitTimeoutError(runId, timeoutMs!);
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, Math.min(poll, left));
+          woken = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        woken = undefined;
+      }
+    } finally {
+      off();
+    }
+  }
+
+  /** Dead letters, newest first: steps (and terminal deliveries) that exhausted their attempts or failed permanently. */
+  async deadSteps(filter: DeadStepFilter = {}): Promise<DeadStep[]> {
+    const limit = optionalInt(filter.limit, 'limit', 1) ?? 100;
+    const storage = await this.connection.ready();
+    const rows = await storage.deadSteps({
+      workflow: filter.workflow,
+      limit: Math.min(limit, 10_000),
+      before: filter.before ? filter.before.getTime() : undefined,
+    });
+    return rows.map((r) => ({
+      jobId: r.job_id,
+      runId: r.run_id,
+      workflow: r.workflow,
+      stepNumber: Number(r.step_number),
+      attempts: Number(r.attempts),
+      lastError: r.last_error,
+      deadAt: new Date(Number(r.dead_at)),
+      ...(Number(r.kind) === JobKind.Terminal ? { handler: r.queue.replace(/^~terminal:/, '') } : {}),
+    }));
+  }
+
+  /**
+   * Re-drives one dead letter. For a step, its failed run becomes active again at that
+   * step with fresh attempts, in the same transaction. False if the dead letter is
+   * gone or its run has moved on.
+   */
+  async retryDead(jobId: string): Promise<boolean> {
+    if (typeof jobId !== 'string' || jobId.length === 0 || jobId.length > 64) return false;
+    const storage = await this.connection.ready();
+    const ok = await storage.retryDead(jobId);
+    if (ok) this.notifier.wake();
+    return ok;
+  }
+}
+
+function optionalInt(value: unknown, name: string, min: number): number | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
+    throw new InvalidRunSpecError(`${name} must be an integer >= ${min}, got ${JSON.stringify(value)}.`);
+  }
+  return value;
+}
+
+function toStatus(row: RunRow): RunStatus {
+  let state: RunState;
+  if (row.state === 'active') state = Number(row.job_state) === JobState.Leased ? 'running' : 'pending';
+  else state = row.state as RunState;
+  const active = row.state === 'active' || row.state === 'cancelling';
+  const status: RunStatus = {
+    runId: row.id,
+    workflow: row.workflow,
+    state,
+    currentStep: Number(row.current_step),
+    attempts: Number(active ? (row.job_attempts ?? 0) : row.attempts),
+    headers: JSON.parse(row.headers),
+    submittedAt: new Date(Number(row.submitted_at)),
+    updatedAt: new Date(Number(row.updated_at)),
+  };
+  if (row.finished_at != null) status.finishedAt = new Date(Number(row.finished_at));
+  if (row.result != null) status.result = parseJson(row.result);
+  if (row.error != null) status.error = row.error;
+  if (state === 'pending' && row.job_run_at != null) status.runAt = new Date(Number(row.job_run_at));
+  return status;
+}
+
+function toOutcome(s: RunStatus): RunOutcome {
+  const outcome: RunOutcome = {
+    runId: s.runId,
+    workflow: s.workflow,
+    status: s.state as TerminalStatus,
+    headers: s.headers,
+    finalStep: s.currentStep,
+    submittedAt: s.submittedAt,
+    finishedAt: s.finishedAt ?? s.updatedAt,
+  };
+  if ('result' in s) outcome.result = s.result;
+  if (s.error !== undefined) outcome.error = s.error;
+  return outcome;
+}
