@@ -144,7 +144,7 @@ export class WorkflowService {
         priority,
         runAt: now + delayMs,
         scheduled: delayMs > 0,
-        maxAttempts: maxAttempts ?? runner?.maxAttempts ?? this.config.defaults.maxAttempts,
+        maxAttempts: maxAttempts ?? null,
         payload: input,
         headers: headersJson,
       },

@@ -31,7 +31,8 @@ export interface NewJob {
   /** Due time, runtime clock ms. */
   runAt: number;
   scheduled: boolean;
-  maxAttempts: number;
+  /** Null: the runner's own maxAttempts, filled in by the worker that first claims it. */
+  maxAttempts: number | null;
   payload: string;
   headers: string;
   /** Insert already leased to this token (continuation in place): no claim needed. */

@@ -26,7 +26,7 @@ interface JobRow {
   run_id: string;
   step_number: number | string;
   attempts: number | string;
-  max_attempts: number | string;
+  max_attempts: number | string | null;
   priority: number | string;
   payload: string;
   headers: string;
@@ -104,7 +104,13 @@ export class WorkflowStorage {
    * commits and then loses its worker leaves leased rows that the reaper returns
    * when the lease expires, counting that delivery as an attempt.
    */
-  async claimBatch(queue: string, limit: number, token: string, leaseMs: number): Promise<ClaimedJob[]> {
+  async claimBatch(
+    queue: string,
+    limit: number,
+    token: string,
+    leaseMs: number,
+    maxAttempts: number,
+  ): Promise<ClaimedJob[]> {
     return this.client.transaction(async (sql) => {
       const rows = await sql.query<JobRow[]>(
         `SELECT ${CLAIM_COLUMNS} FROM ${this.t.jobs} FORCE INDEX (\`ix_claim\`)
@@ -115,10 +121,11 @@ export class WorkflowStorage {
       if (rows.length === 0) return [];
       await sql.query(
         `UPDATE ${this.t.jobs} SET \`state\` = ${JobState.Leased}, \`attempts\` = \`attempts\` + 1, \`lease_token\` = ?,
-          \`lease_until\` = DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND) WHERE \`id\` IN (?)`,
-        [token, leaseMs * 1000, rows.map((r) => r.id)],
+          \`lease_until\` = DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND), \`max_attempts\` = COALESCE(\`max_attempts\`, ?)
+          WHERE \`id\` IN (?)`,
+        [token, leaseMs * 1000, maxAttempts, rows.map((r) => r.id)],
       );
-      return rows.map((r) => toClaimed(r, token, Number(r.attempts) + 1));
+      return rows.map((r) => ({ ...toClaimed(r, token, Number(r.attempts) + 1), maxAttempts: Number(r.max_attempts ?? maxAttempts) }));
     });
   }
 

@@ -26,6 +26,7 @@ interface QueueSlot {
   name: string;
   workflow?: string;
   limit: number;
+  maxAttempts: number;
   inFlight: number;
 }
 
@@ -81,10 +82,17 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
     const opts = this.options;
     this.queues = [];
     for (const [name, runner] of this.registry.runners) {
-      if (this.explorer.runsHere(name)) this.queues.push({ name, workflow: name, limit: runner.concurrency, inFlight: 0 });
+      if (this.explorer.runsHere(name)) {
+        this.queues.push({ name, workflow: name, limit: runner.concurrency, maxAttempts: runner.maxAttempts, inFlight: 0 });
+      }
     }
     for (const handler of this.registry.handlers.values()) {
-      this.queues.push({ name: handler.queue, limit: opts.concurrency, inFlight: 0 });
+      this.queues.push({
+        name: handler.queue,
+        limit: opts.concurrency,
+        maxAttempts: this.config.defaults.maxAttempts,
+        inFlight: 0,
+      });
     }
     this.running = true;
     this.unsubscribe.push(
@@ -147,7 +155,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
           const q = this.queues[(this.rotation + i) % n];
           const free = Math.min(opts.concurrency - this.inFlight.size, q.limit - q.inFlight, CLAIM_BATCH);
           if (free <= 0) continue;
-          const jobs = await storage.claimBatch(q.name, free, this.nextToken(), opts.leaseMs);
+          const jobs = await storage.claimBatch(q.name, free, this.nextToken(), opts.leaseMs, q.maxAttempts);
           for (const job of jobs) this.launch(q, job);
           if (jobs.length === free) more = true;
         }

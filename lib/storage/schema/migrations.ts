@@ -56,7 +56,7 @@ export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
         \`run_id\` VARCHAR(128) ${ASCII} NOT NULL,
         \`step_number\` INT UNSIGNED NOT NULL,
         \`attempts\` INT UNSIGNED NOT NULL DEFAULT 0,
-        \`max_attempts\` INT UNSIGNED NOT NULL,
+        \`max_attempts\` INT UNSIGNED NULL,
         \`lease_token\` VARCHAR(40) ${ASCII} NULL,
         \`lease_until\` DATETIME(3) NULL,
         \`payload\` LONGTEXT NOT NULL,

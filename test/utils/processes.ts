@@ -1,0 +1,58 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createInterface } from 'node:readline';
+import { resolve } from 'node:path';
+import { DB_URL } from './db.js';
+
+export interface WorkerProcess {
+  child: ChildProcess;
+  pid: number;
+  lines: string[];
+  /** Resolves with the first stdout line matching `pattern` (seen before or after the call). */
+  waitForLine(pattern: RegExp, timeoutMs?: number): Promise<string>;
+  kill(signal?: NodeJS.Signals): Promise<void>;
+}
+
+const FIXTURE = resolve(process.cwd(), '.tmp/fixtures/worker-process.js');
+
+/** Starts the compiled worker fixture (built by `npm test`'s pretest) and waits until it is ready. */
+export async function startWorker(env: Record<string, string>): Promise<WorkerProcess> {
+  const child = spawn(process.execPath, [FIXTURE], {
+    env: { ...process.env, WORKFLOW_DB_URL: DB_URL, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines: string[] = [];
+  const waiters: Array<{ pattern: RegExp; resolve: (l: string) => void }> = [];
+  createInterface({ input: child.stdout! }).on('line', (line) => {
+    lines.push(line);
+    for (const w of [...waiters]) {
+      if (w.pattern.test(line)) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(line);
+      }
+    }
+  });
+  let stderr = '';
+  child.stderr!.on('data', (d) => (stderr += d));
+  const exited = once(child, 'exit');
+  const proc: WorkerProcess = {
+    child,
+    pid: child.pid!,
+    lines,
+    waitForLine(pattern, timeoutMs = 20_000) {
+      const seen = lines.find((l) => pattern.test(l));
+      if (seen) return Promise.resolve(seen);
+      return new Promise((res, rej) => {
+        const timer = setTimeout(() => rej(new Error(`worker ${child.pid}: no line ${pattern} in ${timeoutMs} ms; stderr: ${stderr.slice(-2000)}`)), timeoutMs);
+        waiters.push({ pattern, resolve: (l) => (clearTimeout(timer), res(l)) });
+      });
+    },
+    async kill(signal = 'SIGKILL') {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill(signal);
+      await exited;
+    },
+  };
+  await proc.waitForLine(/^ready$/);
+  return proc;
+}
