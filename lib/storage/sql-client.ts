@@ -57,6 +57,26 @@ export class SqlClient {
 
   /** One statement on a pooled connection, outside any transaction. */
   async query<T = any>(sql: string, params?: readonly unknown[]): Promise<T> {
+    return this.retryingStaleConnections(() => this.queryOnce<T>(sql, params));
+  }
+
+  /**
+   * After a server restart the pool may still hold connections to the old server: each
+   * fails at once and is destroyed, so a few quick retries reach a fresh one. Safe for
+   * our statements: reads, fenced writes and idempotent submits.
+   */
+  private async retryingStaleConnections<T>(fn: () => Promise<T>): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await fn();
+      } catch (err) {
+        if (!isConnectionError(err) || attempt >= 3) throw err;
+        await new Promise((r) => setTimeout(r, 50 * (attempt + 1)));
+      }
+    }
+  }
+
+  private async queryOnce<T>(sql: string, params?: readonly unknown[]): Promise<T> {
     const conn = await this.acquire();
     let broken = false;
     try {
@@ -96,7 +116,7 @@ export class SqlClient {
   async transaction<T>(fn: (sql: Sql) => Promise<T>, maxRetries = 8): Promise<T> {
     for (let attempt = 0; ; attempt++) {
       try {
-        return await this.withConnection(async (sql) => {
+        return await this.retryingStaleConnections(() => this.withConnection(async (sql) => {
           await sql.query('SET TRANSACTION ISOLATION LEVEL READ COMMITTED');
           await sql.query('START TRANSACTION');
           try {
@@ -107,7 +127,7 @@ export class SqlClient {
             await sql.query('ROLLBACK').catch(() => undefined);
             throw err;
           }
-        });
+        }));
       } catch (err) {
         if (!isRetryableConflict(err) || attempt >= maxRetries) throw err;
         this.conflictRetries++;

@@ -35,13 +35,10 @@ export class LeaseKeeper {
     clearInterval(this.cancelTimer);
   }
 
-  private live(): Execution[] {
-    return [...this.inFlight.values()].filter((e) => !e.owned);
-  }
-
   async renew(): Promise<void> {
     if (this.busy.renew) return;
-    const execs = this.live();
+    // Settling executions too: a settlement retried through a database blip must not lose its lease meanwhile.
+    const execs = [...this.inFlight.values()].filter((e) => e.abortReason !== 'lease-lost');
     if (execs.length === 0) return;
     this.busy.renew = true;
     try {
@@ -51,7 +48,7 @@ export class LeaseKeeper {
           this.leaseMs,
         ),
       );
-      for (const e of execs) if (lost.has(e.job.id)) this.onLost(e);
+      for (const e of execs) if (lost.has(e.job.id) && !e.owned) this.onLost(e);
     } catch (err) {
       this.logger.warn(`Lease renewal failed (${(err as Error).message}); will retry.`);
     } finally {
@@ -61,7 +58,7 @@ export class LeaseKeeper {
 
   private async pollCancels(): Promise<void> {
     if (this.busy.cancel) return;
-    const execs = this.live().filter((e) => e.job.kind === JobKind.Step);
+    const execs = [...this.inFlight.values()].filter((e) => !e.owned && e.job.kind === JobKind.Step);
     if (execs.length === 0) return;
     this.busy.cancel = true;
     try {
