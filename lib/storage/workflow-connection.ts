@@ -142,7 +142,7 @@ export class WorkflowConnection implements OnModuleInit, OnApplicationShutdown {
         `WorkflowModule needs MySQL 8.0+ or MariaDB 10.6+ (for FOR UPDATE SKIP LOCKED); this server is ${version}.`,
       );
     }
-    if (Number(packet) < this.config.maxPayloadBytes * 1.1) {
+    if (Number(packet) < this.config.maxPayloadBytes) {
       this.logger.warn(
         `max_allowed_packet (${packet} bytes) is not above maxPayloadBytes (${this.config.maxPayloadBytes}): ` +
           'payloads near the limit will be refused by the server. Raise max_allowed_packet or lower maxPayloadBytes.',

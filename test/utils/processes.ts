@@ -13,7 +13,7 @@ export interface WorkerProcess {
   kill(signal?: NodeJS.Signals): Promise<void>;
 }
 
-const FIXTURE = resolve(process.cwd(), '.tmp/fixtures/worker-process.js');
+const FIXTURE = resolve(process.cwd(), '.tmp/test/fixtures/worker-process.js');
 
 /** Starts the compiled worker fixture (built by `npm test`'s pretest) and waits until it is ready. */
 export async function startWorker(env: Record<string, string>): Promise<WorkerProcess> {

@@ -1,0 +1,101 @@
+import {
+  BadRequestException,
+  Body,
+  ConflictException,
+  Controller,
+  Delete,
+  Get,
+  HttpCode,
+  NotFoundException,
+  Param,
+  ParseIntPipe,
+  Post,
+  Query,
+  RequestTimeoutException,
+} from '@nestjs/common';
+import {
+  InputMismatchError,
+  InvalidPayloadError,
+  InvalidRunIdError,
+  InvalidRunSpecError,
+  PayloadTooLargeError,
+  ReservedHeaderError,
+  RunNotFoundError,
+  type RunOutcome,
+  type RunStatus,
+  type SubmitOutcome,
+  WaitTimeoutError,
+  WorkflowService,
+} from 'nestjs-durable-workflow';
+import type { ResearchInput } from './research-agent.runner.js';
+
+interface SubmitRunBody {
+  topic?: string;
+  /** Lets a client retry a POST safely: the same id and topic never start a second run. */
+  runId?: string;
+}
+
+@Controller('runs')
+export class RunsController {
+  constructor(private readonly workflows: WorkflowService) {}
+
+  @Post()
+  async submit(@Body() body: SubmitRunBody = {}): Promise<SubmitOutcome> {
+    // Empty topics are accepted on purpose: the runner fails them, which shows how a
+    // run ends `failed` with a reason. A real API would validate here too.
+    const input: ResearchInput = { topic: typeof body.topic === 'string' ? body.topic : '' };
+    try {
+      return await this.workflows.submit('research-agent', { runId: body.runId, input });
+    } catch (err) {
+      throw toHttpError(err);
+    }
+  }
+
+  @Get(':id')
+  async status(@Param('id') id: string): Promise<RunStatus> {
+    const status = await this.workflows.status(id);
+    if (!status) throw new NotFoundException(`no run ${id}`);
+    return status;
+  }
+
+  @Get(':id/outcome')
+  async outcome(
+    @Param('id') id: string,
+    @Query('timeoutMs', new ParseIntPipe({ optional: true })) timeoutMs = 30_000,
+  ): Promise<RunOutcome> {
+    try {
+      // Capped so a client cannot park a request (and a poll loop) here forever.
+      return await this.workflows.waitForOutcome(id, { timeoutMs: Math.min(Math.max(timeoutMs, 0), 60_000) });
+    } catch (err) {
+      throw toHttpError(err);
+    }
+  }
+
+  @Delete(':id')
+  @HttpCode(200)
+  async cancel(@Param('id') id: string): Promise<{ cancelled: true }> {
+    if (await this.workflows.cancel(id)) return { cancelled: true };
+    // cancel() is false both for unknown and for finished runs; tell the client which.
+    const status = await this.workflows.status(id);
+    if (!status) throw new NotFoundException(`no run ${id}`);
+    throw new ConflictException(`run ${id} is already ${status.state}`);
+  }
+}
+
+/** The module's errors are plain Errors; map the ones a client can cause to 4xx. */
+function toHttpError(err: unknown): unknown {
+  if (
+    err instanceof InvalidRunIdError ||
+    err instanceof InvalidRunSpecError ||
+    err instanceof InvalidPayloadError ||
+    err instanceof PayloadTooLargeError ||
+    err instanceof ReservedHeaderError
+  ) {
+    return new BadRequestException(err.message);
+  }
+  if (err instanceof InputMismatchError) return new ConflictException(err.message);
+  if (err instanceof RunNotFoundError) return new NotFoundException(err.message);
+  // The run goes on; the client may ask again.
+  if (err instanceof WaitTimeoutError) return new RequestTimeoutException(err.message);
+  return err;
+}
