@@ -1,0 +1,32 @@
+/**
+ * `npm run chaos`: the chaos test at any size, e.g.
+ *   CHAOS_RUNS=20000 CHAOS_STEPS=10 CHAOS_WORKERS=3 CHAOS_KILL_EVERY_MS=2000 npm run chaos
+ * Prints the figures; exits 1 if any invariant is broken.
+ */
+import { runChaos } from './chaos-harness.js';
+
+const env = process.env;
+const num = (name: string, fallback: number) => Number(env[name] ?? fallback);
+
+const report = await runChaos({
+  prefix: `chaos_${process.pid}_`,
+  runs: num('CHAOS_RUNS', 2_000),
+  steps: num('CHAOS_STEPS', 10),
+  workers: num('CHAOS_WORKERS', 3),
+  killEveryMs: num('CHAOS_KILL_EVERY_MS', 2_000),
+  leaseMs: num('CHAOS_LEASE_MS', 1_500),
+  stepDelayMs: num('CHAOS_STEP_DELAY_MS', 20),
+  concurrency: num('CHAOS_CONCURRENCY', 16),
+  timeoutMs: num('CHAOS_TIMEOUT_MS', 3_600_000),
+  log: (line) => process.stdout.write(`${new Date().toISOString()} ${line}\n`),
+});
+process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+const ok =
+  report.runsLost === 0 &&
+  report.missingSteps === 0 &&
+  report.duplicatesWithoutKill === 0 &&
+  report.runsWithoutTerminalDelivery === 0 &&
+  report.leftoverJobs === 0 &&
+  report.deadLetters === 0;
+process.stdout.write(ok ? 'chaos: all invariants hold\n' : 'chaos: INVARIANT BROKEN\n');
+process.exit(ok ? 0 : 1);
