@@ -219,8 +219,9 @@ export class WorkflowStorage {
       ]);
       if (run?.state !== 'cancelling') return 'settled';
       await sql.query(`DELETE FROM ${this.t.jobs} WHERE \`id\` = ?`, [job.id]);
-      await this.finishRun(sql, job, { status: 'cancelled' }, now);
-      return 'cancelled';
+      return (await this.finishRun(sql, job, { status: 'cancelled' }, now)) === 'orphan'
+        ? this.orphaned(sql, job, now)
+        : 'cancelled';
     }
 
     const del = await sql.query<WriteResult>(`DELETE FROM ${this.t.jobs} WHERE \`id\` = ? AND \`lease_token\` = ?`, [
@@ -241,22 +242,28 @@ export class WorkflowStorage {
       );
       if (upd.affectedRows === 0) {
         // The run is cancelling: the step's result is discarded and the run ends cancelled.
-        return (await this.finishRun(sql, job, { status: 'cancelled' }, now)) === 'lost' ? 'lost' : 'cancelled';
+        const ended = await this.finishRun(sql, job, { status: 'cancelled' }, now);
+        return ended === 'orphan' ? this.orphaned(sql, job, now) : 'cancelled';
       }
       await this.insertJobs(sql, [s.next]);
       return 'settled';
     }
 
-    if (s.type === 'finish') {
-      return this.finishRun(sql, job, s, now);
-    }
-    if (s.type === 'dead') {
-      const outcome = await this.finishRun(sql, job, { status: 'failed', error: s.reason ?? s.error }, now);
-      if (outcome === 'settled') await this.insertDead(sql, job, s.error, now);
-      return outcome;
-    }
-    // 'cancelled': the worker observed an external cancel.
-    await this.finishRun(sql, job, { status: 'cancelled' }, now);
+    const decision =
+      s.type === 'finish'
+        ? s
+        : s.type === 'dead'
+          ? { status: 'failed' as const, error: s.reason ?? s.error }
+          : { status: 'cancelled' as const }; // the worker observed an external cancel
+    const ended = await this.finishRun(sql, job, decision, now);
+    if (ended === 'orphan') return this.orphaned(sql, job, now);
+    if (s.type === 'dead' && ended === 'settled') await this.insertDead(sql, job, s.error, now);
+    return s.type === 'cancelled' ? 'settled' : ended;
+  }
+
+  /** Keeps a step whose run row is missing or finished as a dead letter an operator can see. */
+  private async orphaned(sql: Sql, job: ClaimedJob, now: number): Promise<SettleResult> {
+    await this.insertDead(sql, job, `run ${job.runId} is missing or already finished; step not applied`, now);
     return 'settled';
   }
 
@@ -271,12 +278,13 @@ export class WorkflowStorage {
     job: { runId: string; stepNumber: number; attempts: number; priority: number; headers: string },
     decision: { status: TerminalStatus; result?: string; error?: string },
     now: number,
-  ): Promise<SettleResult> {
+  ): Promise<SettleResult | 'orphan'> {
     const [run] = await sql.query<Array<{ workflow: string; state: string; submitted_at: number | string }>>(
       `SELECT \`workflow\`, \`state\`, \`submitted_at\` FROM ${this.t.runs} WHERE \`id\` = ? FOR UPDATE`,
       [job.runId],
     );
-    if (!run || (run.state !== 'active' && run.state !== 'cancelling')) return 'lost';
+    // A leased step whose run row is gone or finished: only a hand-edited table gets here.
+    if (!run || (run.state !== 'active' && run.state !== 'cancelling')) return 'orphan';
     const d = run.state === 'cancelling' ? { status: 'cancelled' as const } : decision;
     await sql.query(
       `UPDATE ${this.t.runs} SET \`state\` = ?, \`result\` = ?, \`error\` = ?, \`current_step\` = ?, \`current_job_id\` = NULL,
@@ -336,7 +344,7 @@ export class WorkflowStorage {
   }
 
   private async insertDead(sql: Sql, job: ClaimedJob, error: string, now: number): Promise<void> {
-    const workflow = job.kind === JobKind.Step ? job.queue : (JSON.parse(job.payload) as { workflow: string }).workflow;
+    const workflow = job.kind === JobKind.Step ? job.queue : workflowOfOutcome(job.payload);
     await sql.query(
       `INSERT INTO ${this.t.dead} (\`job_id\`, \`queue\`, \`kind\`, \`workflow\`, \`run_id\`, \`step_number\`, \`attempts\`, \`max_attempts\`,
         \`priority\`, \`payload\`, \`headers\`, \`last_error\`, \`dead_at\`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -564,6 +572,15 @@ export class WorkflowStorage {
         await sql.query('SELECT RELEASE_LOCK(?)', [lock]).catch(() => undefined);
       }
     });
+  }
+}
+
+/** The workflow named in a terminal delivery's outcome; tolerant of a hand-damaged row. */
+function workflowOfOutcome(payload: string): string {
+  try {
+    return String((JSON.parse(payload) as { workflow?: unknown }).workflow ?? '?').slice(0, 128);
+  } catch {
+    return '?';
   }
 }
 

@@ -20,7 +20,8 @@ export class Maintenance {
   start(): void {
     this.every('promote', this.opts.pollIntervalMs, () => this.promote());
     this.every('reap', Math.min(5000, Math.max(200, Math.floor(this.opts.leaseMs / 4))), () => this.reap());
-    this.every('retention', 60_000, () => this.sweep());
+    // A sweep that finds nothing is two index probes: cheap enough to run every few seconds.
+    this.every('retention', Math.min(60_000, Math.max(1_000, this.opts.pollIntervalMs * 40)), () => this.sweep());
     const first = setTimeout(() => void this.run('retention', () => this.sweep()), 1000 + Math.random() * 4000);
     first.unref();
     this.timers.push(first);
