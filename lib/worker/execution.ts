@@ -13,10 +13,14 @@ export class Execution {
   private finish!: () => void;
   readonly done = new Promise<void>((resolve) => (this.finish = resolve));
   timer?: NodeJS.Timeout;
+  /** The successor, inserted already leased to this worker: run it in this slot without a claim. */
+  next?: ClaimedJob;
 
   constructor(
     readonly job: ClaimedJob,
     readonly workflow: string,
+    /** A fresh lease token if this step's successor may run in place, else undefined. */
+    readonly inPlaceToken: () => string | undefined = () => undefined,
   ) {}
 
   get owned(): boolean {

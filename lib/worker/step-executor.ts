@@ -192,6 +192,7 @@ export class StepExecutor {
           }
           const payload = serializeJson(o.payload, `payload returned by step ${job.stepNumber}`, max);
           const now = this.now();
+          const token = delay === 0 ? exec.inPlaceToken() : undefined;
           return {
             type: 'continue',
             next: {
@@ -206,6 +207,8 @@ export class StepExecutor {
               maxAttempts: job.maxAttempts,
               payload,
               headers: job.headers,
+              leaseToken: token,
+              leaseMs: token ? this.leaseMs : undefined,
             },
           };
         }
@@ -254,6 +257,23 @@ export class StepExecutor {
         const result = await storage.settle(exec.job, settlement);
         if (result === 'lost') {
           this.logger.warn(`${this.where(exec)}: lease lost before settling; outcome discarded (another delivery owns it).`);
+          return;
+        }
+        if (result === 'settled' && settlement.type === 'continue' && settlement.next.leaseToken) {
+          const n = settlement.next;
+          exec.next = {
+            id: n.id,
+            queue: n.queue,
+            kind: n.kind,
+            runId: n.runId,
+            stepNumber: n.stepNumber,
+            attempts: 1,
+            maxAttempts: n.maxAttempts ?? exec.job.maxAttempts,
+            priority: n.priority,
+            payload: n.payload,
+            headers: n.headers,
+            token: n.leaseToken!,
+          };
           return;
         }
         this.afterSettle(exec, settlement, result === 'cancelled');

@@ -21,6 +21,11 @@ import { WorkflowNotifier } from './workflow.notifier.js';
 
 /** Most jobs one claim transaction takes; deep queues are drained in batches of this. */
 const CLAIM_BATCH = 32;
+/**
+ * Consecutive steps of one run a slot may run in place (successor inserted already
+ * leased to it, no claim). Bounded so queued runs and higher priorities get the slot back.
+ */
+const MAX_IN_PLACE = 16;
 
 interface QueueSlot {
   name: string;
@@ -189,14 +194,17 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
     });
   }
 
-  private launch(q: QueueSlot, job: ClaimedJob): void {
+  private launch(q: QueueSlot, job: ClaimedJob, chain = 0): void {
     const workflow = q.workflow ?? safeWorkflowOf(job);
-    const exec = new Execution(job, workflow);
+    const inPlace = () => (this.running && chain < MAX_IN_PLACE ? this.nextToken() : undefined);
+    const exec = new Execution(job, workflow, q.workflow ? inPlace : undefined);
     this.inFlight.set(job.id, exec);
-    q.inFlight++;
+    if (chain === 0) q.inFlight++;
     void this.executor.execute(exec);
     void exec.done.then(() => {
       if (this.inFlight.get(job.id) === exec) this.inFlight.delete(job.id);
+      // The successor is already leased to us: run it in this slot, even while draining.
+      if (exec.next) return this.launch(q, exec.next, chain + 1);
       q.inFlight--;
       this.wake();
     });
