@@ -49,8 +49,8 @@ describe('tampered rows', () => {
 
     const dead = await waitFor(async () => {
       const d = await service.deadSteps({ workflow: 'fragile' });
-      return d.length === 2 ? d : undefined;
-    }, 'two dead letters');
+      return d.length === 2 ? d : null;
+    }, "two dead letters");
     expect(dead.find((d) => d.runId === bad.runId)!.lastError).toMatch(/not valid JSON/);
     expect(dead.find((d) => d.runId === orphan.runId)!.lastError).toMatch(/missing or already finished/);
     const [left] = await db.query(`SELECT COUNT(*) AS n FROM \`${prefix}jobs\``);
