@@ -1,3 +1,11 @@
+import { REQUEST } from '@nestjs/core';
+
+/**
+ * Inject into a request-scoped runner or @OnTerminal host to get the Step (or the
+ * RunOutcome) it was built for: `constructor(@Inject(STEP_REF) step: Step)`.
+ */
+export const STEP_REF = REQUEST;
+
 export const STEP_RUNNER_METADATA = 'workflow:step_runner';
 export const ON_TERMINAL_METADATA = 'workflow:on_terminal';
 

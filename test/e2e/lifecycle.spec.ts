@@ -1,6 +1,7 @@
-import { type BeforeApplicationShutdown, Injectable, Scope } from '@nestjs/common';
+import { type BeforeApplicationShutdown, Inject, Injectable, Scope } from '@nestjs/common';
 import type { TestingModule } from '@nestjs/testing';
 import {
+  STEP_REF,
   type Step,
   StepAbortedError,
   StepOutcome,
@@ -83,13 +84,16 @@ class SharedCounter {
 @StepRunner('scoped')
 class ScopedRunner {
   static instances: ScopedRunner[] = [];
-  static steps: Array<{ instance: ScopedRunner; step: number }> = [];
-  constructor(private readonly shared: SharedCounter) {
+  static steps: Array<{ instance: ScopedRunner; step: number; injected?: number }> = [];
+  constructor(
+    private readonly shared: SharedCounter,
+    @Inject(STEP_REF) private readonly injectedStep: Step,
+  ) {
     shared.instancesMade++;
     ScopedRunner.instances.push(this);
   }
   runStep(step: Step<{ hops: number }>) {
-    ScopedRunner.steps.push({ instance: this, step: step.stepNumber });
+    ScopedRunner.steps.push({ instance: this, step: step.stepNumber, injected: this.injectedStep?.stepNumber });
     if (step.payload.hops > 0) return StepOutcome.continue({ hops: step.payload.hops - 1 });
     return StepOutcome.succeed({ made: this.shared.instancesMade });
   }
@@ -228,6 +232,8 @@ describe('step timeout, concurrency, request scope', () => {
     const outcome = await service.waitForOutcome(runId, { timeoutMs: 10_000 });
     expect(outcome).toMatchObject({ status: 'succeeded', finalStep: 2 });
     expect(ScopedRunner.steps.map((s) => s.step)).toEqual([0, 1, 2]);
+    // STEP_REF gives each instance the step it was built for.
+    expect(ScopedRunner.steps.map((s) => s.injected)).toEqual([0, 1, 2]);
     // One fresh instance per step, all sharing the singleton dependency.
     const used = new Set(ScopedRunner.steps.map((s) => s.instance));
     expect(used.size).toBe(3);
