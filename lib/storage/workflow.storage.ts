@@ -199,6 +199,53 @@ export class WorkflowStorage {
     return this.client.transaction((sql) => this.settleIn(sql, job, settlement));
   }
 
+  /**
+   * Group commit for the hot path: many `continue` settlements in one transaction, a
+   * handful of statements for the whole batch. Each item keeps the guarantees of
+   * `settle`: its job is locked and its token checked first, a lost lease changes
+   * nothing for that item, a cancelling run is cancelled instead.
+   */
+  async settleContinues(items: Array<{ job: ClaimedJob; next: NewJob }>): Promise<SettleResult[]> {
+    return this.client.transaction(async (sql) => {
+      const now = this.now();
+      const results: SettleResult[] = items.map(() => 'lost');
+      const locked = await sql.query<Array<{ id: string; lease_token: string | null }>>(
+        `SELECT \`id\`, \`lease_token\` FROM ${this.t.jobs} WHERE \`id\` IN (?) FOR UPDATE`,
+        [items.map((i) => i.job.id)],
+      );
+      const tokens = new Map(locked.map((r) => [r.id, r.lease_token]));
+      const held = items.map((it, i) => ({ ...it, i })).filter((it) => tokens.get(it.job.id) === it.job.token);
+      if (held.length === 0) return results;
+      await sql.query(`DELETE FROM ${this.t.jobs} WHERE \`id\` IN (?)`, [held.map((h) => h.job.id)]);
+      const runs = await sql.query<Array<{ id: string; state: string }>>(
+        `SELECT \`id\`, \`state\` FROM ${this.t.runs} WHERE \`id\` IN (?) FOR UPDATE`,
+        [held.map((h) => h.job.runId)],
+      );
+      const states = new Map(runs.map((r) => [r.id, r.state]));
+      const moving = held.filter((h) => states.get(h.job.runId) === 'active');
+      for (const h of held) {
+        if (states.get(h.job.runId) === 'active') continue;
+        const ended = await this.finishRun(sql, h.job, { status: 'cancelled' }, now);
+        results[h.i] = ended === 'orphan' ? await this.orphaned(sql, h.job, now) : 'cancelled';
+      }
+      if (moving.length === 0) return results;
+      const step = moving.map(() => 'WHEN ? THEN ?').join(' ');
+      await sql.query(
+        `UPDATE ${this.t.runs} SET \`current_step\` = CASE \`id\` ${step} END, \`current_job_id\` = CASE \`id\` ${step} END,
+          \`updated_at\` = ? WHERE \`id\` IN (?)`,
+        [
+          ...moving.flatMap((m) => [m.job.runId, m.next.stepNumber]),
+          ...moving.flatMap((m) => [m.job.runId, m.next.id]),
+          now,
+          moving.map((m) => m.job.runId),
+        ],
+      );
+      await this.insertJobs(sql, moving.map((m) => m.next));
+      for (const m of moving) results[m.i] = 'settled';
+      return results;
+    });
+  }
+
   private async settleIn(sql: Sql, job: ClaimedJob, s: Settlement): Promise<SettleResult> {
     const now = this.now();
     if (s.type === 'retry' || s.type === 'release') {
@@ -318,29 +365,28 @@ export class WorkflowStorage {
     return run.state === 'cancelling' && decision.status !== 'cancelled' ? 'cancelled' : 'settled';
   }
 
+  /** One multi-row INSERT; a job inserted already leased gets its lease in the database clock. */
   private async insertJobs(sql: Sql, jobs: NewJob[]): Promise<void> {
     if (jobs.length === 0) return;
     const now = this.now();
-    const leased = jobs.filter((j) => j.leaseToken);
-    const queued = jobs.filter((j) => !j.leaseToken);
-    if (queued.length > 0) {
-      await sql.query(`INSERT INTO ${this.t.jobs} (${JOB_COLUMNS}) VALUES ?`, [
-        queued.map((j) => [
-          j.id, j.queue, j.kind, j.scheduled ? JobState.Scheduled : JobState.Ready, j.priority, j.runAt, j.runId,
-          j.stepNumber, 0, j.maxAttempts, null, null, j.payload, j.headers, now,
-        ]),
-      ]);
-    }
-    for (const j of leased) {
-      await sql.query(
-        `INSERT INTO ${this.t.jobs} (${JOB_COLUMNS}) VALUES (?, ?, ?, ${JobState.Leased}, ?, ?, ?, ?, 1, ?, ?,
-          DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND), ?, ?, ?)`,
-        [
+    const rows: string[] = [];
+    const params: unknown[] = [];
+    for (const j of jobs) {
+      if (j.leaseToken) {
+        rows.push(`(?, ?, ?, ${JobState.Leased}, ?, ?, ?, ?, 1, ?, ?, DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND), ?, ?, ?)`);
+        params.push(
           j.id, j.queue, j.kind, j.priority, j.runAt, j.runId, j.stepNumber, j.maxAttempts, j.leaseToken,
           (j.leaseMs ?? 30_000) * 1000, j.payload, j.headers, now,
-        ],
-      );
+        );
+      } else {
+        rows.push('(?, ?, ?, ?, ?, ?, ?, ?, 0, ?, NULL, NULL, ?, ?, ?)');
+        params.push(
+          j.id, j.queue, j.kind, j.scheduled ? JobState.Scheduled : JobState.Ready, j.priority, j.runAt, j.runId,
+          j.stepNumber, j.maxAttempts, j.payload, j.headers, now,
+        );
+      }
     }
+    await sql.query(`INSERT INTO ${this.t.jobs} (${JOB_COLUMNS}) VALUES ${rows.join(', ')}`, params);
   }
 
   private async insertDead(sql: Sql, job: ClaimedJob, error: string, now: number): Promise<void> {

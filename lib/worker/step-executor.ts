@@ -13,6 +13,7 @@ import { WORKFLOW_CONFIG } from '../workflow.constants.js';
 import { WorkflowRegistry, type RunnerBinding } from '../workflow.registry.js';
 import { backoffDelay, type BackoffPolicy } from './backoff.js';
 import { Execution } from './execution.js';
+import { SettleBatcher } from './settle-batcher.js';
 import { WorkflowNotifier } from './workflow.notifier.js';
 
 const OUTCOME_KINDS = new Set(['continue', 'succeed', 'fail', 'cancel']);
@@ -25,6 +26,7 @@ const OUTCOME_KINDS = new Set(['continue', 'succeed', 'fail', 'cancel']);
 @Injectable()
 export class StepExecutor {
   private readonly logger = new Logger('WorkflowWorker');
+  private readonly batcher = new SettleBatcher(() => this.connection.ready());
 
   constructor(
     @Inject(WORKFLOW_CONFIG) private readonly config: ResolvedWorkflowConfig,
@@ -253,8 +255,10 @@ export class StepExecutor {
     const started = Date.now();
     for (let attempt = 1; ; attempt++) {
       try {
-        const storage = await this.connection.ready();
-        const result = await storage.settle(exec.job, settlement);
+        const result =
+          settlement.type === 'continue'
+            ? await this.batcher.settle(exec.job, settlement.next)
+            : await (await this.connection.ready()).settle(exec.job, settlement);
         if (result === 'lost') {
           this.logger.warn(`${this.where(exec)}: lease lost before settling; outcome discarded (another delivery owns it).`);
           return;

@@ -1,0 +1,53 @@
+import type { WorkflowStorage } from '../storage/workflow.storage.js';
+import type { ClaimedJob, NewJob, SettleResult } from '../storage/storage.types.js';
+
+interface Pending {
+  job: ClaimedJob;
+  next: NewJob;
+  resolve(result: SettleResult): void;
+  reject(err: unknown): void;
+}
+
+/** Largest batch per transaction: keeps statements and lock sets small. */
+const MAX_BATCH = 64;
+
+/**
+ * Group commit for `continue` settlements. Settlements that arrive while a transaction
+ * is in flight wait for the next one and share it, so under load many steps cost one
+ * commit; when idle, a settlement goes out on the next turn of the event loop. Each
+ * caller still learns its own item's result.
+ */
+export class SettleBatcher {
+  private queue: Pending[] = [];
+  private flushing = false;
+
+  constructor(private readonly storage: () => Promise<WorkflowStorage>) {}
+
+  settle(job: ClaimedJob, next: NewJob): Promise<SettleResult> {
+    return new Promise((resolve, reject) => {
+      this.queue.push({ job, next, resolve, reject });
+      if (!this.flushing) {
+        this.flushing = true;
+        setImmediate(() => void this.flush());
+      }
+    });
+  }
+
+  private async flush(): Promise<void> {
+    try {
+      while (this.queue.length) {
+        const batch = this.queue.splice(0, MAX_BATCH);
+        try {
+          const storage = await this.storage();
+          const results = await storage.settleContinues(batch.map((b) => ({ job: b.job, next: b.next })));
+          batch.forEach((b, i) => b.resolve(results[i]));
+        } catch (err) {
+          // Each caller retries on its own terms (and may join a later batch).
+          for (const b of batch) b.reject(err);
+        }
+      }
+    } finally {
+      this.flushing = false;
+    }
+  }
+}
