@@ -24,7 +24,7 @@ import { JobKind, JobState, type NewRun, type RunRow } from './storage/storage.t
 import { hashJson, parseJson, serializeJson } from './utils/json.js';
 import { ulid } from './utils/ulid.js';
 import type { ResolvedWorkflowConfig } from './workflow.config.js';
-import { RESERVED_HEADER_PREFIX, RUN_ID_PATTERN, WORKFLOW_CONFIG } from './workflow.constants.js';
+import { RESERVED_HEADER_PREFIX, RUN_ID_PATTERN, WORKFLOW_CONFIG, WORKFLOW_NAME_PATTERN } from './workflow.constants.js';
 import { WorkflowRegistry } from './workflow.registry.js';
 import { WorkflowNotifier } from './worker/workflow.notifier.js';
 
@@ -108,7 +108,8 @@ export class WorkflowService {
     if (!('input' in spec)) throw new InvalidRunSpecError('RunSpec.input is required (use null for "no input").');
     const runId = spec.runId ?? ulid(this.config.clock.now());
     if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId)) throw new InvalidRunIdError(runId);
-    const headers: Record<string, string> = {};
+    // No prototype: a header named "__proto__" is data like any other.
+    const headers: Record<string, string> = Object.create(null);
     if (spec.headers !== undefined) {
       if (!spec.headers || typeof spec.headers !== 'object' || Array.isArray(spec.headers)) {
         throw new InvalidRunSpecError('RunSpec.headers must be an object of string values.');
@@ -215,6 +216,12 @@ export class WorkflowService {
   /** Dead letters, newest first: steps (and terminal deliveries) that exhausted their attempts or failed permanently. */
   async deadSteps(filter: DeadStepFilter = {}): Promise<DeadStep[]> {
     const limit = optionalInt(filter.limit, 'limit', 1) ?? 100;
+    if (filter.before !== undefined && !(filter.before instanceof Date && Number.isFinite(filter.before.getTime()))) {
+      throw new InvalidRunSpecError('deadSteps: `before` must be a valid Date.');
+    }
+    if (filter.workflow !== undefined && (typeof filter.workflow !== 'string' || !WORKFLOW_NAME_PATTERN.test(filter.workflow))) {
+      return []; // no workflow can have that name
+    }
     const storage = await this.connection.ready();
     const rows = await storage.deadSteps({
       workflow: filter.workflow,
@@ -239,7 +246,7 @@ export class WorkflowService {
    * gone or its run has moved on.
    */
   async retryDead(jobId: string): Promise<boolean> {
-    if (typeof jobId !== 'string' || jobId.length === 0 || jobId.length > 64) return false;
+    if (typeof jobId !== 'string' || !/^[0-9A-Za-z]{1,64}$/.test(jobId)) return false;
     const storage = await this.connection.ready();
     const ok = await storage.retryDead(jobId);
     if (ok) this.notifier.wake();

@@ -27,7 +27,13 @@ class NotJson {
   constructor(readonly reason: string) {}
 }
 
-function strictReplacer(this: unknown, key: string, value: unknown): unknown {
+function strictReplacer(this: Record<string, unknown>, key: string, value: unknown): unknown {
+  // toJSON has already run; look at the original for what it would have hidden.
+  const original = this[key];
+  if (original !== value && typeof original === 'object' && original !== null) {
+    if (original instanceof Date && Number.isNaN(original.getTime())) throw new NotJson(`${at(key)} is an invalid Date`);
+    if (ArrayBuffer.isView(original)) throw new NotJson(`${at(key)} is binary (${original.constructor.name}); encode bytes as base64`);
+  }
   switch (typeof value) {
     case 'string':
     case 'boolean':
