@@ -34,9 +34,19 @@ export function isConnectionError(err: unknown): boolean {
 }
 
 interface RawConnection {
-  promise(): { query(sql: string, params?: readonly unknown[]): Promise<[unknown, unknown]> };
+  query(sql: string, params: unknown[] | undefined, cb: (err: Error | null, rows: unknown) => void): void;
   release(): void;
   destroy(): void;
+}
+
+/**
+ * mysql2's callback API in a promise. Its own promise wrapper captures a stack trace
+ * for every statement, which is a measurable share of a step transition.
+ */
+function run<T>(conn: RawConnection, sql: string, params?: readonly unknown[]): Promise<T> {
+  return new Promise((resolve, reject) => {
+    conn.query(sql, params as unknown[] | undefined, (err, rows) => (err ? reject(err) : resolve(rows as T)));
+  });
 }
 
 /**
@@ -47,8 +57,18 @@ interface RawConnection {
 export class SqlClient {
   private readonly logger = new Logger('WorkflowStorage');
   conflictRetries = 0;
+  /** Connections of our own pool already switched to READ COMMITTED for their whole session. */
+  private readonly readCommitted = new WeakSet<RawConnection>();
 
-  constructor(readonly dataSource: DataSource) {}
+  /**
+   * @param ownPool the module created this DataSource: its sessions are ours to set to
+   *   READ COMMITTED once, instead of once per transaction (a shared pool's sessions are
+   *   the application's and are left alone).
+   */
+  constructor(
+    readonly dataSource: DataSource,
+    private readonly ownPool = false,
+  ) {}
 
   private async acquire(): Promise<RawConnection> {
     const driver = this.dataSource.driver as unknown as { obtainMasterConnection(): Promise<RawConnection> };
@@ -80,8 +100,7 @@ export class SqlClient {
     const conn = await this.acquire();
     let broken = false;
     try {
-      const [rows] = await conn.promise().query(sql, params as unknown[]);
-      return rows as T;
+      return await run<T>(conn, sql, params);
     } catch (err) {
       broken = isConnectionError(err);
       throw err;
@@ -95,9 +114,7 @@ export class SqlClient {
   async withConnection<T>(fn: (sql: Sql) => Promise<T>): Promise<T> {
     const conn = await this.acquire();
     let broken = false;
-    const sql: Sql = {
-      query: async (text, params) => (await conn.promise().query(text, params as unknown[]))[0] as any,
-    };
+    const sql: Sql & { conn: RawConnection } = { conn, query: (text, params) => run(conn, text, params) };
     try {
       return await fn(sql);
     } catch (err) {
@@ -117,7 +134,13 @@ export class SqlClient {
     for (let attempt = 0; ; attempt++) {
       try {
         return await this.retryingStaleConnections(() => this.withConnection(async (sql) => {
-          await sql.query('SET TRANSACTION ISOLATION LEVEL READ COMMITTED');
+          const conn = (sql as Sql & { conn: RawConnection }).conn;
+          if (!this.ownPool) {
+            await sql.query('SET TRANSACTION ISOLATION LEVEL READ COMMITTED');
+          } else if (!this.readCommitted.has(conn)) {
+            await sql.query('SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED');
+            this.readCommitted.add(conn);
+          }
           await sql.query('START TRANSACTION');
           try {
             const result = await fn(sql);

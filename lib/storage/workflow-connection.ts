@@ -49,7 +49,7 @@ export class WorkflowConnection implements OnModuleInit, OnApplicationShutdown {
         `WorkflowModule needs a MySQL or MariaDB DataSource (type 'mysql' or 'mariadb'), got type '${type}'.`,
       );
     }
-    const client = new SqlClient(dataSource);
+    const client = new SqlClient(dataSource, dataSource === this.ownDataSource);
     await this.checkServer(client);
     const prefix = this.config.tablePrefix;
     const now = () => this.config.clock.now();

@@ -10,6 +10,8 @@ interface Pending {
 
 /** Largest batch per transaction: keeps statements and lock sets small. */
 const MAX_BATCH = 64;
+/** Transactions in flight at once: while one waits on the server, the next batch forms and goes. */
+const MAX_FLUSHES = 2;
 
 /**
  * Group commit for `continue` settlements. Settlements that arrive while a transaction
@@ -19,35 +21,43 @@ const MAX_BATCH = 64;
  */
 export class SettleBatcher {
   private queue: Pending[] = [];
-  private flushing = false;
+  private flushes = 0;
+  private scheduled = false;
 
   constructor(private readonly storage: () => Promise<WorkflowStorage>) {}
 
   settle(job: ClaimedJob, next: NewJob): Promise<SettleResult> {
     return new Promise((resolve, reject) => {
       this.queue.push({ job, next, resolve, reject });
-      if (!this.flushing) {
-        this.flushing = true;
-        setImmediate(() => void this.flush());
-      }
+      this.schedule();
+    });
+  }
+
+  /** Next turn of the event loop, so settlements finishing in this one share a transaction. */
+  private schedule(): void {
+    if (this.scheduled || this.flushes >= MAX_FLUSHES || this.queue.length === 0) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      void this.flush();
     });
   }
 
   private async flush(): Promise<void> {
+    if (this.queue.length === 0 || this.flushes >= MAX_FLUSHES) return;
+    this.flushes++;
+    const batch = this.queue.splice(0, MAX_BATCH);
+    this.schedule();
     try {
-      while (this.queue.length) {
-        const batch = this.queue.splice(0, MAX_BATCH);
-        try {
-          const storage = await this.storage();
-          const results = await storage.settleContinues(batch.map((b) => ({ job: b.job, next: b.next })));
-          batch.forEach((b, i) => b.resolve(results[i]));
-        } catch (err) {
-          // Each caller retries on its own terms (and may join a later batch).
-          for (const b of batch) b.reject(err);
-        }
-      }
+      const storage = await this.storage();
+      const results = await storage.settleContinues(batch.map((b) => ({ job: b.job, next: b.next })));
+      batch.forEach((b, i) => b.resolve(results[i]));
+    } catch (err) {
+      // Each caller retries on its own terms (and may join a later batch).
+      for (const b of batch) b.reject(err);
     } finally {
-      this.flushing = false;
+      this.flushes--;
+      this.schedule();
     }
   }
 }
