@@ -32,6 +32,9 @@ interface JobRow {
   headers: string;
 }
 
+/** Thrown inside a transaction to roll it back and take the careful path. */
+const SLOW_PATH = Symbol('slow path');
+
 export type CancelResult = 'cancelled' | 'cancelling' | 'already-cancelling' | false;
 
 export interface ExistingRun {
@@ -120,12 +123,16 @@ export class WorkflowStorage {
       );
       if (rows.length === 0) return [];
       await sql.query(
-        `UPDATE ${this.t.jobs} SET \`state\` = ${JobState.Leased}, \`attempts\` = \`attempts\` + 1, \`lease_token\` = ?,
+        // One token per job (claim token + job id), so a token never fences another job's row.
+        `UPDATE ${this.t.jobs} SET \`state\` = ${JobState.Leased}, \`attempts\` = \`attempts\` + 1, \`lease_token\` = CONCAT(?, '/', \`id\`),
           \`lease_until\` = DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND), \`max_attempts\` = COALESCE(\`max_attempts\`, ?)
           WHERE \`id\` IN (?)`,
         [token, leaseMs * 1000, maxAttempts, rows.map((r) => r.id)],
       );
-      return rows.map((r) => ({ ...toClaimed(r, token, Number(r.attempts) + 1), maxAttempts: Number(r.max_attempts ?? maxAttempts) }));
+      return rows.map((r) => ({
+        ...toClaimed(r, `${token}/${r.id}`, Number(r.attempts) + 1),
+        maxAttempts: Number(r.max_attempts ?? maxAttempts),
+      }));
     });
   }
 
@@ -200,50 +207,88 @@ export class WorkflowStorage {
   }
 
   /**
-   * Group commit for the hot path: many `continue` settlements in one transaction, a
-   * handful of statements for the whole batch. Each item keeps the guarantees of
-   * `settle`: its job is locked and its token checked first, a lost lease changes
-   * nothing for that item, a cancelling run is cancelled instead.
+   * Group commit: many settlements in one transaction. The fast path covers the hot
+   * case (`continue` and `finish` on jobs whose lease holds and whose run is active)
+   * with a few statements for the whole batch. Anything else (a lost lease, a
+   * cancelling run, another kind of settlement) rolls that attempt back and applies
+   * each item with `settleIn`, one after another in one transaction, with exactly the
+   * guarantees of `settle`.
    */
-  async settleContinues(items: Array<{ job: ClaimedJob; next: NewJob }>): Promise<SettleResult[]> {
+  async settleMany(items: Array<{ job: ClaimedJob; settlement: Settlement }>): Promise<SettleResult[]> {
+    if (items.every((i) => i.job.kind === JobKind.Step && (i.settlement.type === 'continue' || i.settlement.type === 'finish'))) {
+      const fast = await this.client.transaction((sql) => this.settleFast(sql, items)).catch((err) => {
+        if (err === SLOW_PATH) return null;
+        throw err;
+      });
+      if (fast) return fast;
+    }
     return this.client.transaction(async (sql) => {
-      const now = this.now();
-      const results: SettleResult[] = items.map(() => 'lost');
-      const locked = await sql.query<Array<{ id: string; lease_token: string | null }>>(
-        `SELECT \`id\`, \`lease_token\` FROM ${this.t.jobs} WHERE \`id\` IN (?) FOR UPDATE`,
-        [items.map((i) => i.job.id)],
-      );
-      const tokens = new Map(locked.map((r) => [r.id, r.lease_token]));
-      const held = items.map((it, i) => ({ ...it, i })).filter((it) => tokens.get(it.job.id) === it.job.token);
-      if (held.length === 0) return results;
-      await sql.query(`DELETE FROM ${this.t.jobs} WHERE \`id\` IN (?)`, [held.map((h) => h.job.id)]);
-      const runs = await sql.query<Array<{ id: string; state: string }>>(
-        `SELECT \`id\`, \`state\` FROM ${this.t.runs} WHERE \`id\` IN (?) FOR UPDATE`,
-        [held.map((h) => h.job.runId)],
-      );
-      const states = new Map(runs.map((r) => [r.id, r.state]));
-      const moving = held.filter((h) => states.get(h.job.runId) === 'active');
-      for (const h of held) {
-        if (states.get(h.job.runId) === 'active') continue;
-        const ended = await this.finishRun(sql, h.job, { status: 'cancelled' }, now);
-        results[h.i] = ended === 'orphan' ? await this.orphaned(sql, h.job, now) : 'cancelled';
-      }
-      if (moving.length === 0) return results;
-      const step = moving.map(() => 'WHEN ? THEN ?').join(' ');
-      await sql.query(
-        `UPDATE ${this.t.runs} SET \`current_step\` = CASE \`id\` ${step} END, \`current_job_id\` = CASE \`id\` ${step} END,
-          \`updated_at\` = ? WHERE \`id\` IN (?)`,
+      const results: SettleResult[] = [];
+      for (const i of items) results.push(await this.settleIn(sql, i.job, i.settlement));
+      return results;
+    });
+  }
+
+  private async settleFast(
+    sql: Sql,
+    items: Array<{ job: ClaimedJob; settlement: Settlement }>,
+  ): Promise<SettleResult[]> {
+    const now = this.now();
+    // Tokens are unique per job, so these IN lists cannot match a row by another item's token.
+    const del = await sql.query<WriteResult>(
+      `DELETE FROM ${this.t.jobs} WHERE \`id\` IN (?) AND \`lease_token\` IN (?)`,
+      [items.map((i) => i.job.id), items.map((i) => i.job.token)],
+    );
+    if (del.affectedRows !== items.length) throw SLOW_PATH;
+    const inserts: NewJob[] = [];
+    const moving = items.filter((i) => i.settlement.type === 'continue');
+    if (moving.length) {
+      const when = moving.map(() => 'WHEN ? THEN ?').join(' ');
+      const upd = await sql.query<WriteResult>(
+        `UPDATE ${this.t.runs} SET \`current_step\` = CASE \`id\` ${when} END, \`current_job_id\` = CASE \`id\` ${when} END,
+          \`updated_at\` = ? WHERE \`id\` IN (?) AND \`state\` = 'active'`,
         [
-          ...moving.flatMap((m) => [m.job.runId, m.next.stepNumber]),
-          ...moving.flatMap((m) => [m.job.runId, m.next.id]),
+          ...moving.flatMap((m) => [m.job.runId, (m.settlement as { next: NewJob }).next.stepNumber]),
+          ...moving.flatMap((m) => [m.job.runId, (m.settlement as { next: NewJob }).next.id]),
           now,
           moving.map((m) => m.job.runId),
         ],
       );
-      await this.insertJobs(sql, moving.map((m) => m.next));
-      for (const m of moving) results[m.i] = 'settled';
-      return results;
-    });
+      if (upd.affectedRows !== moving.length) throw SLOW_PATH;
+      for (const m of moving) inserts.push((m.settlement as { next: NewJob }).next);
+    }
+    const ending = items.filter((i) => i.settlement.type === 'finish');
+    if (ending.length) {
+      const runs = await sql.query<Array<{ id: string; workflow: string; state: string; submitted_at: number | string }>>(
+        `SELECT \`id\`, \`workflow\`, \`state\`, \`submitted_at\` FROM ${this.t.runs} WHERE \`id\` IN (?) FOR UPDATE`,
+        [ending.map((e) => e.job.runId)],
+      );
+      const byId = new Map(runs.map((r) => [r.id, r]));
+      if (ending.some((e) => byId.get(e.job.runId)?.state !== 'active')) throw SLOW_PATH;
+      const when = ending.map(() => 'WHEN ? THEN ?').join(' ');
+      const d = (e: (typeof ending)[number]) => e.settlement as { status: TerminalStatus; result?: string; error?: string };
+      await sql.query(
+        `UPDATE ${this.t.runs} SET \`state\` = CASE \`id\` ${when} END, \`result\` = CASE \`id\` ${when} END,
+          \`error\` = CASE \`id\` ${when} END, \`current_step\` = CASE \`id\` ${when} END, \`attempts\` = CASE \`id\` ${when} END,
+          \`current_job_id\` = NULL, \`finished_at\` = ?, \`updated_at\` = ? WHERE \`id\` IN (?)`,
+        [
+          ...ending.flatMap((e) => [e.job.runId, d(e).status]),
+          ...ending.flatMap((e) => [e.job.runId, d(e).result ?? null]),
+          ...ending.flatMap((e) => [e.job.runId, d(e).error ?? null]),
+          ...ending.flatMap((e) => [e.job.runId, e.job.stepNumber]),
+          ...ending.flatMap((e) => [e.job.runId, e.job.attempts]),
+          now,
+          now,
+          ending.map((e) => e.job.runId),
+        ],
+      );
+      for (const e of ending) {
+        const run = byId.get(e.job.runId)!;
+        inserts.push(...this.deliveries(e.job, run.workflow, Number(run.submitted_at), d(e), now));
+      }
+    }
+    await this.insertJobs(sql, inserts);
+    return items.map((): SettleResult => 'settled');
   }
 
   private async settleIn(sql: Sql, job: ClaimedJob, s: Settlement): Promise<SettleResult> {
@@ -338,31 +383,38 @@ export class WorkflowStorage {
         \`attempts\` = ?, \`finished_at\` = ?, \`updated_at\` = ? WHERE \`id\` = ?`,
       [d.status, d.result ?? null, d.error ?? null, job.stepNumber, job.attempts, now, now, job.runId],
     );
-    const queues = this.fanout.queuesFor(run.workflow);
-    if (queues.length > 0) {
-      const outcome =
-        `{"runId":${JSON.stringify(job.runId)},"workflow":${JSON.stringify(run.workflow)},"status":"${d.status}"` +
-        (d.result !== undefined ? `,"result":${d.result}` : '') +
-        (d.error !== undefined ? `,"error":${JSON.stringify(d.error)}` : '') +
-        `,"finalStep":${job.stepNumber},"submittedAt":${Number(run.submitted_at)},"finishedAt":${now}}`;
-      await this.insertJobs(
-        sql,
-        queues.map((queue) => ({
-          id: ulid(now),
-          queue,
-          kind: JobKind.Terminal,
-          runId: job.runId,
-          stepNumber: job.stepNumber,
-          priority: job.priority,
-          runAt: now,
-          scheduled: false,
-          maxAttempts: this.fanout.maxAttempts,
-          payload: outcome,
-          headers: job.headers,
-        })),
-      );
-    }
+    await this.insertJobs(sql, this.deliveries(job, run.workflow, Number(run.submitted_at), d, now));
     return run.state === 'cancelling' && decision.status !== 'cancelled' ? 'cancelled' : 'settled';
+  }
+
+  /** One delivery per @OnTerminal handler that wants this workflow, carrying the whole outcome. */
+  private deliveries(
+    job: { runId: string; stepNumber: number; priority: number; headers: string },
+    workflow: string,
+    submittedAt: number,
+    d: { status: TerminalStatus; result?: string; error?: string },
+    now: number,
+  ): NewJob[] {
+    const queues = this.fanout.queuesFor(workflow);
+    if (queues.length === 0) return [];
+    const outcome =
+      `{"runId":${JSON.stringify(job.runId)},"workflow":${JSON.stringify(workflow)},"status":"${d.status}"` +
+      (d.result !== undefined ? `,"result":${d.result}` : '') +
+      (d.error !== undefined ? `,"error":${JSON.stringify(d.error)}` : '') +
+      `,"finalStep":${job.stepNumber},"submittedAt":${submittedAt},"finishedAt":${now}}`;
+    return queues.map((queue) => ({
+      id: ulid(now),
+      queue,
+      kind: JobKind.Terminal,
+      runId: job.runId,
+      stepNumber: job.stepNumber,
+      priority: job.priority,
+      runAt: now,
+      scheduled: false,
+      maxAttempts: this.fanout.maxAttempts,
+      payload: outcome,
+      headers: job.headers,
+    }));
   }
 
   /** One multi-row INSERT; a job inserted already leased gets its lease in the database clock. */

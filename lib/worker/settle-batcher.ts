@@ -1,9 +1,9 @@
 import type { WorkflowStorage } from '../storage/workflow.storage.js';
-import type { ClaimedJob, NewJob, SettleResult } from '../storage/storage.types.js';
+import type { ClaimedJob, SettleResult, Settlement } from '../storage/storage.types.js';
 
 interface Pending {
   job: ClaimedJob;
-  next: NewJob;
+  settlement: Settlement;
   resolve(result: SettleResult): void;
   reject(err: unknown): void;
 }
@@ -14,7 +14,7 @@ const MAX_BATCH = 64;
 const MAX_FLUSHES = 2;
 
 /**
- * Group commit for `continue` settlements. Settlements that arrive while a transaction
+ * Group commit for settlements. Settlements that arrive while a transaction
  * is in flight wait for the next one and share it, so under load many steps cost one
  * commit; when idle, a settlement goes out on the next turn of the event loop. Each
  * caller still learns its own item's result.
@@ -26,9 +26,9 @@ export class SettleBatcher {
 
   constructor(private readonly storage: () => Promise<WorkflowStorage>) {}
 
-  settle(job: ClaimedJob, next: NewJob): Promise<SettleResult> {
+  settle(job: ClaimedJob, settlement: Settlement): Promise<SettleResult> {
     return new Promise((resolve, reject) => {
-      this.queue.push({ job, next, resolve, reject });
+      this.queue.push({ job, settlement, resolve, reject });
       this.schedule();
     });
   }
@@ -50,7 +50,7 @@ export class SettleBatcher {
     this.schedule();
     try {
       const storage = await this.storage();
-      const results = await storage.settleContinues(batch.map((b) => ({ job: b.job, next: b.next })));
+      const results = await storage.settleMany(batch.map((b) => ({ job: b.job, settlement: b.settlement })));
       batch.forEach((b, i) => b.resolve(results[i]));
     } catch (err) {
       // Each caller retries on its own terms (and may join a later batch).

@@ -255,10 +255,7 @@ export class StepExecutor {
     const started = Date.now();
     for (let attempt = 1; ; attempt++) {
       try {
-        const result =
-          settlement.type === 'continue'
-            ? await this.batcher.settle(exec.job, settlement.next)
-            : await (await this.connection.ready()).settle(exec.job, settlement);
+        const result = await this.batcher.settle(exec.job, settlement);
         if (result === 'lost') {
           this.logger.warn(`${this.where(exec)}: lease lost before settling; outcome discarded (another delivery owns it).`);
           return;

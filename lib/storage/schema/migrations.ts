@@ -57,7 +57,7 @@ export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
         \`step_number\` INT UNSIGNED NOT NULL,
         \`attempts\` INT UNSIGNED NOT NULL DEFAULT 0,
         \`max_attempts\` INT UNSIGNED NULL,
-        \`lease_token\` VARCHAR(40) ${ASCII} NULL,
+        \`lease_token\` VARCHAR(64) ${ASCII} NULL,
         \`lease_until\` DATETIME(3) NULL,
         \`payload\` LONGTEXT NOT NULL,
         \`headers\` MEDIUMTEXT NOT NULL,
