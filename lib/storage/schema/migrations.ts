@@ -87,6 +87,16 @@ export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
       ) ${TABLE}`,
     ],
   },
+  {
+    // Databases created by pre-release builds of version 1: per-job lease tokens are
+    // longer, and max_attempts may be left for the claiming worker to fill in.
+    // MODIFY is idempotent, so this is a no-op on tables version 1 created already so.
+    version: 2,
+    name: 'lease_token VARCHAR(64), max_attempts nullable',
+    statements: (p) => [
+      `ALTER TABLE \`${p}jobs\` MODIFY \`lease_token\` VARCHAR(64) ${ASCII} NULL, MODIFY \`max_attempts\` INT UNSIGNED NULL`,
+    ],
+  },
 ];
 
 /** The table that records applied schema versions. */

@@ -1,0 +1,49 @@
+import type { TestingModule } from '@nestjs/testing';
+import { DataSource } from 'typeorm';
+import { createWorkflowMigrations, WorkflowConfigError } from 'nestjs-durable-workflow';
+import { startApp } from '../utils/app.js';
+import { DB_URL, dropTables, rawConnection, uniquePrefix } from '../utils/db.js';
+
+describe('schema migrations', () => {
+  const apps: TestingModule[] = [];
+  const prefixes: string[] = [];
+  afterAll(async () => {
+    await Promise.all(apps.map((a) => a.close()));
+    for (const p of prefixes) await dropTables(p);
+  });
+
+  async function versions(prefix: string): Promise<number[]> {
+    const conn = await rawConnection();
+    try {
+      const [rows] = await conn.query(`SELECT version FROM \`${prefix}migrations\` ORDER BY version`);
+      return (rows as Array<{ version: number }>).map((r) => Number(r.version));
+    } finally {
+      await conn.end();
+    }
+  }
+
+  it('N processes booting at once on an empty database apply each version exactly once', async () => {
+    const prefix = uniquePrefix('migr');
+    prefixes.push(prefix);
+    apps.push(...(await Promise.all(Array.from({ length: 4 }, () => startApp({ prefix, worker: false })))));
+    expect(await versions(prefix)).toEqual([1, 2]);
+  });
+
+  it('the exported TypeORM migrations create the same schema for apps that run their own (autoMigrate: false)', async () => {
+    const prefix = uniquePrefix('tomig');
+    prefixes.push(prefix);
+    await expect(startApp({ prefix, worker: false, options: { autoMigrate: false } })).rejects.toThrow(WorkflowConfigError);
+
+    const ds = new DataSource({ type: 'mysql', url: DB_URL, migrations: createWorkflowMigrations(prefix), migrationsTableName: `${prefix}typeorm_migrations` });
+    await ds.initialize();
+    try {
+      const applied = await ds.runMigrations();
+      expect(applied.length).toBeGreaterThanOrEqual(2);
+      await ds.query(`DROP TABLE \`${prefix}typeorm_migrations\``);
+    } finally {
+      await ds.destroy();
+    }
+    expect(await versions(prefix)).toEqual([1, 2]);
+    apps.push(await startApp({ prefix, worker: false, options: { autoMigrate: false } }));
+  });
+});
