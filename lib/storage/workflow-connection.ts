@@ -43,6 +43,16 @@ export class WorkflowConnection implements OnModuleInit, OnApplicationShutdown {
 
   private async start(): Promise<WorkflowStorage> {
     const dataSource = await this.resolveDataSource();
+    try {
+      return await this.prepare(dataSource);
+    } catch (err) {
+      // A failed start must not leave our own pool open (it would keep the process alive).
+      if (this.ownDataSource?.isInitialized) await this.ownDataSource.destroy().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private async prepare(dataSource: DataSource): Promise<WorkflowStorage> {
     const type = (dataSource.options as { type?: string }).type;
     if (type !== 'mysql' && type !== 'mariadb') {
       throw new WorkflowConfigError(

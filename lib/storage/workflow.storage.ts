@@ -44,6 +44,11 @@ export interface ExistingRun {
 }
 
 /**
+ * Statements that touch several rows by primary key say FORCE INDEX (PRIMARY): on a
+ * small or freshly emptied table the optimizer otherwise picks a full scan, and a
+ * locking scan waits on (and deadlocks with) rows other workers hold. Single-table
+ * DELETE accepts no index hint, hence the multi-table form `DELETE j FROM t AS j`.
+ *
  * The only home of SQL. One method per transaction, each named for what it commits.
  * Lock order everywhere: job row, then run row, then dead row; that one order is
  * why two of these transactions can wait on each other but not deadlock.
@@ -72,7 +77,7 @@ export class WorkflowStorage {
     for (let attempt = 0; ; attempt++) {
       const existing = new Map<string, ExistingRun>();
       const rows = await sql.query<Array<{ id: string; workflow: string; input_hash: string }>>(
-        `SELECT \`id\`, \`workflow\`, \`input_hash\` FROM ${this.t.runs} WHERE \`id\` IN (?) LOCK IN SHARE MODE`,
+        `SELECT \`id\`, \`workflow\`, \`input_hash\` FROM ${this.t.runs} FORCE INDEX (PRIMARY) WHERE \`id\` IN (?) LOCK IN SHARE MODE`,
         [runs.map((r) => r.id)],
       );
       for (const r of rows) existing.set(r.id, { id: r.id, workflow: r.workflow, inputHash: r.input_hash });
@@ -124,7 +129,7 @@ export class WorkflowStorage {
       if (rows.length === 0) return [];
       await sql.query(
         // One token per job (claim token + job id), so a token never fences another job's row.
-        `UPDATE ${this.t.jobs} SET \`state\` = ${JobState.Leased}, \`attempts\` = \`attempts\` + 1, \`lease_token\` = CONCAT(?, '/', \`id\`),
+        `UPDATE ${this.t.jobs} FORCE INDEX (PRIMARY) SET \`state\` = ${JobState.Leased}, \`attempts\` = \`attempts\` + 1, \`lease_token\` = CONCAT(?, '/', \`id\`),
           \`lease_until\` = DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND), \`max_attempts\` = COALESCE(\`max_attempts\`, ?)
           WHERE \`id\` IN (?)`,
         [token, leaseMs * 1000, maxAttempts, rows.map((r) => r.id)],
@@ -145,7 +150,7 @@ export class WorkflowStorage {
         [this.now(), limit],
       );
       if (rows.length === 0) return 0;
-      await sql.query(`UPDATE ${this.t.jobs} SET \`state\` = ${JobState.Ready} WHERE \`id\` IN (?)`, [
+      await sql.query(`UPDATE ${this.t.jobs} FORCE INDEX (PRIMARY) SET \`state\` = ${JobState.Ready} WHERE \`id\` IN (?)`, [
         rows.map((r) => r.id),
       ]);
       return rows.length;
@@ -171,7 +176,7 @@ export class WorkflowStorage {
     const ids = jobs.map((j) => j.id);
     const tokens = [...new Set(jobs.map((j) => j.token))];
     await this.client.query<WriteResult>(
-      `UPDATE ${this.t.jobs} SET \`lease_until\` = GREATEST(\`lease_until\`, DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND))
+      `UPDATE ${this.t.jobs} FORCE INDEX (PRIMARY) SET \`lease_until\` = GREATEST(\`lease_until\`, DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND))
         WHERE \`id\` IN (?) AND \`lease_token\` IN (?) AND \`state\` = ${JobState.Leased}`,
       [ms * 1000, ids, tokens],
     );
@@ -236,7 +241,7 @@ export class WorkflowStorage {
     const now = this.now();
     // Tokens are unique per job, so these IN lists cannot match a row by another item's token.
     const del = await sql.query<WriteResult>(
-      `DELETE FROM ${this.t.jobs} WHERE \`id\` IN (?) AND \`lease_token\` IN (?)`,
+      `DELETE j FROM ${this.t.jobs} AS j FORCE INDEX (PRIMARY) WHERE j.\`id\` IN (?) AND j.\`lease_token\` IN (?)`,
       [items.map((i) => i.job.id), items.map((i) => i.job.token)],
     );
     if (del.affectedRows !== items.length) throw SLOW_PATH;
@@ -245,7 +250,7 @@ export class WorkflowStorage {
     if (moving.length) {
       const when = moving.map(() => 'WHEN ? THEN ?').join(' ');
       const upd = await sql.query<WriteResult>(
-        `UPDATE ${this.t.runs} SET \`current_step\` = CASE \`id\` ${when} END, \`current_job_id\` = CASE \`id\` ${when} END,
+        `UPDATE ${this.t.runs} FORCE INDEX (PRIMARY) SET \`current_step\` = CASE \`id\` ${when} END, \`current_job_id\` = CASE \`id\` ${when} END,
           \`updated_at\` = ? WHERE \`id\` IN (?) AND \`state\` = 'active'`,
         [
           ...moving.flatMap((m) => [m.job.runId, (m.settlement as { next: NewJob }).next.stepNumber]),
@@ -260,7 +265,7 @@ export class WorkflowStorage {
     const ending = items.filter((i) => i.settlement.type === 'finish');
     if (ending.length) {
       const runs = await sql.query<Array<{ id: string; workflow: string; state: string; submitted_at: number | string }>>(
-        `SELECT \`id\`, \`workflow\`, \`state\`, \`submitted_at\` FROM ${this.t.runs} WHERE \`id\` IN (?) FOR UPDATE`,
+        `SELECT \`id\`, \`workflow\`, \`state\`, \`submitted_at\` FROM ${this.t.runs} FORCE INDEX (PRIMARY) WHERE \`id\` IN (?) FOR UPDATE`,
         [ending.map((e) => e.job.runId)],
       );
       const byId = new Map(runs.map((r) => [r.id, r]));
@@ -268,7 +273,7 @@ export class WorkflowStorage {
       const when = ending.map(() => 'WHEN ? THEN ?').join(' ');
       const d = (e: (typeof ending)[number]) => e.settlement as { status: TerminalStatus; result?: string; error?: string };
       await sql.query(
-        `UPDATE ${this.t.runs} SET \`state\` = CASE \`id\` ${when} END, \`result\` = CASE \`id\` ${when} END,
+        `UPDATE ${this.t.runs} FORCE INDEX (PRIMARY) SET \`state\` = CASE \`id\` ${when} END, \`result\` = CASE \`id\` ${when} END,
           \`error\` = CASE \`id\` ${when} END, \`current_step\` = CASE \`id\` ${when} END, \`attempts\` = CASE \`id\` ${when} END,
           \`current_job_id\` = NULL, \`finished_at\` = ?, \`updated_at\` = ? WHERE \`id\` IN (?)`,
         [
@@ -496,7 +501,7 @@ export class WorkflowStorage {
       }
       if (requeue.length) {
         await sql.query(
-          `UPDATE ${this.t.jobs} SET \`state\` = ${JobState.Ready}, \`lease_token\` = NULL, \`lease_until\` = NULL,
+          `UPDATE ${this.t.jobs} FORCE INDEX (PRIMARY) SET \`state\` = ${JobState.Ready}, \`lease_token\` = NULL, \`lease_until\` = NULL,
             \`last_error\` = 'lease expired: the worker running it died or stalled' WHERE \`id\` IN (?)`,
           [requeue],
         );
