@@ -96,18 +96,8 @@ export class SqlClient {
     }
   }
 
-  private async queryOnce<T>(sql: string, params?: readonly unknown[]): Promise<T> {
-    const conn = await this.acquire();
-    let broken = false;
-    try {
-      return await run<T>(conn, sql, params);
-    } catch (err) {
-      broken = isConnectionError(err);
-      throw err;
-    } finally {
-      if (broken) conn.destroy();
-      else conn.release();
-    }
+  private queryOnce<T>(sql: string, params?: readonly unknown[]): Promise<T> {
+    return this.withConnection((conn) => conn.query<T>(sql, params));
   }
 
   /** Runs `fn` on one connection (for session-scoped locks such as GET_LOCK). */
