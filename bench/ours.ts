@@ -45,11 +45,15 @@ const LOGGER = ['error', 'warn'] as const;
 
 let tracker: ChainTracker;
 
+/** BENCH_STEP_MS: simulated work per step (e.g. a model call), so the latency can be read unsaturated. */
+const STEP_MS = Number(process.env.BENCH_STEP_MS ?? 0);
+
 @Injectable()
 @StepRunner('chain')
 class ChainRunner {
-  runStep(step: Step<ChainPayload>) {
+  async runStep(step: Step<ChainPayload>) {
     tracker.started(step.stepNumber, step.payload);
+    if (STEP_MS > 0) await new Promise((r) => setTimeout(r, STEP_MS));
     if (tracker.isLast(step.stepNumber)) {
       tracker.finished();
       return StepOutcome.succeed(null);
@@ -80,7 +84,9 @@ function moduleOptions(cfg: BenchConfig, worker: WorkflowModuleOptions['worker']
 }
 
 function describeOptions(o: WorkflowModuleOptions): string {
-  const w = o.worker ? `worker { concurrency: ${o.worker.concurrency}, pollIntervalMs: ${o.worker.pollIntervalMs} }` : 'worker: false';
+  const w = o.worker
+    ? `worker { concurrency: ${o.worker.concurrency}, pollIntervalMs: ${o.worker.pollIntervalMs} }${STEP_MS ? `, steps take ${STEP_MS} ms` : ''}`
+    : 'worker: false';
   const pool = o.connection?.poolSize ? `poolSize ${o.connection.poolSize}` : 'poolSize default (10)';
   return `${w}, ${pool}`;
 }
