@@ -157,14 +157,6 @@ export class WorkflowStorage {
     });
   }
 
-  /** The earliest due time among scheduled jobs of these queues, to wake exactly then. */
-  async nextDueAt(): Promise<number | null> {
-    const rows = await this.client.query<Array<{ run_at: number | string }>>(
-      `SELECT \`run_at\` FROM ${this.t.jobs} FORCE INDEX (\`ix_state\`) WHERE \`state\` = ${JobState.Scheduled} ORDER BY \`run_at\` LIMIT 1`,
-    );
-    return rows.length ? Number(rows[0].run_at) : null;
-  }
-
   // ---------------------------------------------------------------- leases
 
   /**
@@ -200,16 +192,7 @@ export class WorkflowStorage {
 
   // ---------------------------------------------------------------- settle
 
-  /**
-   * Applies one settlement to a leased job in one transaction: the fenced DELETE/UPDATE
-   * of the job first (zero rows: the lease was lost, nothing else is written), then the
-   * run row, the successor or the terminal deliveries. A crash before COMMIT leaves the
-   * job leased (the reaper returns it); after COMMIT the transition is whole. So a
-   * step's successor exists if and only if its settlement committed.
-   */
-  async settle(job: ClaimedJob, settlement: Settlement): Promise<SettleResult> {
-    return this.client.transaction((sql) => this.settleIn(sql, job, settlement));
-  }
+
 
   /**
    * Group commit: many settlements in one transaction. The fast path covers the hot
@@ -296,6 +279,13 @@ export class WorkflowStorage {
     return items.map((): SettleResult => 'settled');
   }
 
+  /**
+   * Applies one settlement to a leased job inside the caller's transaction: the fenced DELETE/UPDATE
+   * of the job first (zero rows: the lease was lost, nothing else is written), then the
+   * run row, the successor or the terminal deliveries. A crash before COMMIT leaves the
+   * job leased (the reaper returns it); after COMMIT the transition is whole. So a
+   * step's successor exists if and only if its settlement committed.
+   */
   private async settleIn(sql: Sql, job: ClaimedJob, s: Settlement): Promise<SettleResult> {
     const now = this.now();
     if (s.type === 'retry' || s.type === 'release') {
@@ -566,15 +556,6 @@ export class WorkflowStorage {
       [runId],
     );
     return rows[0] ?? null;
-  }
-
-  async getRunStates(runIds: string[]): Promise<Map<string, string>> {
-    if (runIds.length === 0) return new Map();
-    const rows = await this.client.query<Array<{ id: string; state: string }>>(
-      `SELECT \`id\`, \`state\` FROM ${this.t.runs} WHERE \`id\` IN (?)`,
-      [runIds],
-    );
-    return new Map(rows.map((r) => [r.id, r.state]));
   }
 
   async deadSteps(filter: { workflow?: string; limit: number; before?: number }): Promise<DeadRow[]> {
