@@ -4,6 +4,16 @@ import type { DataSource, EntityManager } from 'typeorm';
 /** Something that runs one parameterized statement: a pooled connection or the caller's transaction. */
 export interface Sql {
   query<T = any>(sql: string, params?: readonly unknown[]): Promise<T>;
+  /** Several statements in one round trip where the connection allows it; results in order. */
+  batch?(statements: Array<[string, readonly unknown[]]>): Promise<any[]>;
+}
+
+/** Runs statements in order, in one round trip when `sql` can. */
+export async function runBatch(sql: Sql, statements: Array<[string, readonly unknown[]]>): Promise<any[]> {
+  if (sql.batch) return sql.batch(statements);
+  const results: any[] = [];
+  for (const [text, params] of statements) results.push(await sql.query(text, params));
+  return results;
 }
 
 export interface WriteResult {
@@ -104,7 +114,17 @@ export class SqlClient {
   async withConnection<T>(fn: (sql: Sql) => Promise<T>): Promise<T> {
     const conn = await this.acquire();
     let broken = false;
-    const sql: Sql & { conn: RawConnection } = { conn, query: (text, params) => run(conn, text, params) };
+    const sql: Sql & { conn: RawConnection } = {
+      conn,
+      query: (text, params) => run(conn, text, params),
+      batch: this.ownPool
+        ? async (statements) => {
+            if (statements.length === 0) return [];
+            const rows = await run<any>(conn, statements.map((s) => s[0]).join(';\n'), statements.flatMap((s) => [...s[1]]));
+            return statements.length === 1 ? [rows] : rows;
+          }
+        : undefined,
+    };
     try {
       return await fn(sql);
     } catch (err) {
@@ -131,10 +151,14 @@ export class SqlClient {
             await sql.query('SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED');
             this.readCommitted.add(conn);
           }
-          await sql.query('START TRANSACTION');
+          if (!this.ownPool) {
+            await sql.query('START TRANSACTION');
+          }
+          // Our own pool allows multiple statements: START rides with the first one.
+          const tx = this.ownPool ? this.startingWithFirst(sql) : sql;
           try {
-            const result = await fn(sql);
-            await sql.query('COMMIT');
+            const result = await fn(tx);
+            if (!this.ownPool || (tx as { started?: boolean }).started) await sql.query('COMMIT');
             return result;
           } catch (err) {
             await sql.query('ROLLBACK').catch(() => undefined);
@@ -148,6 +172,22 @@ export class SqlClient {
         await new Promise((r) => setTimeout(r, Math.random() * 5 * (attempt + 1)));
       }
     }
+  }
+
+  /** Wraps `sql` so that START TRANSACTION is sent with the first statement of the transaction. */
+  private startingWithFirst(sql: Sql): Sql & { started: boolean } {
+    const tx = {
+      started: false,
+      batch: async (statements: Array<[string, readonly unknown[]]>) => {
+        const first = !tx.started;
+        tx.started = true;
+        const all: Array<[string, readonly unknown[]]> = first ? [['START TRANSACTION', []], ...statements] : statements;
+        const results = await sql.batch!(all);
+        return first ? results.slice(1) : results;
+      },
+      query: async (text: string, params?: readonly unknown[]) => (await tx.batch([[text, params ?? []]]))[0],
+    };
+    return tx;
   }
 
   /**

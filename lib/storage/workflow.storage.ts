@@ -1,6 +1,6 @@
 import { ulid } from '../utils/ulid.js';
 import type { TerminalStatus } from '../interfaces/run.interface.js';
-import { type Sql, type SqlClient, type WriteResult } from './sql-client.js';
+import { runBatch, type Sql, type SqlClient, type WriteResult } from './sql-client.js';
 import {
   type ClaimedJob,
   type DeadRow,
@@ -222,60 +222,74 @@ export class WorkflowStorage {
     items: Array<{ job: ClaimedJob; settlement: Settlement }>,
   ): Promise<SettleResult[]> {
     const now = this.now();
-    // Tokens are unique per job, so these IN lists cannot match a row by another item's token.
-    const del = await sql.query<WriteResult>(
-      `DELETE j FROM ${this.t.jobs} AS j FORCE INDEX (PRIMARY) WHERE j.\`id\` IN (?) AND j.\`lease_token\` IN (?)`,
-      [items.map((i) => i.job.id), items.map((i) => i.job.token)],
-    );
-    if (del.affectedRows !== items.length) throw SLOW_PATH;
-    const inserts: NewJob[] = [];
     const moving = items.filter((i) => i.settlement.type === 'continue');
+    const ending = items.filter((i) => i.settlement.type === 'finish');
+    const next = (m: (typeof items)[number]) => (m.settlement as { next: NewJob }).next;
+    // First round trip: delete every job (tokens are unique per job, so these IN lists
+    // cannot match a row by another item's token), move the continuing runs on and
+    // insert their successors, and lock the ending runs. The counts are checked after;
+    // if any is off, the whole transaction rolls back and the careful path runs.
+    const first: Array<[string, readonly unknown[]]> = [
+      [
+        `DELETE j FROM ${this.t.jobs} AS j FORCE INDEX (PRIMARY) WHERE j.\`id\` IN (?) AND j.\`lease_token\` IN (?)`,
+        [items.map((i) => i.job.id), items.map((i) => i.job.token)],
+      ],
+    ];
     if (moving.length) {
       const when = moving.map(() => 'WHEN ? THEN ?').join(' ');
-      const upd = await sql.query<WriteResult>(
-        `UPDATE ${this.t.runs} FORCE INDEX (PRIMARY) SET \`current_step\` = CASE \`id\` ${when} END, \`current_job_id\` = CASE \`id\` ${when} END,
-          \`updated_at\` = ? WHERE \`id\` IN (?) AND \`state\` = 'active'`,
+      first.push(
         [
-          ...moving.flatMap((m) => [m.job.runId, (m.settlement as { next: NewJob }).next.stepNumber]),
-          ...moving.flatMap((m) => [m.job.runId, (m.settlement as { next: NewJob }).next.id]),
-          now,
-          moving.map((m) => m.job.runId),
+          `UPDATE ${this.t.runs} FORCE INDEX (PRIMARY) SET \`current_step\` = CASE \`id\` ${when} END, \`current_job_id\` = CASE \`id\` ${when} END,
+            \`updated_at\` = ? WHERE \`id\` IN (?) AND \`state\` = 'active'`,
+          [
+            ...moving.flatMap((m) => [m.job.runId, next(m).stepNumber]),
+            ...moving.flatMap((m) => [m.job.runId, next(m).id]),
+            now,
+            moving.map((m) => m.job.runId),
+          ],
         ],
+        this.insertStatement(moving.map(next)),
       );
-      if (upd.affectedRows !== moving.length) throw SLOW_PATH;
-      for (const m of moving) inserts.push((m.settlement as { next: NewJob }).next);
     }
-    const ending = items.filter((i) => i.settlement.type === 'finish');
     if (ending.length) {
-      const runs = await sql.query<Array<{ id: string; workflow: string; state: string; submitted_at: number | string }>>(
+      first.push([
         `SELECT \`id\`, \`workflow\`, \`state\`, \`submitted_at\` FROM ${this.t.runs} FORCE INDEX (PRIMARY) WHERE \`id\` IN (?) FOR UPDATE`,
         [ending.map((e) => e.job.runId)],
-      );
+      ]);
+    }
+    const results = await runBatch(sql, first);
+    if ((results[0] as WriteResult).affectedRows !== items.length) throw SLOW_PATH;
+    if (moving.length && (results[1] as WriteResult).affectedRows !== moving.length) throw SLOW_PATH;
+    if (ending.length) {
+      const runs = results[results.length - 1] as Array<{ id: string; workflow: string; state: string; submitted_at: number | string }>;
       const byId = new Map(runs.map((r) => [r.id, r]));
       if (ending.some((e) => byId.get(e.job.runId)?.state !== 'active')) throw SLOW_PATH;
       const when = ending.map(() => 'WHEN ? THEN ?').join(' ');
       const d = (e: (typeof ending)[number]) => e.settlement as { status: TerminalStatus; result?: string; error?: string };
-      await sql.query(
-        `UPDATE ${this.t.runs} FORCE INDEX (PRIMARY) SET \`state\` = CASE \`id\` ${when} END, \`result\` = CASE \`id\` ${when} END,
-          \`error\` = CASE \`id\` ${when} END, \`current_step\` = CASE \`id\` ${when} END, \`attempts\` = CASE \`id\` ${when} END,
-          \`current_job_id\` = NULL, \`finished_at\` = ?, \`updated_at\` = ? WHERE \`id\` IN (?)`,
+      const second: Array<[string, readonly unknown[]]> = [
         [
-          ...ending.flatMap((e) => [e.job.runId, d(e).status]),
-          ...ending.flatMap((e) => [e.job.runId, d(e).result ?? null]),
-          ...ending.flatMap((e) => [e.job.runId, d(e).error ?? null]),
-          ...ending.flatMap((e) => [e.job.runId, e.job.stepNumber]),
-          ...ending.flatMap((e) => [e.job.runId, e.job.attempts]),
-          now,
-          now,
-          ending.map((e) => e.job.runId),
+          `UPDATE ${this.t.runs} FORCE INDEX (PRIMARY) SET \`state\` = CASE \`id\` ${when} END, \`result\` = CASE \`id\` ${when} END,
+            \`error\` = CASE \`id\` ${when} END, \`current_step\` = CASE \`id\` ${when} END, \`attempts\` = CASE \`id\` ${when} END,
+            \`current_job_id\` = NULL, \`finished_at\` = ?, \`updated_at\` = ? WHERE \`id\` IN (?)`,
+          [
+            ...ending.flatMap((e) => [e.job.runId, d(e).status]),
+            ...ending.flatMap((e) => [e.job.runId, d(e).result ?? null]),
+            ...ending.flatMap((e) => [e.job.runId, d(e).error ?? null]),
+            ...ending.flatMap((e) => [e.job.runId, e.job.stepNumber]),
+            ...ending.flatMap((e) => [e.job.runId, e.job.attempts]),
+            now,
+            now,
+            ending.map((e) => e.job.runId),
+          ],
         ],
-      );
-      for (const e of ending) {
+      ];
+      const deliveries = ending.flatMap((e) => {
         const run = byId.get(e.job.runId)!;
-        inserts.push(...this.deliveries(e.job, run.workflow, Number(run.submitted_at), d(e), now));
-      }
+        return this.deliveries(e.job, run.workflow, Number(run.submitted_at), d(e), now);
+      });
+      if (deliveries.length) second.push(this.insertStatement(deliveries));
+      await runBatch(sql, second);
     }
-    await this.insertJobs(sql, inserts);
     return items.map((): SettleResult => 'settled');
   }
 
@@ -412,9 +426,12 @@ export class WorkflowStorage {
     }));
   }
 
-  /** One multi-row INSERT; a job inserted already leased gets its lease in the database clock. */
   private async insertJobs(sql: Sql, jobs: NewJob[]): Promise<void> {
-    if (jobs.length === 0) return;
+    if (jobs.length) await sql.query(...this.insertStatement(jobs));
+  }
+
+  /** One multi-row INSERT; a job inserted already leased gets its lease in the database clock. */
+  private insertStatement(jobs: NewJob[]): [string, unknown[]] {
     const now = this.now();
     const rows: string[] = [];
     const params: unknown[] = [];
@@ -433,7 +450,7 @@ export class WorkflowStorage {
         );
       }
     }
-    await sql.query(`INSERT INTO ${this.t.jobs} (${JOB_COLUMNS}) VALUES ${rows.join(', ')}`, params);
+    return [`INSERT INTO ${this.t.jobs} (${JOB_COLUMNS}) VALUES ${rows.join(', ')}`, params];
   }
 
   private async insertDead(sql: Sql, job: ClaimedJob, error: string, now: number): Promise<void> {
