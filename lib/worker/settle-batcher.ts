@@ -1,3 +1,4 @@
+import { isConnectionError } from '../storage/sql-client.js';
 import type { WorkflowStorage } from '../storage/workflow.storage.js';
 import type { ClaimedJob, SettleResult, Settlement } from '../storage/storage.types.js';
 
@@ -43,6 +44,17 @@ export class SettleBatcher {
     });
   }
 
+  private async oneByOne(batch: Pending[]): Promise<void> {
+    for (const b of batch) {
+      try {
+        const [result] = await (await this.storage()).settleMany([{ job: b.job, settlement: b.settlement }]);
+        b.resolve(result);
+      } catch (err) {
+        b.reject(err);
+      }
+    }
+  }
+
   private async flush(): Promise<void> {
     if (this.queue.length === 0 || this.flushes >= MAX_FLUSHES) return;
     this.flushes++;
@@ -53,8 +65,14 @@ export class SettleBatcher {
       const results = await storage.settleMany(batch.map((b) => ({ job: b.job, settlement: b.settlement })));
       batch.forEach((b, i) => b.resolve(results[i]));
     } catch (err) {
-      // Each caller retries on its own terms (and may join a later batch).
-      for (const b of batch) b.reject(err);
+      if (batch.length > 1 && !isConnectionError(err)) {
+        // One item the server refuses (say, a payload over max_allowed_packet) must not
+        // sink its batch-mates: settle each on its own so only that one fails.
+        await this.oneByOne(batch);
+      } else {
+        // Each caller retries on its own terms (and may join a later batch).
+        for (const b of batch) b.reject(err);
+      }
     } finally {
       this.flushes--;
       this.schedule();
