@@ -47,13 +47,15 @@ let tracker: ChainTracker;
 
 /** BENCH_STEP_MS: simulated work per step (e.g. a model call), so the latency can be read unsaturated. */
 const STEP_MS = Number(process.env.BENCH_STEP_MS ?? 0);
+/** BENCH_STEP_JITTER=1: each step takes 0.5–1.5 × BENCH_STEP_MS, so runs drift apart as real ones do. */
+const STEP_JITTER = process.env.BENCH_STEP_JITTER === '1';
 
 @Injectable()
 @StepRunner('chain')
 class ChainRunner {
   async runStep(step: Step<ChainPayload>) {
     tracker.started(step.stepNumber, step.payload);
-    if (STEP_MS > 0) await new Promise((r) => setTimeout(r, STEP_MS));
+    if (STEP_MS > 0) await new Promise((r) => setTimeout(r, STEP_MS * (STEP_JITTER ? 0.5 + Math.random() : 1)));
     if (tracker.isLast(step.stepNumber)) {
       tracker.finished();
       return StepOutcome.succeed(null);
@@ -85,7 +87,7 @@ function moduleOptions(cfg: BenchConfig, worker: WorkflowModuleOptions['worker']
 
 function describeOptions(o: WorkflowModuleOptions): string {
   const w = o.worker
-    ? `worker { concurrency: ${o.worker.concurrency}, pollIntervalMs: ${o.worker.pollIntervalMs} }${STEP_MS ? `, steps take ${STEP_MS} ms` : ''}`
+    ? `worker { concurrency: ${o.worker.concurrency}, pollIntervalMs: ${o.worker.pollIntervalMs} }${STEP_MS ? `, steps take ${STEP_JITTER ? `${STEP_MS / 2}–${STEP_MS * 1.5}` : STEP_MS} ms` : ''}`
     : 'worker: false';
   const pool = o.connection?.poolSize ? `poolSize ${o.connection.poolSize}` : 'poolSize default (10)';
   return `${w}, ${pool}`;
