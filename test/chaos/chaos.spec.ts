@@ -11,7 +11,7 @@ describe('chaos: SIGKILL a random worker every 2 s', () => {
       workers: 3,
       killEveryMs: 2_000,
       leaseMs: 1_500,
-      stepDelayMs: 100,
+      stepDelayMs: 150,
       concurrency: 4,
       timeoutMs: 120_000,
     });
