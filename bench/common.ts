@@ -319,6 +319,42 @@ export function fmtCpu(c: CpuShare | undefined): string {
   return `${c.self.toFixed(2)} / ${c.db.toFixed(2)} / ${c.other.toFixed(2)}`;
 }
 
+/**
+ * The result row of one chain measurement, with the figures derived the same way for
+ * every system, plus a note when the tracker saw more or fewer steps than expected.
+ */
+export function chainResult(o: {
+  system: string;
+  settings: string;
+  runs: number;
+  steps: number;
+  elapsedMs: number;
+  tracker: ChainTracker;
+  cpu?: CpuShare;
+  serverPerStep?: Record<string, number>;
+  notes: string[];
+}): ChainResult {
+  const expected = o.runs * o.steps;
+  const notes = [...o.notes];
+  if (o.tracker.executed !== expected) notes.push(`executed ${o.tracker.executed} steps (expected ${expected})`);
+  return {
+    section: 'chain',
+    system: o.system,
+    settings: o.settings,
+    runs: o.runs,
+    steps: o.steps,
+    elapsedMs: o.elapsedMs,
+    stepsPerSec: expected / (o.elapsedMs / 1000),
+    runsPerSec: o.runs / (o.elapsedMs / 1000),
+    latency: o.tracker.samples.summary(),
+    peakRssMb: peakRssMb(),
+    executed: o.tracker.executed,
+    cpu: o.cpu,
+    ...(o.serverPerStep ? { serverPerStep: o.serverPerStep } : {}),
+    notes,
+  };
+}
+
 export function peakRssMb(): number {
   return process.resourceUsage().maxRSS / 1024; // maxRSS is in KiB
 }

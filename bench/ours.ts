@@ -26,6 +26,7 @@ import {
   type BenchConfig,
   type ChainPayload,
   type ChainResult,
+  chainResult,
   ChainTracker,
   cpuWindow,
   type ParentMessage,
@@ -175,23 +176,17 @@ export async function oursChain(cfg: BenchConfig, variant: 'default' | 'notrace'
   const described = describePerStep(serverPerStep);
   if (described) notes.push(described);
   notes.push(...(await verify(cfg, cfg.runs)));
-  if (tracker.executed !== cfg.runs * cfg.steps) notes.push(`executed ${tracker.executed} steps (expected ${cfg.runs * cfg.steps})`);
-  return {
-    section: 'chain',
+  return chainResult({
     system: variant === 'notrace' ? 'ours (trace: false)' : 'ours',
     settings,
     runs: cfg.runs,
     steps: cfg.steps,
     elapsedMs,
-    stepsPerSec: (cfg.runs * cfg.steps) / (elapsedMs / 1000),
-    runsPerSec: cfg.runs / (elapsedMs / 1000),
-    latency: tracker.samples.summary(),
-    peakRssMb: peakRssMb(),
-    executed: tracker.executed,
+    tracker,
     cpu: cpuShare,
     serverPerStep,
     notes,
-  };
+  });
 }
 
 /** Every run succeeded and the live queue is empty once the app has drained. */

@@ -4,7 +4,7 @@
  * Worker concurrency 16, removeOnComplete so Redis does not grow.
  */
 import { Queue, Worker } from 'bullmq';
-import { type BenchConfig, type ChainPayload, type ChainResult, ChainTracker, peakRssMb, send, cpuWindow, startProfiler, wallNow, withTimeout } from '../common.js';
+import { type BenchConfig, type ChainPayload, type ChainResult, ChainTracker, chainResult, send, cpuWindow, startProfiler, wallNow, withTimeout } from '../common.js';
 
 interface StepData {
   step: number;
@@ -66,20 +66,14 @@ export async function bullmqChain(cfg: BenchConfig): Promise<ChainResult> {
   const notes = [`submit took ${submitMs.toFixed(0)} ms of it`];
   const left = Object.values(counts).reduce((a, b) => a + b, 0);
   notes.push(left === 0 ? 'verified: queue empty' : `VERIFY: jobs left ${JSON.stringify(counts)}`);
-  if (tracker.executed !== cfg.runs * cfg.steps) notes.push(`executed ${tracker.executed} steps (expected ${cfg.runs * cfg.steps})`);
-  return {
-    section: 'chain',
+  return chainResult({
     system: 'bullmq',
     settings,
     runs: cfg.runs,
     steps: cfg.steps,
     elapsedMs,
-    stepsPerSec: (cfg.runs * cfg.steps) / (elapsedMs / 1000),
-    runsPerSec: cfg.runs / (elapsedMs / 1000),
-    latency: tracker.samples.summary(),
-    peakRssMb: peakRssMb(),
-    executed: tracker.executed,
+    tracker,
     cpu: cpuShare,
     notes,
-  };
+  });
 }

@@ -5,7 +5,7 @@
  */
 import { Logger, makeWorkerUtils, run } from 'graphile-worker';
 import pg from 'pg';
-import { type BenchConfig, type ChainPayload, type ChainResult, ChainTracker, peakRssMb, send, cpuWindow, startProfiler, wallNow, withTimeout } from '../common.js';
+import { type BenchConfig, type ChainPayload, type ChainResult, ChainTracker, chainResult, send, cpuWindow, startProfiler, wallNow, withTimeout } from '../common.js';
 
 const SCHEMA = 'bench_graphile_worker';
 
@@ -71,20 +71,14 @@ export async function graphileChain(cfg: BenchConfig): Promise<ChainResult> {
 
   const notes = [`submit took ${submitMs.toFixed(0)} ms of it`];
   notes.push(left === 0 ? 'verified: queue empty' : `VERIFY: ${left} jobs left`);
-  if (tracker.executed !== cfg.runs * cfg.steps) notes.push(`executed ${tracker.executed} steps (expected ${cfg.runs * cfg.steps})`);
-  return {
-    section: 'chain',
+  return chainResult({
     system: 'graphile-worker',
     settings,
     runs: cfg.runs,
     steps: cfg.steps,
     elapsedMs,
-    stepsPerSec: (cfg.runs * cfg.steps) / (elapsedMs / 1000),
-    runsPerSec: cfg.runs / (elapsedMs / 1000),
-    latency: tracker.samples.summary(),
-    peakRssMb: peakRssMb(),
-    executed: tracker.executed,
+    tracker,
     cpu: cpuShare,
     notes,
-  };
+  });
 }

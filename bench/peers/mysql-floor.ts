@@ -12,9 +12,9 @@ import {
   type BenchConfig,
   type ChainPayload,
   type ChainResult,
+  chainResult,
   ChainTracker,
   cpuWindow,
-  peakRssMb,
   send,
   sleep,
   startProfiler,
@@ -135,21 +135,15 @@ export async function floorChain(cfg: BenchConfig, claimBatch: number): Promise<
   notes.push(left === 0 ? 'verified: queue empty' : `VERIFY: ${left} jobs left`);
   const described = describePerStep(serverPerStep);
   if (described) notes.push(described);
-  if (tracker.executed !== cfg.runs * cfg.steps) notes.push(`executed ${tracker.executed} steps (expected ${cfg.runs * cfg.steps})`);
-  return {
-    section: 'chain',
+  return chainResult({
     system: claimBatch === 1 ? 'mysql floor' : `mysql floor ×${claimBatch}`,
     settings,
     runs: cfg.runs,
     steps: cfg.steps,
     elapsedMs,
-    stepsPerSec: (cfg.runs * cfg.steps) / (elapsedMs / 1000),
-    runsPerSec: cfg.runs / (elapsedMs / 1000),
-    latency: tracker.samples.summary(),
-    peakRssMb: peakRssMb(),
-    executed: tracker.executed,
+    tracker,
     cpu: cpuShare,
     serverPerStep,
     notes,
-  };
+  });
 }

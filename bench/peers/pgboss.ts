@@ -8,7 +8,7 @@
  */
 import PgBoss from 'pg-boss';
 import pg from 'pg';
-import { type BenchConfig, type ChainPayload, type ChainResult, ChainTracker, peakRssMb, send, cpuWindow, startProfiler, wallNow, withTimeout } from '../common.js';
+import { type BenchConfig, type ChainPayload, type ChainResult, ChainTracker, chainResult, send, cpuWindow, startProfiler, wallNow, withTimeout } from '../common.js';
 
 const SCHEMA = 'bench_pgboss';
 
@@ -63,20 +63,14 @@ export async function pgbossChain(cfg: BenchConfig): Promise<ChainResult> {
   await boss.stop({ graceful: true, wait: true, timeout: 10_000 });
 
   const notes = [`submit took ${submitMs.toFixed(0)} ms of it`, `polling-bound: ≈ ${cfg.concurrency}/${cfg.pgbossPollSeconds}s`];
-  if (tracker.executed !== runs * cfg.steps) notes.push(`executed ${tracker.executed} steps (expected ${runs * cfg.steps})`);
-  return {
-    section: 'chain',
+  return chainResult({
     system: 'pg-boss',
     settings,
-    runs,
+    runs: runs,
     steps: cfg.steps,
     elapsedMs,
-    stepsPerSec: (runs * cfg.steps) / (elapsedMs / 1000),
-    runsPerSec: runs / (elapsedMs / 1000),
-    latency: tracker.samples.summary(),
-    peakRssMb: peakRssMb(),
-    executed: tracker.executed,
+    tracker,
     cpu: cpuShare,
     notes,
-  };
+  });
 }
