@@ -3,7 +3,7 @@ import type { Connection } from 'mysql2/promise';
 import { WorkflowService } from 'nestjs-durable-workflow';
 import { startApp } from '../utils/app.js';
 import { dropTables, rawConnection } from '../utils/db.js';
-import { startWorker, type WorkerProcess } from '../utils/processes.js';
+import { createJournal, startWorker, type WorkerProcess } from '../utils/processes.js';
 
 export interface ChaosOptions {
   prefix: string;
@@ -50,11 +50,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   await dropTables(o.prefix);
   const db: Connection = await rawConnection();
   const journal = `\`${o.prefix}journal\``;
-  await db.query(`DROP TABLE IF EXISTS ${journal}`);
-  await db.query(
-    `CREATE TABLE ${journal} (id BIGINT AUTO_INCREMENT PRIMARY KEY, run_id VARCHAR(128) NOT NULL, step_number INT NOT NULL,
-      attempt INT NOT NULL, pid INT NOT NULL, kind VARCHAR(40) NOT NULL, KEY (run_id, step_number))`,
-  );
+  await createJournal(db, o.prefix);
   const app: TestingModule = await startApp({ prefix: o.prefix, worker: false, options: { workflows: ['crashy'] } });
   const env = {
     PREFIX: o.prefix,

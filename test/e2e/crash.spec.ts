@@ -3,7 +3,7 @@ import type { Connection } from 'mysql2/promise';
 import { WorkflowService } from 'nestjs-durable-workflow';
 import { startApp } from '../utils/app.js';
 import { dropTables, rawConnection, uniquePrefix } from '../utils/db.js';
-import { startWorker, type WorkerProcess } from '../utils/processes.js';
+import { createJournal, startWorker, type WorkerProcess } from '../utils/processes.js';
 import { waitFor } from '../utils/wait.js';
 
 /**
@@ -19,9 +19,7 @@ describe('crashes: a killed worker loses no run', () => {
   beforeAll(async () => {
     app = await startApp({ prefix, worker: false, options: { workflows: ['crashy'] } });
     db = await rawConnection();
-    await db.query(
-      `CREATE TABLE \`${prefix}journal\` (id INT AUTO_INCREMENT PRIMARY KEY, run_id VARCHAR(128), step_number INT, attempt INT, pid INT, kind VARCHAR(40))`,
-    );
+    await createJournal(db, prefix);
   });
   afterEach(async () => {
     await Promise.all(workers.splice(0).map((w) => w.kill()));

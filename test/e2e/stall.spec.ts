@@ -5,7 +5,7 @@ import { type Step, StepOutcome, StepRunner, WorkflowService } from 'nestjs-dura
 import { startApp } from '../utils/app.js';
 import { dropTables, rawConnection, uniquePrefix } from '../utils/db.js';
 import { PrivateMariaDb } from '../utils/private-db.js';
-import { startWorker, type WorkerProcess } from '../utils/processes.js';
+import { createJournal, startWorker, type WorkerProcess } from '../utils/processes.js';
 import { waitFor } from '../utils/wait.js';
 
 describe('a worker that stalls past its lease', () => {
@@ -17,9 +17,7 @@ describe('a worker that stalls past its lease', () => {
   beforeAll(async () => {
     app = await startApp({ prefix, worker: false, options: { workflows: ['crashy'] } });
     db = await rawConnection();
-    await db.query(
-      `CREATE TABLE \`${prefix}journal\` (id INT AUTO_INCREMENT PRIMARY KEY, run_id VARCHAR(128), step_number INT, attempt INT, pid INT, kind VARCHAR(40))`,
-    );
+    await createJournal(db, prefix);
   });
   afterAll(async () => {
     await Promise.all(workers.map((w) => w.kill()));

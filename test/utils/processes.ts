@@ -2,6 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 import { resolve } from 'node:path';
+import type { Connection } from 'mysql2/promise';
 import { DB_URL } from './db.js';
 
 export interface WorkerProcess {
@@ -56,4 +57,13 @@ export async function startWorker(env: Record<string, string>): Promise<WorkerPr
   };
   await proc.waitForLine(/^ready$/);
   return proc;
+}
+
+/** The table the worker fixture journals every step and terminal delivery into. */
+export async function createJournal(db: Connection, prefix: string): Promise<void> {
+  await db.query(`DROP TABLE IF EXISTS \`${prefix}journal\``);
+  await db.query(
+    `CREATE TABLE \`${prefix}journal\` (id BIGINT AUTO_INCREMENT PRIMARY KEY, run_id VARCHAR(128) NOT NULL, step_number INT NOT NULL,
+      attempt INT NOT NULL, pid INT NOT NULL, kind VARCHAR(40) NOT NULL, KEY (run_id, step_number))`,
+  );
 }
