@@ -6,10 +6,18 @@ export interface Sql {
   query<T = any>(sql: string, params?: readonly unknown[]): Promise<T>;
   /** Several statements in one round trip where the connection allows it; results in order. */
   batch?(statements: Array<[string, readonly unknown[]]>): Promise<any[]>;
+  /** Inside a transaction of our own pool: the statements and COMMIT in one round trip. */
+  batchAndCommit?(statements: Array<[string, readonly unknown[]]>): Promise<any[]>;
 }
 
-/** Runs statements in order, in one round trip when `sql` can. */
-export async function runBatch(sql: Sql, statements: Array<[string, readonly unknown[]]>): Promise<any[]> {
+/**
+ * Runs statements in order, in one round trip when `sql` can. With `commit`, the
+ * transaction's COMMIT rides along where the connection allows it (otherwise the
+ * transaction commits as usual when its function returns), so the statements must
+ * check their own preconditions: a failing statement stops the trip before COMMIT.
+ */
+export async function runBatch(sql: Sql, statements: Array<[string, readonly unknown[]]>, commit = false): Promise<any[]> {
+  if (commit && sql.batchAndCommit) return sql.batchAndCommit(statements);
   if (sql.batch) return sql.batch(statements);
   const results: any[] = [];
   for (const [text, params] of statements) results.push(await sql.query(text, params));
@@ -158,7 +166,8 @@ export class SqlClient {
           const tx = this.ownPool ? this.startingWithFirst(sql) : sql;
           try {
             const result = await fn(tx);
-            if (!this.ownPool || (tx as { started?: boolean }).started) await sql.query('COMMIT');
+            const own = tx as { started?: boolean; committed?: boolean };
+            if (!this.ownPool || (own.started && !own.committed)) await sql.query('COMMIT');
             return result;
           } catch (err) {
             await sql.query('ROLLBACK').catch(() => undefined);
@@ -174,16 +183,26 @@ export class SqlClient {
     }
   }
 
-  /** Wraps `sql` so that START TRANSACTION is sent with the first statement of the transaction. */
-  private startingWithFirst(sql: Sql): Sql & { started: boolean } {
+  /**
+   * Wraps `sql` so that START TRANSACTION is sent with the first statement of the
+   * transaction, and COMMIT with the last one when the caller asks. A failing statement
+   * stops the rest of its round trip, COMMIT included; the transaction then rolls back.
+   */
+  private startingWithFirst(sql: Sql): Sql & { started: boolean; committed: boolean } {
     const tx = {
       started: false,
+      committed: false,
       batch: async (statements: Array<[string, readonly unknown[]]>) => {
         const first = !tx.started;
         tx.started = true;
         const all: Array<[string, readonly unknown[]]> = first ? [['START TRANSACTION', []], ...statements] : statements;
         const results = await sql.batch!(all);
         return first ? results.slice(1) : results;
+      },
+      batchAndCommit: async (statements: Array<[string, readonly unknown[]]>) => {
+        const results = await tx.batch([...statements, ['COMMIT', []]]);
+        tx.committed = true;
+        return results.slice(0, -1);
       },
       query: async (text: string, params?: readonly unknown[]) => (await tx.batch([[text, params ?? []]]))[0],
     };

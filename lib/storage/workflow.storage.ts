@@ -34,6 +34,16 @@ interface JobRow {
 
 /** Thrown inside a transaction to roll it back and take the careful path. */
 const SLOW_PATH = Symbol('slow path');
+/**
+ * The settle fast path checks each write's row count in the server, in the same round
+ * trip: `~0 + 1` overflows BIGINT UNSIGNED, which MySQL and MariaDB both refuse with
+ * ER_DATA_OUT_OF_RANGE whatever the sql_mode, so a count that is off stops the trip
+ * before its COMMIT.
+ */
+const countIs = (n: number): [string, readonly unknown[]] => ['SET @wf_guard = ~0 + (ROW_COUNT() <> ?)', [n]];
+const GUARD_TRIPPED = 1690;
+
+type FinishSettlement = Extract<Settlement, { type: 'finish' }>;
 
 export type CancelResult = 'cancelled' | 'cancelling' | 'already-cancelling' | false;
 
@@ -205,7 +215,7 @@ export class WorkflowStorage {
   async settleMany(items: Array<{ job: ClaimedJob; settlement: Settlement }>): Promise<SettleResult[]> {
     if (items.every((i) => i.job.kind === JobKind.Step && (i.settlement.type === 'continue' || i.settlement.type === 'finish'))) {
       const fast = await this.client.transaction((sql) => this.settleFast(sql, items)).catch((err) => {
-        if (err === SLOW_PATH) return null;
+        if (err === SLOW_PATH || (err as { errno?: number })?.errno === GUARD_TRIPPED) return null;
         throw err;
       });
       if (fast) return fast;
@@ -217,6 +227,16 @@ export class WorkflowStorage {
     });
   }
 
+  /**
+   * Every job is deleted (tokens are unique per job, so the IN lists cannot match a row
+   * by another item's token), the continuing runs move on with their successors
+   * inserted, the ending runs end. The server checks each write's row count itself
+   * (`countIs`), so a batch whose runs have no @OnTerminal handler commits in the same
+   * round trip; if a count is off (a lost lease, a run that is not active) the check
+   * fails, nothing commits, and the careful path runs. Terminal deliveries carry the
+   * run's submission time: those batches read the ending runs first and take a second
+   * round trip.
+   */
   private async settleFast(
     sql: Sql,
     items: Array<{ job: ClaimedJob; settlement: Settlement }>,
@@ -225,15 +245,13 @@ export class WorkflowStorage {
     const moving = items.filter((i) => i.settlement.type === 'continue');
     const ending = items.filter((i) => i.settlement.type === 'finish');
     const next = (m: (typeof items)[number]) => (m.settlement as { next: NewJob }).next;
-    // First round trip: delete every job (tokens are unique per job, so these IN lists
-    // cannot match a row by another item's token), move the continuing runs on and
-    // insert their successors, and lock the ending runs. The counts are checked after;
-    // if any is off, the whole transaction rolls back and the careful path runs.
+    const notify = ending.some((e) => this.fanout.queuesFor(e.job.queue).length > 0);
     const first: Array<[string, readonly unknown[]]> = [
       [
         `DELETE j FROM ${this.t.jobs} AS j FORCE INDEX (PRIMARY) WHERE j.\`id\` IN (?) AND j.\`lease_token\` IN (?)`,
         [items.map((i) => i.job.id), items.map((i) => i.job.token)],
       ],
+      countIs(items.length),
     ];
     if (moving.length) {
       const when = moving.map(() => 'WHEN ? THEN ?').join(' ');
@@ -248,49 +266,61 @@ export class WorkflowStorage {
             moving.map((m) => m.job.runId),
           ],
         ],
-        this.insertStatement(moving.map(next)),
+        countIs(moving.length),
       );
     }
-    if (ending.length) {
-      first.push([
-        `SELECT \`id\`, \`workflow\`, \`state\`, \`submitted_at\` FROM ${this.t.runs} FORCE INDEX (PRIMARY) WHERE \`id\` IN (?) FOR UPDATE`,
-        [ending.map((e) => e.job.runId)],
-      ]);
+    if (ending.length && !notify) {
+      first.push(this.endRuns(ending, now, true), countIs(ending.length));
     }
-    const results = await runBatch(sql, first);
-    if ((results[0] as WriteResult).affectedRows !== items.length) throw SLOW_PATH;
-    if (moving.length && (results[1] as WriteResult).affectedRows !== moving.length) throw SLOW_PATH;
-    if (ending.length) {
-      const runs = results[results.length - 1] as Array<{ id: string; workflow: string; state: string; submitted_at: number | string }>;
-      const byId = new Map(runs.map((r) => [r.id, r]));
-      if (ending.some((e) => byId.get(e.job.runId)?.state !== 'active')) throw SLOW_PATH;
-      const when = ending.map(() => 'WHEN ? THEN ?').join(' ');
-      const d = (e: (typeof ending)[number]) => e.settlement as { status: TerminalStatus; result?: string; error?: string };
-      const second: Array<[string, readonly unknown[]]> = [
+    if (ending.length && notify) {
+      first.push(
         [
-          `UPDATE ${this.t.runs} FORCE INDEX (PRIMARY) SET \`state\` = CASE \`id\` ${when} END, \`result\` = CASE \`id\` ${when} END,
-            \`error\` = CASE \`id\` ${when} END, \`current_step\` = CASE \`id\` ${when} END, \`attempts\` = CASE \`id\` ${when} END,
-            \`current_job_id\` = NULL, \`finished_at\` = ?, \`updated_at\` = ? WHERE \`id\` IN (?)`,
-          [
-            ...ending.flatMap((e) => [e.job.runId, d(e).status]),
-            ...ending.flatMap((e) => [e.job.runId, d(e).result ?? null]),
-            ...ending.flatMap((e) => [e.job.runId, d(e).error ?? null]),
-            ...ending.flatMap((e) => [e.job.runId, e.job.stepNumber]),
-            ...ending.flatMap((e) => [e.job.runId, e.job.attempts]),
-            now,
-            now,
-            ending.map((e) => e.job.runId),
-          ],
+          `SELECT \`id\`, \`workflow\`, \`state\`, \`submitted_at\` FROM ${this.t.runs} FORCE INDEX (PRIMARY) WHERE \`id\` IN (?) FOR UPDATE`,
+          [ending.map((e) => e.job.runId)],
         ],
-      ];
-      const deliveries = ending.flatMap((e) => {
-        const run = byId.get(e.job.runId)!;
-        return this.deliveries(e.job, run.workflow, Number(run.submitted_at), d(e), now);
-      });
-      if (deliveries.length) second.push(this.insertStatement(deliveries));
-      await runBatch(sql, second);
+      );
     }
+    if (moving.length) first.push(this.insertStatement(moving.map(next)));
+    const results = await runBatch(sql, first, !notify);
+    if (!notify) return items.map((): SettleResult => 'settled');
+
+    const runs = results[first.length - (moving.length ? 2 : 1)] as Array<{
+      id: string;
+      workflow: string;
+      state: string;
+      submitted_at: number | string;
+    }>;
+    const byId = new Map(runs.map((r) => [r.id, r]));
+    if (runs.length !== ending.length || runs.some((r) => r.state !== 'active')) throw SLOW_PATH;
+    const deliveries = ending.flatMap((e) => {
+      const run = byId.get(e.job.runId)!;
+      return this.deliveries(e.job, run.workflow, Number(run.submitted_at), e.settlement as FinishSettlement, now);
+    });
+    const second = [this.endRuns(ending, now, false)];
+    if (deliveries.length) second.push(this.insertStatement(deliveries));
+    await runBatch(sql, second, true);
     return items.map((): SettleResult => 'settled');
+  }
+
+  /** The UPDATE that ends the runs of these `finish` settlements (only while active, if asked). */
+  private endRuns(ending: Array<{ job: ClaimedJob; settlement: Settlement }>, now: number, onlyActive: boolean): [string, unknown[]] {
+    const when = ending.map(() => 'WHEN ? THEN ?').join(' ');
+    const d = (e: (typeof ending)[number]) => e.settlement as FinishSettlement;
+    return [
+      `UPDATE ${this.t.runs} FORCE INDEX (PRIMARY) SET \`state\` = CASE \`id\` ${when} END, \`result\` = CASE \`id\` ${when} END,
+        \`error\` = CASE \`id\` ${when} END, \`current_step\` = CASE \`id\` ${when} END, \`attempts\` = CASE \`id\` ${when} END,
+        \`current_job_id\` = NULL, \`finished_at\` = ?, \`updated_at\` = ? WHERE \`id\` IN (?)${onlyActive ? " AND `state` = 'active'" : ''}`,
+      [
+        ...ending.flatMap((e) => [e.job.runId, d(e).status]),
+        ...ending.flatMap((e) => [e.job.runId, d(e).result ?? null]),
+        ...ending.flatMap((e) => [e.job.runId, d(e).error ?? null]),
+        ...ending.flatMap((e) => [e.job.runId, e.job.stepNumber]),
+        ...ending.flatMap((e) => [e.job.runId, e.job.attempts]),
+        now,
+        now,
+        ending.map((e) => e.job.runId),
+      ],
+    ];
   }
 
   /**
