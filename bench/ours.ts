@@ -101,7 +101,7 @@ async function createApp(options: WorkflowModuleOptions, providers: Provider[]) 
 }
 
 interface Internals {
-  connection?: { ready(): Promise<{ client: { conflictRetries: number }; claimBatch: (...a: any[]) => Promise<any[]> }> };
+  connection?: { ready(): Promise<{ client: { conflictRetries: number }; claimBatch: (...a: any[]) => Promise<{ jobs: any[]; more: boolean }> }> };
 }
 
 /** The SqlClient's deadlock/lock-wait retry counter, read through WorkflowService's private `connection`. */
@@ -363,14 +363,14 @@ class ClaimProbe implements OnModuleInit {
     storage.claimBatch = async (...args: any[]) => {
       const s = wallNow();
       if (claimProbe.firstAt === 0) claimProbe.firstAt = s;
-      const rows = await original(...args);
+      const claimed = await original(...args);
       if (claimProbe.stopAt === 0 || s < claimProbe.stopAt) {
         claimProbe.claims++;
-        claimProbe.jobs += rows.length;
-        if (rows.length === 0) claimProbe.empty++;
+        claimProbe.jobs += claimed.jobs.length;
+        if (claimed.jobs.length === 0) claimProbe.empty++;
         claimProbe.times.add(wallNow() - s);
       }
-      return rows;
+      return claimed;
     };
   }
 }

@@ -116,8 +116,9 @@ export class WorkflowStorage {
   // ---------------------------------------------------------------- claim
 
   /**
-   * Leases up to `limit` ready jobs of one queue to `token`. SKIP LOCKED lets claimers
-   * pass each other; the lease is stamped in the database clock, so host clock skew
+   * Leases up to `limit` ready jobs of one queue to `token`; `more` says whether another
+   * ready one was left behind (the SELECT reads one row past the limit and leaves it to
+   * the next claimer). SKIP LOCKED lets claimers pass each other; the lease is stamped in the database clock, so host clock skew
    * cannot make two workers believe they hold one job. Crash window: a claim that
    * commits and then loses its worker leaves leased rows that the reaper returns
    * when the lease expires, counting that delivery as an attempt.
@@ -128,15 +129,16 @@ export class WorkflowStorage {
     token: string,
     leaseMs: number,
     maxAttempts: number,
-  ): Promise<ClaimedJob[]> {
+  ): Promise<{ jobs: ClaimedJob[]; more: boolean }> {
     return this.client.transaction(async (sql) => {
-      const rows = await sql.query<JobRow[]>(
+      const found = await sql.query<JobRow[]>(
         `SELECT ${CLAIM_COLUMNS} FROM ${this.t.jobs} FORCE INDEX (\`ix_claim\`)
           WHERE \`queue\` = ? AND \`state\` = ${JobState.Ready}
           ORDER BY \`priority\`, \`run_at\`, \`id\` LIMIT ? FOR UPDATE SKIP LOCKED`,
-        [queue, limit],
+        [queue, limit + 1],
       );
-      if (rows.length === 0) return [];
+      const rows = found.slice(0, limit);
+      if (rows.length === 0) return { jobs: [], more: false };
       await sql.query(
         // One token per job (claim token + job id), so a token never fences another job's row.
         `UPDATE ${this.t.jobs} FORCE INDEX (PRIMARY) SET \`state\` = ${JobState.Leased}, \`attempts\` = \`attempts\` + 1, \`lease_token\` = CONCAT(?, '/', \`id\`),
@@ -144,11 +146,21 @@ export class WorkflowStorage {
           WHERE \`id\` IN (?)`,
         [token, leaseMs * 1000, maxAttempts, rows.map((r) => r.id)],
       );
-      return rows.map((r) => ({
+      const jobs = rows.map((r) => ({
         ...toClaimed(r, `${token}/${r.id}`, Number(r.attempts) + 1),
         maxAttempts: Number(r.max_attempts ?? maxAttempts),
       }));
+      return { jobs, more: found.length > limit };
     });
+  }
+
+  /** Whether any ready job of `queue` waits for a slot (one index probe, no locks). */
+  async hasReady(queue: string): Promise<boolean> {
+    const rows = await this.client.query<unknown[]>(
+      `SELECT 1 FROM ${this.t.jobs} FORCE INDEX (\`ix_claim\`) WHERE \`queue\` = ? AND \`state\` = ${JobState.Ready} LIMIT 1`,
+      [queue],
+    );
+    return rows.length > 0;
   }
 
   /** Moves scheduled jobs whose time has come to ready. Idempotent; SKIP LOCKED so promoters never queue behind each other. */

@@ -23,7 +23,9 @@ import { WorkflowNotifier } from './workflow.notifier.js';
 const CLAIM_BATCH = 32;
 /**
  * Consecutive steps of one run a slot may run in place (successor inserted already
- * leased to it, no claim). Bounded so queued runs and higher priorities get the slot back.
+ * leased to it, no claim) while other jobs of its queue wait. Bounded so queued runs
+ * and higher priorities get the slot back; with nobody waiting the run keeps it, since
+ * handing it back would only mean claiming the same job again.
  */
 const MAX_IN_PLACE = 16;
 
@@ -33,6 +35,10 @@ interface QueueSlot {
   limit: number;
   maxAttempts: number;
   inFlight: number;
+  /** Ready jobs may be waiting for a slot: what the last claim or peek saw, or a local wake-up. */
+  waiting: boolean;
+  /** Runs in flight that have used up their in-place bound and keep their slot only while nobody waits. */
+  pastBound: number;
 }
 
 /**
@@ -88,7 +94,15 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
     this.queues = [];
     for (const [name, runner] of this.registry.runners) {
       if (this.explorer.runsHere(name)) {
-        this.queues.push({ name, workflow: name, limit: runner.concurrency, maxAttempts: runner.maxAttempts, inFlight: 0 });
+        this.queues.push({
+          name,
+          workflow: name,
+          limit: runner.concurrency,
+          maxAttempts: runner.maxAttempts,
+          inFlight: 0,
+          waiting: true,
+          pastBound: 0,
+        });
       }
     }
     for (const handler of this.registry.handlers.values()) {
@@ -97,11 +111,13 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
         limit: opts.concurrency,
         maxAttempts: this.config.defaults.maxAttempts,
         inFlight: 0,
+        waiting: true,
+        pastBound: 0,
       });
     }
     this.running = true;
     this.unsubscribe.push(
-      this.notifier.onWake(() => this.wake()),
+      this.notifier.onWake(() => this.jobsMayWait()),
       this.notifier.onDue(() => void this.maintenance?.promote().catch(() => undefined)),
       this.notifier.onCancel((runId) => {
         for (const e of this.inFlight.values()) if (e.job.runId === runId && e.job.kind === JobKind.Step) this.cancel(e);
@@ -124,7 +140,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
         deadMs: this.config.retention.deadMs,
         now: () => this.config.clock.now(),
       },
-      () => this.wake(),
+      () => this.jobsMayWait(),
     );
     this.maintenance.start();
     if (this.queues.length) {
@@ -138,6 +154,12 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
   wake(): void {
     this.wakePending = true;
     this.wakeUp?.();
+  }
+
+  /** Jobs were submitted, promoted or returned: until a claim says otherwise, runs past their in-place bound yield. */
+  private jobsMayWait(): void {
+    for (const q of this.queues) q.waiting = true;
+    this.wake();
   }
 
   private cancel(exec: Execution): void {
@@ -159,10 +181,17 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
         for (let i = 0; i < n && this.running; i++) {
           const q = this.queues[(this.rotation + i) % n];
           const free = Math.min(opts.concurrency - this.inFlight.size, q.limit - q.inFlight, CLAIM_BATCH);
-          if (free <= 0) continue;
-          const jobs = await storage.claimBatch(q.name, free, this.nextToken(), opts.leaseMs, q.maxAttempts);
-          for (const job of jobs) this.launch(q, job);
-          if (jobs.length === free) more = true;
+          // Runs past their in-place bound hand their slot back only if someone waits: each
+          // claim says whether it left a job behind, and while the slots are full one probe
+          // of the claim index per poll notices jobs other processes submit.
+          if (free <= 0) {
+            if (q.pastBound > 0) q.waiting = await storage.hasReady(q.name);
+            continue;
+          }
+          const claimed = await storage.claimBatch(q.name, free, this.nextToken(), opts.leaseMs, q.maxAttempts);
+          for (const job of claimed.jobs) this.launch(q, job);
+          q.waiting = claimed.more;
+          if (claimed.more) more = true;
         }
         this.rotation++;
         if (failures > 0) this.logger.log('Database reachable again; claiming resumed.');
@@ -196,13 +225,15 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
 
   private launch(q: QueueSlot, job: ClaimedJob, chain = 0): void {
     const workflow = q.workflow ?? safeWorkflowOf(job);
-    const inPlace = () => (this.running && chain < MAX_IN_PLACE ? this.nextToken() : undefined);
+    const inPlace = () => (this.running && (chain < MAX_IN_PLACE || !q.waiting) ? this.nextToken() : undefined);
     const exec = new Execution(job, workflow, q.workflow ? inPlace : undefined);
     this.inFlight.set(job.id, exec);
     if (chain === 0) q.inFlight++;
+    if (chain === MAX_IN_PLACE) q.pastBound++;
     void this.executor.execute(exec);
     void exec.done.then(() => {
       if (this.inFlight.get(job.id) === exec) this.inFlight.delete(job.id);
+      if (chain >= MAX_IN_PLACE && !exec.next) q.pastBound--;
       // The successor is already leased to us: run it in this slot, even while draining.
       if (exec.next) return this.launch(q, exec.next, chain + 1);
       q.inFlight--;
