@@ -8,7 +8,9 @@ import { StepAbortedError, type StepAbortReason } from '../errors/step-aborted.e
  * inside one process; across processes the lease token does the same.
  */
 export class Execution {
-  readonly controller = new AbortController();
+  /** Made on first use of `signal`: most steps never look at it, and an AbortController is a measurable share of a step. */
+  private controller?: AbortController;
+  private abortError?: StepAbortedError;
   private owner: 'runner' | StepAbortReason | undefined;
   private finish!: () => void;
   readonly done = new Promise<void>((resolve) => (this.finish = resolve));
@@ -23,6 +25,15 @@ export class Execution {
     readonly inPlaceToken: () => string | undefined = () => undefined,
   ) {}
 
+  /** The step's `signal`; already aborted if the runtime took the job over before the runner asked for it. */
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.abortError) this.controller.abort(this.abortError);
+    }
+    return this.controller.signal;
+  }
+
   get owned(): boolean {
     return this.owner !== undefined;
   }
@@ -36,7 +47,10 @@ export class Execution {
     if (this.owner) return false;
     this.owner = by;
     if (this.timer) clearTimeout(this.timer);
-    if (by !== 'runner') this.controller.abort(new StepAbortedError(by, detail ?? by));
+    if (by !== 'runner') {
+      this.abortError = new StepAbortedError(by, detail ?? by);
+      this.controller?.abort(this.abortError);
+    }
     return true;
   }
 

@@ -102,7 +102,9 @@ export class StepExecutor {
       headers: Object.freeze(headers),
       jobId: job.id,
       attempts: job.attempts,
-      signal: exec.controller.signal,
+      get signal() {
+        return exec.signal;
+      },
       extendLease: (ms: number) => this.extendLease(exec, ms),
     };
     if (binding.timeoutMs) {

@@ -88,6 +88,28 @@ class QuickRunner {
   }
 }
 
+/** Never touches step.signal until the test releases it, then reports what it sees. */
+@Injectable()
+@StepRunner('late-look')
+class LateLookRunner {
+  started = new Map<string, ReturnType<typeof deferred<void>>>();
+  release = deferred<void>();
+  looked = new Map<string, { aborted: boolean; reason: unknown }>();
+
+  startedFor(runId: string) {
+    let d = this.started.get(runId);
+    if (!d) this.started.set(runId, (d = deferred<void>()));
+    return d;
+  }
+
+  async runStep(step: Step) {
+    this.startedFor(step.runId).resolve();
+    await this.release.promise;
+    this.looked.set(step.runId, { aborted: step.signal.aborted, reason: step.signal.reason });
+    return StepOutcome.succeed('too late');
+  }
+}
+
 @Injectable()
 class Outcomes {
   all: RunOutcome[] = [];
@@ -113,7 +135,7 @@ describe('cancel', () => {
   let outcomes: Outcomes;
 
   beforeAll(async () => {
-    app = await startApp({ prefix, providers: [BlockingRunner, QuickRunner, Outcomes] });
+    app = await startApp({ prefix, providers: [BlockingRunner, QuickRunner, LateLookRunner, Outcomes] });
     service = app.get(WorkflowService);
     runner = app.get(BlockingRunner);
     outcomes = app.get(Outcomes);
@@ -173,6 +195,19 @@ describe('cancel', () => {
     const delivered = await outcomes.of(runId);
     expect(delivered.status).toBe('cancelled');
     expect(delivered.error).toBeUndefined();
+  });
+
+  it('a runner that first looks at step.signal after the cancel finds it aborted, with reason cancelled', async () => {
+    const late = app.get(LateLookRunner);
+    const { runId } = await service.submit('late-look', { input: null });
+    await late.startedFor(runId).promise;
+    expect(await service.cancel(runId)).toBe(true);
+    await expect(service.waitForOutcome(runId, { timeoutMs: 5_000 })).resolves.toMatchObject({ status: 'cancelled' });
+    late.release.resolve();
+    const looked = await waitFor(() => late.looked.get(runId), 'the runner to look at its signal');
+    expect(looked.aborted).toBe(true);
+    expect(looked.reason).toBeInstanceOf(StepAbortedError);
+    expect((looked.reason as StepAbortedError).reason).toBe('cancelled');
   });
 
   it('from another app instance: the worker aborts within about a second and the run ends cancelled', async () => {
