@@ -20,7 +20,7 @@ import type {
   WaitOptions,
 } from './interfaces/run.interface.js';
 import { WorkflowConnection } from './storage/workflow-connection.js';
-import { JobKind, JobState, type NewRun, type RunRow } from './storage/storage.types.js';
+import { JobKind, JobState, type NewRun, parseJobId, publicJobId, type RunRow } from './storage/storage.types.js';
 import { hashJson, parseJson, serializeJson } from './utils/json.js';
 import { ulid } from './utils/ulid.js';
 import type { ResolvedWorkflowConfig } from './workflow.config.js';
@@ -229,7 +229,7 @@ export class WorkflowService {
       before: filter.before ? filter.before.getTime() : undefined,
     });
     return rows.map((r) => ({
-      jobId: r.job_id,
+      jobId: publicJobId(r.job_id, Number(r.kind), r.step_number),
       runId: r.run_id,
       workflow: r.workflow,
       stepNumber: Number(r.step_number),
@@ -246,9 +246,10 @@ export class WorkflowService {
    * gone or its run has moved on.
    */
   async retryDead(jobId: string): Promise<boolean> {
-    if (typeof jobId !== 'string' || !/^[0-9A-Za-z]{1,64}$/.test(jobId)) return false;
+    const id = parseJobId(jobId);
+    if (!id) return false;
     const storage = await this.connection.ready();
-    const ok = await storage.retryDead(jobId);
+    const ok = await storage.retryDead(id.rowId, id.stepNumber);
     if (ok) this.notifier.wake();
     return ok;
   }

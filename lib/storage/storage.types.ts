@@ -6,6 +6,24 @@ export type JobKind = (typeof JobKind)[keyof typeof JobKind];
 /** Ready: claimable now. Scheduled: waiting for run_at, promoted when due. Leased: a worker holds it. */
 export const JobState = { Ready: 0, Scheduled: 1, Leased: 2 } as const;
 
+/**
+ * The id users see for a job. A run's consecutive steps reuse one queue row (the
+ * successor is written over its predecessor), so a step's id is the row's id with the
+ * step number: unique per step, the same across that step's retries. Terminal
+ * deliveries are the row id alone.
+ */
+export function publicJobId(rowId: string, kind: JobKind | number, stepNumber: number | string): string {
+  return Number(kind) === JobKind.Step ? `${rowId}.${stepNumber}` : rowId;
+}
+
+/** The row id and (for a step) step number in a public job id; undefined if it cannot be one. */
+export function parseJobId(jobId: unknown): { rowId: string; stepNumber?: number } | undefined {
+  if (typeof jobId !== 'string') return undefined;
+  const m = /^([0-9A-Za-z]{1,64})(?:\.(\d{1,10}))?$/.exec(jobId);
+  if (!m) return undefined;
+  return m[2] === undefined ? { rowId: m[1] } : { rowId: m[1], stepNumber: Number(m[2]) };
+}
+
 /** A job a worker holds; `token` fences every write it makes. */
 export interface ClaimedJob {
   id: string;

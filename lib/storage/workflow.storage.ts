@@ -240,14 +240,15 @@ export class WorkflowStorage {
   }
 
   /**
-   * Every job is deleted (tokens are unique per job, so the IN lists cannot match a row
-   * by another item's token), the continuing runs move on with their successors
-   * inserted, the ending runs end. The server checks each write's row count itself
-   * (`countIs`), so a batch whose runs have no @OnTerminal handler commits in the same
-   * round trip; if a count is off (a lost lease, a run that is not active) the check
-   * fails, nothing commits, and the careful path runs. Terminal deliveries carry the
-   * run's submission time: those batches read the ending runs first and take a second
-   * round trip.
+   * A `continue` rewrites its job row in place as the successor (same id; next step,
+   * payload and lease), which leaves both secondary indexes alone when the successor
+   * stays leased to this worker; a `finish` deletes its job. Tokens are unique per job,
+   * so the IN lists cannot match a row by another item's token. The server checks each
+   * write's row count itself (`countIs`), so a batch whose runs have no @OnTerminal
+   * handler commits in the same round trip; if a count is off (a lost lease, a run that
+   * is not active) the check fails, nothing commits, and the careful path runs.
+   * Terminal deliveries carry the run's submission time: those batches read the ending
+   * runs first and take a second round trip.
    */
   private async settleFast(
     sql: Sql,
@@ -256,29 +257,29 @@ export class WorkflowStorage {
     const now = this.now();
     const moving = items.filter((i) => i.settlement.type === 'continue');
     const ending = items.filter((i) => i.settlement.type === 'finish');
-    const next = (m: (typeof items)[number]) => (m.settlement as { next: NewJob }).next;
     const notify = ending.some((e) => this.fanout.queuesFor(e.job.queue).length > 0);
-    const first: Array<[string, readonly unknown[]]> = [
-      [
-        `DELETE j FROM ${this.t.jobs} AS j FORCE INDEX (PRIMARY) WHERE j.\`id\` IN (?) AND j.\`lease_token\` IN (?)`,
-        [items.map((i) => i.job.id), items.map((i) => i.job.token)],
-      ],
-      countIs(items.length),
-    ];
+    const first: Array<[string, readonly unknown[]]> = [];
     if (moving.length) {
+      const next = (m: (typeof items)[number]) => (m.settlement as { next: NewJob }).next;
       const when = moving.map(() => 'WHEN ? THEN ?').join(' ');
       first.push(
+        this.successorsInPlace(moving.map((m) => ({ job: m.job, next: next(m) })), now),
+        countIs(moving.length),
         [
-          `UPDATE ${this.t.runs} FORCE INDEX (PRIMARY) SET \`current_step\` = CASE \`id\` ${when} END, \`current_job_id\` = CASE \`id\` ${when} END,
-            \`updated_at\` = ? WHERE \`id\` IN (?) AND \`state\` = 'active'`,
-          [
-            ...moving.flatMap((m) => [m.job.runId, next(m).stepNumber]),
-            ...moving.flatMap((m) => [m.job.runId, next(m).id]),
-            now,
-            moving.map((m) => m.job.runId),
-          ],
+          `UPDATE ${this.t.runs} FORCE INDEX (PRIMARY) SET \`current_step\` = CASE \`id\` ${when} END, \`updated_at\` = ?
+            WHERE \`id\` IN (?) AND \`state\` = 'active'`,
+          [...moving.flatMap((m) => [m.job.runId, next(m).stepNumber]), now, moving.map((m) => m.job.runId)],
         ],
         countIs(moving.length),
+      );
+    }
+    if (ending.length) {
+      first.push(
+        [
+          `DELETE j FROM ${this.t.jobs} AS j FORCE INDEX (PRIMARY) WHERE j.\`id\` IN (?) AND j.\`lease_token\` IN (?)`,
+          [ending.map((i) => i.job.id), ending.map((i) => i.job.token)],
+        ],
+        countIs(ending.length),
       );
     }
     if (ending.length && !notify) {
@@ -292,11 +293,10 @@ export class WorkflowStorage {
         ],
       );
     }
-    if (moving.length) first.push(this.insertStatement(moving.map(next)));
     const results = await runBatch(sql, first, !notify);
     if (!notify) return items.map((): SettleResult => 'settled');
 
-    const runs = results[first.length - (moving.length ? 2 : 1)] as Array<{
+    const runs = results[first.length - 1] as Array<{
       id: string;
       workflow: string;
       state: string;
@@ -312,6 +312,37 @@ export class WorkflowStorage {
     if (deliveries.length) second.push(this.insertStatement(deliveries));
     await runBatch(sql, second, true);
     return items.map((): SettleResult => 'settled');
+  }
+
+  /**
+   * One UPDATE that turns each held job row into its successor. A successor leased to
+   * this worker keeps state and run_at, so neither index entry moves; one that waits (a
+   * delay, or the in-place bound reached) goes back to the queue like a fresh job.
+   */
+  private successorsInPlace(moves: Array<{ job: ClaimedJob; next: NewJob }>, now: number): [string, unknown[]] {
+    const params: unknown[] = [];
+    const column = (name: string, list: typeof moves, then: string, value: (m: (typeof moves)[number]) => unknown[], otherwise: string) => {
+      if (list.length === 0) return `\`${name}\` = ${otherwise}`;
+      for (const m of list) params.push(m.job.id, ...value(m));
+      return `\`${name}\` = CASE \`id\` ${list.map(() => `WHEN ? THEN ${then}`).join(' ')} ELSE ${otherwise} END`;
+    };
+    const leased = moves.filter((m) => m.next.leaseToken);
+    const waiting = moves.filter((m) => !m.next.leaseToken);
+    const sets = [
+      column('step_number', moves, '?', (m) => [m.next.stepNumber], '`step_number`'),
+      column('payload', moves, '?', (m) => [m.next.payload], '`payload`'),
+      column('lease_token', leased, '?', (m) => [m.next.leaseToken], 'NULL'),
+      column('lease_until', leased, 'DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND)', (m) => [(m.next.leaseMs ?? 30_000) * 1000], 'NULL'),
+      column('attempts', leased, '1', () => [], '0'),
+      column('state', waiting, '?', (m) => [m.next.scheduled ? JobState.Scheduled : JobState.Ready], '`state`'),
+      column('run_at', waiting, '?', (m) => [m.next.runAt], '`run_at`'),
+    ];
+    params.push(now, moves.map((m) => m.job.id), moves.map((m) => m.job.token));
+    return [
+      `UPDATE ${this.t.jobs} FORCE INDEX (PRIMARY) SET ${sets.join(', ')}, \`last_error\` = NULL, \`created_at\` = ?
+        WHERE \`id\` IN (?) AND \`lease_token\` IN (?)`,
+      params,
+    ];
   }
 
   /** The UPDATE that ends the runs of these `finish` settlements (only while active, if asked). */
@@ -642,10 +673,11 @@ export class WorkflowStorage {
    * for a step, its failed run becomes active again at that step, in one transaction.
    * False when the dead letter is gone or its run has moved on since.
    */
-  async retryDead(jobId: string): Promise<boolean> {
+  async retryDead(jobId: string, stepNumber?: number): Promise<boolean> {
     return this.client.transaction(async (sql) => {
       const [dead] = await sql.query<DeadRow[]>(`SELECT * FROM ${this.t.dead} WHERE \`job_id\` = ? FOR UPDATE`, [jobId]);
       if (!dead) return false;
+      if (stepNumber !== undefined && (Number(dead.kind) !== JobKind.Step || Number(dead.step_number) !== stepNumber)) return false;
       const now = this.now();
       const job: NewJob = {
         id: ulid(now),

@@ -4,9 +4,8 @@ import type { StepOutcome } from '../outcomes/step-outcome.js';
 import type { Step } from '../interfaces/step.interface.js';
 import type { RunOutcome } from '../interfaces/run.interface.js';
 import { WorkflowConnection } from '../storage/workflow-connection.js';
-import { type ClaimedJob, JobKind, type Settlement } from '../storage/storage.types.js';
+import { type ClaimedJob, JobKind, publicJobId, type Settlement } from '../storage/storage.types.js';
 import { isConnectionError } from '../storage/sql-client.js';
-import { ulid } from '../utils/ulid.js';
 import { serializeJson } from '../utils/json.js';
 import type { ResolvedWorkflowConfig } from '../workflow.config.js';
 import { WORKFLOW_CONFIG } from '../workflow.constants.js';
@@ -100,7 +99,7 @@ export class StepExecutor {
       stepNumber: job.stepNumber,
       payload,
       headers: Object.freeze(headers),
-      jobId: job.id,
+      jobId: publicJobId(job.id, job.kind, job.stepNumber),
       attempts: job.attempts,
       get signal() {
         return exec.signal;
@@ -200,7 +199,8 @@ export class StepExecutor {
           return {
             type: 'continue',
             next: {
-              id: ulid(now),
+              // The successor takes over its predecessor's job row (see settleFast).
+              id: job.id,
               queue: job.queue,
               kind: JobKind.Step,
               runId: job.runId,
@@ -326,7 +326,7 @@ export class StepExecutor {
   private where(exec: Execution): string {
     const job = exec.job;
     return job.kind === JobKind.Step
-      ? `${exec.workflow} step ${job.stepNumber} of run ${job.runId} (job ${job.id})`
+      ? `${exec.workflow} step ${job.stepNumber} of run ${job.runId} (job ${publicJobId(job.id, job.kind, job.stepNumber)})`
       : `terminal delivery ${job.queue} of run ${job.runId} (job ${job.id})`;
   }
 }

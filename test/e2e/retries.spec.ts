@@ -17,8 +17,10 @@ import { deferred, waitFor } from '../utils/wait.js';
 /** Records every delivery it gets, per run. */
 class Recorder {
   attempts = new Map<string, number[]>();
+  deliveredJobIds = new Map<string, string[]>();
 
   seen(step: Step): number {
+    this.deliveredJobIds.set(step.runId, [...(this.deliveredJobIds.get(step.runId) ?? []), step.jobId]);
     const list = this.attempts.get(step.runId) ?? [];
     list.push(step.attempts);
     this.attempts.set(step.runId, list);
@@ -53,12 +55,14 @@ class DoomedRunner extends Recorder {
 @StepRunner('redrive')
 class RedriveRunner extends Recorder {
   steps: Array<{ runId: string; step: number; attempts: number }> = [];
+  jobIds: Array<{ runId: string; step: number; jobId: string }> = [];
   fixed = false;
   gate?: { entered: () => void; release: Promise<void> };
 
   async runStep(step: Step<{ doc: string }>) {
     this.seen(step);
     this.steps.push({ runId: step.runId, step: step.stepNumber, attempts: step.attempts });
+    this.jobIds.push({ runId: step.runId, step: step.stepNumber, jobId: step.jobId });
     if (step.stepNumber === 0) return StepOutcome.continue({ doc: `${step.payload.doc}!` });
     if (!this.fixed) throw StepError.permanent('parser bug');
     if (this.gate) {
@@ -157,6 +161,8 @@ describe('retries and dead letters', () => {
     const outcome = await workflows.waitForOutcome(runId, { timeoutMs: 10_000 });
     expect(outcome).toMatchObject({ status: 'succeeded', result: { call: 3 }, finalStep: 0 });
     expect(app.get(FlakyRunner).attempts.get(runId)).toEqual([1, 2, 3]);
+    // A retry is the same step: same jobId on every delivery.
+    expect(new Set(app.get(FlakyRunner).deliveredJobIds.get(runId)).size).toBe(1);
     expect((await workflows.status(runId))!.attempts).toBe(3);
     expect(await deadOf(runId)).toEqual([]);
   });
@@ -246,6 +252,14 @@ describe('retries and dead letters', () => {
     expect(failed).toMatchObject({ status: 'failed', finalStep: 1, error: expect.stringContaining('parser bug') });
     const [dead] = await deadOf(runId);
     expect(dead).toMatchObject({ stepNumber: 1, attempts: 1 });
+    // Each step has its own jobId, and the dead letter carries the one its step saw.
+    const seenIds = runner.jobIds.filter((j) => j.runId === runId);
+    expect(seenIds.map((j) => j.step)).toEqual([0, 1]);
+    expect(seenIds[0].jobId).not.toBe(seenIds[1].jobId);
+    expect(dead.jobId).toBe(seenIds[1].jobId);
+    // An id naming another step of the same queue row is not this dead letter.
+    expect(await workflows.retryDead(dead.jobId.replace(/\.1$/, '.0'))).toBe(false);
+    expect(await workflows.retryDead(`${dead.jobId}x`)).toBe(false);
 
     // Deploy the fix, and hold the re-driven step so the re-opened run can be observed.
     runner.fixed = true;
