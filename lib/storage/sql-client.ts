@@ -128,7 +128,13 @@ export class SqlClient {
       batch: this.ownPool
         ? async (statements) => {
             if (statements.length === 0) return [];
-            const rows = await run<any>(conn, statements.map((s) => s[0]).join(';\n'), statements.flatMap((s) => [...s[1]]));
+            let text = '';
+            const params: unknown[] = [];
+            for (const [statement, values] of statements) {
+              text = text ? `${text};\n${statement}` : statement;
+              for (const v of values) params.push(v);
+            }
+            const rows = await run<any>(conn, text, params);
             return statements.length === 1 ? [rows] : rows;
           }
         : undefined,

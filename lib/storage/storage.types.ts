@@ -37,6 +37,8 @@ export interface ClaimedJob {
   payload: string;
   headers: string;
   token: string;
+  /** `headers` already parsed and frozen, handed from a step to its successor run in place. */
+  parsedHeaders?: Readonly<Record<string, string>>;
 }
 
 export interface NewJob {

@@ -85,10 +85,10 @@ export class StepExecutor {
       return;
     }
     let payload: unknown;
-    let headers: Record<string, string>;
+    let headers: Readonly<Record<string, string>>;
     try {
       payload = JSON.parse(job.payload);
-      headers = JSON.parse(job.headers);
+      headers = job.parsedHeaders ??= Object.freeze(JSON.parse(job.headers));
     } catch (err) {
       await this.own(exec, () => this.deadNow(exec, `stored payload or headers are not valid JSON: ${(err as Error).message}`));
       return;
@@ -98,7 +98,7 @@ export class StepExecutor {
       workflow: job.queue,
       stepNumber: job.stepNumber,
       payload,
-      headers: Object.freeze(headers),
+      headers,
       jobId: publicJobId(job.id, job.kind, job.stepNumber),
       attempts: job.attempts,
       get signal() {
@@ -276,6 +276,7 @@ export class StepExecutor {
             payload: n.payload,
             headers: n.headers,
             token: n.leaseToken!,
+            parsedHeaders: n.headers === exec.job.headers ? exec.job.parsedHeaders : undefined,
           };
           return;
         }
