@@ -419,6 +419,8 @@ export interface BacklogFill {
   backlog: number;
   insertMs: number;
   explain: string;
+  /** How long the server took to write back and purge after the insert, before the drain started. */
+  quiet: { waitedMs: number; dirtyPages: number; history: number };
 }
 
 export interface ScaleResult {

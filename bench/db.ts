@@ -27,6 +27,31 @@ export async function scalar(c: mysql.Connection, sql: string, params: unknown[]
   return Number(row ? Object.values(row)[0] : NaN);
 }
 
+/**
+ * Waits (up to `maxMs`) until InnoDB has written back what a bulk insert left dirty in
+ * the buffer pool (as far as its page cleaner goes at rest) and purged its undo history, so the measurement after it is not also
+ * measuring that background I/O. Returns how long it waited and what it saw last.
+ */
+export async function waitForQuietInnodb(url: string, maxMs = 120_000): Promise<{ waitedMs: number; dirtyPages: number; history: number }> {
+  const started = Date.now();
+  return withMysql(url, async (c) => {
+    // Dirty pages a server keeps at rest vary; "done" is: few left, or no fewer than 3 s ago.
+    const recent: number[] = [];
+    for (;;) {
+      const [rows] = await c.query(
+        "SELECT NAME, `COUNT` FROM information_schema.INNODB_METRICS WHERE NAME IN ('buffer_pool_pages_dirty', 'trx_rseg_history_len')",
+      );
+      const m = new Map((rows as Array<{ NAME: string; COUNT: number | string }>).map((r) => [r.NAME, Number(r.COUNT)]));
+      const seen = { dirtyPages: m.get('buffer_pool_pages_dirty') ?? 0, history: m.get('trx_rseg_history_len') ?? 0 };
+      const waitedMs = Date.now() - started;
+      recent.push(seen.dirtyPages);
+      const settled = seen.dirtyPages < 1000 || (recent.length > 12 && seen.dirtyPages >= recent[recent.length - 13]);
+      if ((settled && seen.history < 1000) || waitedMs > maxMs) return { waitedMs, ...seen };
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  });
+}
+
 /** Server-wide InnoDB deadlock and row-lock-wait counters (include any other load on the server). */
 export async function innodbCounters(url: string): Promise<{ deadlocks: number; rowLockWaits: number } | null> {
   try {

@@ -39,7 +39,16 @@ import {
   wallNow,
   withTimeout,
 } from './common.js';
-import { describePerStep, dropWorkflowTables, innodbCounters, perStep, scalar, statementCounters, withMysql } from './db.js';
+import {
+  describePerStep,
+  dropWorkflowTables,
+  innodbCounters,
+  perStep,
+  scalar,
+  statementCounters,
+  waitForQuietInnodb,
+  withMysql,
+} from './db.js';
 
 export const PREFIX = 'bench_';
 const LOGGER = ['error', 'warn'] as const;
@@ -385,6 +394,7 @@ export async function oursBacklogFill(cfg: BenchConfig, backlog: number): Promis
   const setup = await createApp(moduleOptions(cfg, false, { workflows: ['single'] }), []);
   await setup.close();
   const insertMs = await insertBacklog(cfg, backlog);
+  const quiet = await waitForQuietInnodb(cfg.mysqlUrl);
   const explain = await withMysql(cfg.mysqlUrl, async (c) => {
     const [rows] = await c.query(
       `EXPLAIN SELECT \`id\`, \`queue\`, \`kind\`, \`run_id\`, \`step_number\`, \`attempts\`, \`max_attempts\`, \`priority\`, \`payload\`, \`headers\`
@@ -394,7 +404,7 @@ export async function oursBacklogFill(cfg: BenchConfig, backlog: number): Promis
     const r = (rows as Array<Record<string, unknown>>)[0] ?? {};
     return `type=${r.type} key=${r.key} rows=${r.rows} extra=${r.Extra ?? ''}`;
   });
-  return { section: 'backlog-fill', backlog, insertMs, explain };
+  return { section: 'backlog-fill', backlog, insertMs, explain, quiet };
 }
 
 export async function oursBacklog(cfg: BenchConfig, backlog: number, fill: BacklogFill): Promise<BacklogResult> {
@@ -433,6 +443,7 @@ export async function oursBacklog(cfg: BenchConfig, backlog: number, fill: Backl
     cpu: cpuShare,
     peakRssMb: peakRssMb(),
     notes: [
+      `drain started after the server wrote back the insert (${(fill.quiet.waitedMs / 1000).toFixed(1)} s; then ${fill.quiet.dirtyPages} dirty pages, history ${fill.quiet.history})`,
       `${claimProbe.empty} empty claims`,
       `${leftover} jobs left queued after shutdown (expected about ${backlog - tracker.completed})`,
     ],
