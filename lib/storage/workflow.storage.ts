@@ -139,12 +139,20 @@ export class WorkflowStorage {
       );
       const rows = found.slice(0, limit);
       if (rows.length === 0) return { jobs: [], more: false };
-      await sql.query(
-        // One token per job (claim token + job id), so a token never fences another job's row.
-        `UPDATE ${this.t.jobs} FORCE INDEX (PRIMARY) SET \`state\` = ${JobState.Leased}, \`attempts\` = \`attempts\` + 1, \`lease_token\` = CONCAT(?, '/', \`id\`),
-          \`lease_until\` = DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND), \`max_attempts\` = COALESCE(\`max_attempts\`, ?)
-          WHERE \`id\` IN (?)`,
-        [token, leaseMs * 1000, maxAttempts, rows.map((r) => r.id)],
+      // The rows are locked by the SELECT, so the lease is right whatever the UPDATE
+      // reports: it goes with the COMMIT in one round trip.
+      await runBatch(
+        sql,
+        [
+          [
+            // One token per job (claim token + job id), so a token never fences another job's row.
+            `UPDATE ${this.t.jobs} FORCE INDEX (PRIMARY) SET \`state\` = ${JobState.Leased}, \`attempts\` = \`attempts\` + 1, \`lease_token\` = CONCAT(?, '/', \`id\`),
+              \`lease_until\` = DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND), \`max_attempts\` = COALESCE(\`max_attempts\`, ?)
+              WHERE \`id\` IN (?)`,
+            [token, leaseMs * 1000, maxAttempts, rows.map((r) => r.id)],
+          ],
+        ],
+        true,
       );
       const jobs = rows.map((r) => ({
         ...toClaimed(r, `${token}/${r.id}`, Number(r.attempts) + 1),
