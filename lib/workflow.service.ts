@@ -69,17 +69,17 @@ export class WorkflowService {
     }
 
     const storage = await this.connection.ready();
-    const write = async (sql: Parameters<Parameters<typeof storage.client.transaction>[0]>[0]) => {
-      const res = await storage.submitRuns(sql, [...unique.values()]);
-      for (const [id, existing] of res.existing) {
-        const wanted = unique.get(id)!;
-        if (existing.workflow !== workflow) {
-          throw new InputMismatchError(id, `workflow "${existing.workflow}" (this submit names "${workflow}")`);
+    // An existing id with another workflow or input refuses the whole call, before anything is written.
+    const check = (existing: Map<string, { workflow: string; inputHash: string }>) => {
+      for (const [id, run] of existing) {
+        if (run.workflow !== workflow) {
+          throw new InputMismatchError(id, `workflow "${run.workflow}" (this submit names "${workflow}")`);
         }
-        if (existing.inputHash !== wanted.inputHash) throw new InputMismatchError(id, 'a different input');
+        if (run.inputHash !== unique.get(id)!.inputHash) throw new InputMismatchError(id, 'a different input');
       }
-      return res.inserted;
     };
+    type Tx = Parameters<Parameters<typeof storage.client.transaction>[0]>[0];
+    const write = async (sql: Tx, commit: boolean) => (await storage.submitRuns(sql, [...unique.values()], check, commit)).inserted;
 
     let inserted: Set<string>;
     if (options?.manager) {
@@ -90,9 +90,9 @@ export class WorkflowService {
             'WorkflowModule.forRoot({ dataSource }) with that DataSource (or its @nestjs/typeorm name).',
         );
       }
-      inserted = await storage.client.inManager(manager, write);
+      inserted = await storage.client.inManager(manager, (sql) => write(sql, false));
     } else {
-      inserted = await storage.client.transaction(write);
+      inserted = await storage.client.transaction((sql) => write(sql, true));
     }
     if (inserted.size) this.notifier.wake();
     const reported = new Set<string>();

@@ -78,12 +78,19 @@ export class WorkflowStorage {
   // ---------------------------------------------------------------- submit
 
   /**
-   * Creates runs with their step 0, all or nothing. Existing ids are returned as
-   * `existing` instead (the caller compares input hashes). Inside the caller's
-   * transaction when `sql` is theirs: a duplicate-key error only undoes its own
-   * statement in MySQL, so the loop re-reads and tries again.
+   * Creates runs with their step 0, all or nothing. Existing ids are handed to `check`
+   * first (the caller compares input hashes and throws to refuse the whole call), then
+   * the fresh runs and their jobs are inserted; in a transaction of our own that is one
+   * round trip with the COMMIT (`commit`). A duplicate key means another submitter
+   * committed one of these ids since the read: everything since the savepoint is undone
+   * and the loop reads again, inside the caller's transaction as well as ours.
    */
-  async submitRuns(sql: Sql, runs: NewRun[]): Promise<{ inserted: Set<string>; existing: Map<string, ExistingRun> }> {
+  async submitRuns(
+    sql: Sql,
+    runs: NewRun[],
+    check: (existing: Map<string, ExistingRun>) => void,
+    commit = false,
+  ): Promise<{ inserted: Set<string>; existing: Map<string, ExistingRun> }> {
     for (let attempt = 0; ; attempt++) {
       const existing = new Map<string, ExistingRun>();
       const rows = await sql.query<Array<{ id: string; workflow: string; input_hash: string }>>(
@@ -91,24 +98,34 @@ export class WorkflowStorage {
         [runs.map((r) => r.id)],
       );
       for (const r of rows) existing.set(r.id, { id: r.id, workflow: r.workflow, inputHash: r.input_hash });
+      check(existing);
       const fresh = runs.filter((r) => !existing.has(r.id));
       if (fresh.length === 0) return { inserted: new Set(), existing };
       try {
-        await sql.query(
-          `INSERT INTO ${this.t.runs} (\`id\`, \`workflow\`, \`state\`, \`current_step\`, \`current_job_id\`, \`input_hash\`, \`headers\`, \`priority\`, \`max_attempts\`, \`submitted_at\`, \`updated_at\`) VALUES ?`,
+        await runBatch(
+          sql,
           [
-            fresh.map((r) => [
-              r.id, r.workflow, 'active', 0, r.firstJob.id, r.inputHash, r.headers, r.priority, r.maxAttempts,
-              r.submittedAt, r.submittedAt,
-            ]),
+            ['SAVEPOINT wf_submit', []],
+            [
+              `INSERT INTO ${this.t.runs} (\`id\`, \`workflow\`, \`state\`, \`current_step\`, \`current_job_id\`, \`input_hash\`, \`headers\`, \`priority\`, \`max_attempts\`, \`submitted_at\`, \`updated_at\`) VALUES ?`,
+              [
+                fresh.map((r) => [
+                  r.id, r.workflow, 'active', 0, r.firstJob.id, r.inputHash, r.headers, r.priority, r.maxAttempts,
+                  r.submittedAt, r.submittedAt,
+                ]),
+              ],
+            ],
+            this.insertStatement(fresh.map((r) => r.firstJob)),
           ],
+          commit,
         );
       } catch (err) {
-        // Another submitter committed one of these ids since the SELECT: read again.
-        if ((err as { errno?: number }).errno === 1062 && attempt < 5) continue;
+        if ((err as { errno?: number }).errno === 1062 && attempt < 5) {
+          await sql.query('ROLLBACK TO SAVEPOINT wf_submit');
+          continue;
+        }
         throw err;
       }
-      await this.insertJobs(sql, fresh.map((r) => r.firstJob));
       return { inserted: new Set(fresh.map((r) => r.id)), existing };
     }
   }
