@@ -23,6 +23,8 @@ export class Execution {
     readonly workflow: string,
     /** A fresh lease token if this step's successor may run in place, else undefined. */
     readonly inPlaceToken: () => string | undefined = () => undefined,
+    /** Gives the worker slot back (idempotent): the step's own work is over. */
+    readonly releaseSlot: () => void = () => undefined,
   ) {}
 
   /** The step's `signal`; already aborted if the runtime took the job over before the runner asked for it. */

@@ -254,6 +254,9 @@ export class StepExecutor {
    * the job stays leased, the lease expires and another delivery runs it.
    */
   private async settle(exec: Execution, settlement: Settlement): Promise<void> {
+    // Only a successor leased to this worker keeps the slot; anything else frees it now,
+    // while the settlement commits.
+    if (!(settlement.type === 'continue' && settlement.next.leaseToken)) exec.releaseSlot();
     const started = Date.now();
     for (let attempt = 1; ; attempt++) {
       try {

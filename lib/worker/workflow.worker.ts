@@ -53,6 +53,8 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
   private readonly tag = randomBytes(6).toString('hex');
   private seq = 0;
   private readonly inFlight = new Map<string, Execution>();
+  /** Slots taken: runs executing a step, or whose step's successor will run in place. */
+  private busySlots = 0;
   private queues: QueueSlot[] = [];
   private running = false;
   private loop?: Promise<void>;
@@ -180,7 +182,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
         const n = this.queues.length;
         for (let i = 0; i < n && this.running; i++) {
           const q = this.queues[(this.rotation + i) % n];
-          const free = Math.min(opts.concurrency - this.inFlight.size, q.limit - q.inFlight, CLAIM_BATCH);
+          const free = Math.min(opts.concurrency - this.busySlots, q.limit - q.inFlight, CLAIM_BATCH);
           // Runs past their in-place bound hand their slot back only if someone waits: each
           // claim says whether it left a job behind, and while the slots are full one probe
           // of the claim index per poll notices jobs other processes submit.
@@ -203,7 +205,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
         await this.sleep(delay);
         continue;
       }
-      if (!more || this.inFlight.size >= opts.concurrency) await this.sleep(opts.pollIntervalMs);
+      if (!more || this.busySlots >= opts.concurrency) await this.sleep(opts.pollIntervalMs);
     }
   }
 
@@ -223,22 +225,39 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
     });
   }
 
-  private launch(q: QueueSlot, job: ClaimedJob, chain = 0): void {
+  /**
+   * Runs a job in a slot. The slot is given back as soon as the step's outcome is handed
+   * to the settlement batcher (unless its successor will run in place), so the next claim
+   * overlaps that commit; the job stays in `inFlight` (leases, shutdown) until settled.
+   */
+  private launch(q: QueueSlot, job: ClaimedJob, chain = 0, slot = this.takeSlot(q)): void {
     const workflow = q.workflow ?? safeWorkflowOf(job);
     const inPlace = () => (this.running && (chain < MAX_IN_PLACE || !q.waiting) ? this.nextToken() : undefined);
-    const exec = new Execution(job, workflow, q.workflow ? inPlace : undefined);
+    const exec = new Execution(job, workflow, q.workflow ? inPlace : undefined, () => this.freeSlot(q, slot));
     this.inFlight.set(job.id, exec);
-    if (chain === 0) q.inFlight++;
     if (chain === MAX_IN_PLACE) q.pastBound++;
     void this.executor.execute(exec);
     void exec.done.then(() => {
       if (this.inFlight.get(job.id) === exec) this.inFlight.delete(job.id);
       if (chain >= MAX_IN_PLACE && !exec.next) q.pastBound--;
       // The successor is already leased to us: run it in this slot, even while draining.
-      if (exec.next) return this.launch(q, exec.next, chain + 1);
-      q.inFlight--;
-      this.wake();
+      if (exec.next) return this.launch(q, exec.next, chain + 1, slot.free ? this.takeSlot(q) : slot);
+      this.freeSlot(q, slot);
     });
+  }
+
+  private takeSlot(q: QueueSlot): { free: boolean } {
+    q.inFlight++;
+    this.busySlots++;
+    return { free: false };
+  }
+
+  private freeSlot(q: QueueSlot, slot: { free: boolean }): void {
+    if (slot.free) return;
+    slot.free = true;
+    q.inFlight--;
+    this.busySlots--;
+    this.wake();
   }
 
   async beforeApplicationShutdown(): Promise<void> {
