@@ -239,8 +239,6 @@ export class WorkflowStorage {
 
   // ---------------------------------------------------------------- settle
 
-
-
   /**
    * Group commit: many settlements in one transaction. The fast path covers the hot
    * case (`continue` and `finish` on jobs whose lease holds and whose run is active)

@@ -329,9 +329,8 @@ export class StepExecutor {
 
   private where(exec: Execution): string {
     const job = exec.job;
-    return job.kind === JobKind.Step
-      ? `${exec.workflow} step ${job.stepNumber} of run ${job.runId} (job ${publicJobId(job.id, job.kind, job.stepNumber)})`
-      : `terminal delivery ${job.queue} of run ${job.runId} (job ${job.id})`;
+    const what = job.kind === JobKind.Step ? `${exec.workflow} step ${job.stepNumber}` : `terminal delivery ${job.queue}`;
+    return `${what} of run ${job.runId} (job ${publicJobId(job.id, job.kind, job.stepNumber)})`;
   }
 }
 

@@ -22,8 +22,8 @@ import { WorkflowNotifier } from './workflow.notifier.js';
 /** Most jobs one claim transaction takes; deep queues are drained in batches of this. */
 const CLAIM_BATCH = 32;
 /**
- * Consecutive steps of one run a slot may run in place (successor inserted already
- * leased to it, no claim) while other jobs of its queue wait. Bounded so queued runs
+ * Consecutive steps of one run a slot may run in place (the job row rewritten as the
+ * successor, still leased to it: no claim) while other jobs of its queue wait. Bounded so queued runs
  * and higher priorities get the slot back; with nobody waiting the run keeps it, since
  * handing it back would only mean claiming the same job again.
  */
