@@ -6,7 +6,6 @@ import { ReservedHeaderError } from './errors/reserved-header.error.js';
 import { RunNotFoundError } from './errors/run-not-found.error.js';
 import { UnknownWorkflowError } from './errors/unknown-workflow.error.js';
 import { WaitTimeoutError } from './errors/wait-timeout.error.js';
-import { WorkflowConfigError } from './errors/workflow-config.error.js';
 import type {
   DeadStep,
   DeadStepFilter,
@@ -78,22 +77,7 @@ export class WorkflowService {
         if (run.inputHash !== unique.get(id)!.inputHash) throw new InputMismatchError(id, 'a different input');
       }
     };
-    type Tx = Parameters<Parameters<typeof storage.client.transaction>[0]>[0];
-    const write = async (sql: Tx, commit: boolean) => (await storage.submitRuns(sql, [...unique.values()], check, commit)).inserted;
-
-    let inserted: Set<string>;
-    if (options?.manager) {
-      const manager = options.manager;
-      if (manager.dataSource !== storage.client.dataSource) {
-        throw new WorkflowConfigError(
-          'submit({ manager }) needs an EntityManager of the DataSource WorkflowModule uses. Configure ' +
-            'WorkflowModule.forRoot({ dataSource }) with that DataSource (or its @nestjs/typeorm name).',
-        );
-      }
-      inserted = await storage.client.inManager(manager, (sql) => write(sql, false));
-    } else {
-      inserted = await storage.client.transaction((sql) => write(sql, true));
-    }
+    const inserted = await storage.submitRuns([...unique.values()], check, options?.manager);
     if (inserted.size) this.notifier.wake();
     const reported = new Set<string>();
     return runs.map((r) => {

@@ -1,5 +1,3 @@
-import type { TerminalStatus } from '../interfaces/run.interface.js';
-
 export const JobKind = { Step: 0, Terminal: 1 } as const;
 export type JobKind = (typeof JobKind)[keyof typeof JobKind];
 
@@ -71,16 +69,7 @@ export interface NewRun {
   firstJob: NewJob;
 }
 
-/** How a leased job ends. Exactly one is applied, in one transaction, only if the lease still holds. */
-export type Settlement =
-  | { type: 'continue'; next: NewJob }
-  | { type: 'finish'; status: TerminalStatus; result?: string; error?: string }
-  /** `error`: the full text kept on the dead letter; `reason`: the run's error (default `error`). */
-  | { type: 'dead'; error: string; reason?: string }
-  | { type: 'retry'; runAt: number; error: string }
-  | { type: 'cancelled' }
-  | { type: 'release' }
-  | { type: 'delivered' };
+export type { Settlement } from './settlements.js';
 
 /** settled: applied. lost: the lease had moved on, nothing changed. cancelled: the run was cancelling, so it was cancelled instead. */
 export type SettleResult = 'settled' | 'lost' | 'cancelled';

@@ -4,7 +4,8 @@ import type { StepOutcome } from '../outcomes/step-outcome.js';
 import type { Step } from '../interfaces/step.interface.js';
 import type { RunOutcome } from '../interfaces/run.interface.js';
 import { WorkflowConnection } from '../storage/workflow-connection.js';
-import { type ClaimedJob, JobKind, publicJobId, type Settlement } from '../storage/storage.types.js';
+import { type ClaimedJob, JobKind, publicJobId } from '../storage/storage.types.js';
+import { endsRun, Settle, type Settlement } from '../storage/settlements.js';
 import { isConnectionError } from '../storage/sql-client.js';
 import { serializeJson } from '../utils/json.js';
 import type { ResolvedWorkflowConfig } from '../workflow.config.js';
@@ -59,7 +60,7 @@ export class StepExecutor {
     const job = exec.job;
     switch (reason) {
       case 'cancelled':
-        await this.settle(exec, { type: 'cancelled' });
+        await this.settle(exec, Settle.observeCancel());
         break;
       case 'timeout': {
         const binding = this.registry.runners.get(exec.workflow);
@@ -67,7 +68,7 @@ export class StepExecutor {
         break;
       }
       case 'shutdown':
-        await this.settle(exec, { type: 'release' });
+        await this.settle(exec, Settle.release());
         break;
       case 'lease-lost':
         this.logger.warn(`${this.where(exec)}: lease lost (another worker took it over); this delivery's outcome is discarded.`);
@@ -162,7 +163,7 @@ export class StepExecutor {
       await this.settle(exec, this.failure(job, err, this.config.defaults.backoff));
       return;
     }
-    if (exec.takeOver('runner')) await this.settle(exec, { type: 'delivered' });
+    if (exec.takeOver('runner')) await this.settle(exec, Settle.acknowledge());
   }
 
   private async own(exec: Execution, fn: () => Promise<void>): Promise<void> {
@@ -171,7 +172,7 @@ export class StepExecutor {
 
   private async deadNow(exec: Execution, error: string): Promise<void> {
     this.logger.error(`${this.where(exec)}: ${error}; dead-lettered.`);
-    await this.settle(exec, { type: 'dead', error });
+    await this.settle(exec, Settle.deadLetter(error));
   }
 
   /** Maps what the runner returned to a settlement; anything that is not a valid StepOutcome fails the step permanently. */
@@ -183,7 +184,7 @@ export class StepExecutor {
         `${binding.label} returned ${describe(outcome)}, which is not a StepOutcome. ` +
         'Return StepOutcome.continue(payload), continueAfter(payload, ms), succeed(result), fail(reason) or cancel(reason).';
       this.logger.error(`${this.where(exec)}: ${error}`);
-      return { type: 'dead', error };
+      return Settle.deadLetter(error);
     }
     const max = this.config.maxPayloadBytes;
     try {
@@ -196,41 +197,36 @@ export class StepExecutor {
           const payload = serializeJson(o.payload, `payload returned by step ${job.stepNumber}`, max);
           const now = this.now();
           const token = delay === 0 ? exec.inPlaceToken() : undefined;
-          return {
-            type: 'continue',
-            next: {
-              // The successor takes over its predecessor's job row (see settleFast).
-              id: job.id,
-              queue: job.queue,
-              kind: JobKind.Step,
-              runId: job.runId,
-              stepNumber: job.stepNumber + 1,
-              priority: job.priority,
-              runAt: now + delay,
-              scheduled: delay > 0,
-              maxAttempts: job.maxAttempts,
-              payload,
-              headers: job.headers,
-              leaseToken: token,
-              leaseMs: token ? this.leaseMs : undefined,
-            },
-          };
+          return Settle.continueWith({
+            // The successor takes over its predecessor's job row (rewriteAsSuccessors).
+            id: job.id,
+            queue: job.queue,
+            kind: JobKind.Step,
+            runId: job.runId,
+            stepNumber: job.stepNumber + 1,
+            priority: job.priority,
+            runAt: now + delay,
+            scheduled: delay > 0,
+            maxAttempts: job.maxAttempts,
+            payload,
+            headers: job.headers,
+            leaseToken: token,
+            leaseMs: token ? this.leaseMs : undefined,
+          });
         }
         case 'succeed':
-          return {
-            type: 'finish',
-            status: 'succeeded',
+          return Settle.finish('succeeded', {
             result: o.result === undefined ? undefined : serializeJson(o.result, 'run result', max),
-          };
+          });
         case 'fail':
-          return { type: 'finish', status: 'failed', error: String(o.reason ?? '') };
+          return Settle.finish('failed', { error: String(o.reason ?? '') });
         default:
-          return { type: 'finish', status: 'cancelled', error: String(o.reason ?? '') };
+          return Settle.finish('cancelled', { error: String(o.reason ?? '') });
       }
     } catch (err) {
       const error = `${binding.label} returned an invalid ${o.kind} outcome: ${(err as Error).message}`;
       this.logger.error(`${this.where(exec)}: ${error}`);
-      return { type: 'dead', error };
+      return Settle.deadLetter(error);
     }
   }
 
@@ -239,14 +235,10 @@ export class StepExecutor {
     const permanent = err instanceof StepError && err.kind === 'permanent';
     if (permanent || job.attempts >= job.maxAttempts) {
       const reason = err instanceof Error ? err.message : text;
-      return {
-        type: 'dead',
-        reason: permanent ? reason : `${reason} (gave up after ${job.attempts} of ${job.maxAttempts} attempts)`,
-        error: text,
-      };
+      return Settle.deadLetter(text, permanent ? reason : `${reason} (gave up after ${job.attempts} of ${job.maxAttempts} attempts)`);
     }
     const delay = backoffDelay(policy ?? this.config.defaults.backoff, job.attempts);
-    return { type: 'retry', runAt: this.now() + delay, error: text };
+    return Settle.retryAt(this.now() + delay, text);
   }
 
   /**
@@ -297,7 +289,7 @@ export class StepExecutor {
   }
 
   private afterSettle(exec: Execution, s: Settlement, cancelled: boolean): void {
-    const ended = cancelled || s.type === 'finish' || s.type === 'dead' || s.type === 'cancelled';
+    const ended = cancelled || endsRun(s);
     if (exec.job.kind === JobKind.Step && ended) {
       this.notifier.runFinished(exec.job.runId);
       if (this.registry.queuesFor(exec.workflow).length) this.notifier.wake();

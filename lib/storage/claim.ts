@@ -1,0 +1,86 @@
+import { runBatch } from './sql-client.js';
+import { type ClaimedJob, JobState } from './storage.types.js';
+import { CLAIM_COLUMNS, type JobRow, type StorageContext, toClaimed } from './tables.js';
+
+/**
+ * Leases up to `limit` ready jobs of one queue to `token`; `more` says whether another
+ * ready one was left behind (the SELECT reads one row past the limit and leaves it to
+ * the next claimer).
+ *
+ * Commits: the rows leased, attempts + 1, one token per job, the lease end in the
+ *          database clock (host clock skew cannot make two workers hold one job).
+ * Locks:   the claimed job rows, FOR UPDATE SKIP LOCKED in claim-index order, so
+ *          claimers pass each other.
+ * Crash:   before COMMIT, nothing is claimed; after, a claim that loses its worker
+ *          leaves leased rows the reaper returns when the lease expires, counting that
+ *          delivery as an attempt.
+ */
+export async function claimBatch(
+  ctx: StorageContext,
+  queue: string,
+  limit: number,
+  token: string,
+  leaseMs: number,
+  maxAttempts: number,
+): Promise<{ jobs: ClaimedJob[]; more: boolean }> {
+  return ctx.client.transaction(async (sql) => {
+    const found = await sql.query<JobRow[]>(
+      `SELECT ${CLAIM_COLUMNS} FROM ${ctx.t.jobs} FORCE INDEX (\`ix_claim\`)
+        WHERE \`queue\` = ? AND \`state\` = ${JobState.Ready}
+        ORDER BY \`priority\`, \`run_at\`, \`id\` LIMIT ? FOR UPDATE SKIP LOCKED`,
+      [queue, limit + 1],
+    );
+    const rows = found.slice(0, limit);
+    if (rows.length === 0) return { jobs: [], more: false };
+    // The rows are locked by the SELECT, so the lease is right whatever the UPDATE
+    // reports: it goes with the COMMIT in one round trip.
+    await runBatch(
+      sql,
+      [
+        [
+          // One token per job (claim token + job id), so a token never fences another job's row.
+          `UPDATE ${ctx.t.jobs} FORCE INDEX (PRIMARY) SET \`state\` = ${JobState.Leased}, \`attempts\` = \`attempts\` + 1, \`lease_token\` = CONCAT(?, '/', \`id\`),
+            \`lease_until\` = DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND), \`max_attempts\` = COALESCE(\`max_attempts\`, ?)
+            WHERE \`id\` IN (?)`,
+          [token, leaseMs * 1000, maxAttempts, rows.map((r) => r.id)],
+        ],
+      ],
+      true,
+    );
+    const jobs = rows.map((r) => ({
+      ...toClaimed(r, `${token}/${r.id}`, Number(r.attempts) + 1),
+      maxAttempts: Number(r.max_attempts ?? maxAttempts),
+    }));
+    return { jobs, more: found.length > limit };
+  });
+}
+
+/** Whether any ready job of `queue` waits for a slot (one index probe, no locks). */
+export async function hasReady(ctx: StorageContext, queue: string): Promise<boolean> {
+  const rows = await ctx.client.query<unknown[]>(
+    `SELECT 1 FROM ${ctx.t.jobs} FORCE INDEX (\`ix_claim\`) WHERE \`queue\` = ? AND \`state\` = ${JobState.Ready} LIMIT 1`,
+    [queue],
+  );
+  return rows.length > 0;
+}
+
+/**
+ * Moves scheduled jobs whose time has come to ready.
+ *
+ * Commits: the due rows' state. Locks: those rows, SKIP LOCKED, so promoters never
+ * queue behind each other. Crash: idempotent; the next tick promotes what is left.
+ */
+export async function promoteDue(ctx: StorageContext, limit = 500): Promise<number> {
+  return ctx.client.transaction(async (sql) => {
+    const rows = await sql.query<Array<{ id: string }>>(
+      `SELECT \`id\` FROM ${ctx.t.jobs} FORCE INDEX (\`ix_state\`)
+        WHERE \`state\` = ${JobState.Scheduled} AND \`run_at\` <= ? ORDER BY \`run_at\` LIMIT ? FOR UPDATE SKIP LOCKED`,
+      [ctx.now(), limit],
+    );
+    if (rows.length === 0) return 0;
+    await sql.query(`UPDATE ${ctx.t.jobs} FORCE INDEX (PRIMARY) SET \`state\` = ${JobState.Ready} WHERE \`id\` IN (?)`, [
+      rows.map((r) => r.id),
+    ]);
+    return rows.length;
+  });
+}

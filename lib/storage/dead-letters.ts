@@ -1,0 +1,76 @@
+import { ulid } from '../utils/ulid.js';
+import { type DeadRow, JobKind, type NewJob } from './storage.types.js';
+import type { StorageContext } from './tables.js';
+import { insertJobs } from './transitions.js';
+
+/** Dead letters, newest first, without their payloads. */
+export async function deadSteps(
+  ctx: StorageContext,
+  filter: { workflow?: string; limit: number; before?: number },
+): Promise<DeadRow[]> {
+  const where: string[] = [];
+  const params: unknown[] = [];
+  if (filter.workflow !== undefined) {
+    where.push('`workflow` = ?');
+    params.push(filter.workflow);
+  }
+  if (filter.before !== undefined) {
+    where.push('`dead_at` < ?');
+    params.push(filter.before);
+  }
+  params.push(filter.limit);
+  return ctx.client.query<DeadRow[]>(
+    `SELECT \`job_id\`, \`queue\`, \`kind\`, \`workflow\`, \`run_id\`, \`step_number\`, \`attempts\`, \`max_attempts\`, \`priority\`,
+      '' AS \`payload\`, '' AS \`headers\`, \`last_error\`, \`dead_at\`
+      FROM ${ctx.t.dead} ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY \`dead_at\` DESC, \`job_id\` DESC LIMIT ?`,
+    params,
+  );
+}
+
+/**
+ * Re-drives a dead letter.
+ *
+ * Commits: the job back in the queue (attempts from zero) and, for a step, its failed
+ *          run active again at that step; the dead letter removed.
+ * Locks:   the dead row, then the run row. (No job row exists yet: the new one is
+ *          inserted.)
+ * Crash:   before COMMIT, nothing changes; after, the run resumes from that step.
+ * False when the dead letter is gone or its run has moved on since.
+ */
+export async function retryDead(ctx: StorageContext, jobId: string, stepNumber?: number): Promise<boolean> {
+  const { t } = ctx;
+  return ctx.client.transaction(async (sql) => {
+    const [dead] = await sql.query<DeadRow[]>(`SELECT * FROM ${t.dead} WHERE \`job_id\` = ? FOR UPDATE`, [jobId]);
+    if (!dead) return false;
+    if (stepNumber !== undefined && (Number(dead.kind) !== JobKind.Step || Number(dead.step_number) !== stepNumber)) return false;
+    const now = ctx.now();
+    const job: NewJob = {
+      id: ulid(now),
+      queue: dead.queue,
+      kind: Number(dead.kind) as JobKind,
+      runId: dead.run_id,
+      stepNumber: Number(dead.step_number),
+      priority: Number(dead.priority),
+      runAt: now,
+      scheduled: false,
+      maxAttempts: Number(dead.max_attempts),
+      payload: dead.payload,
+      headers: dead.headers,
+    };
+    if (job.kind === JobKind.Step) {
+      const [run] = await sql.query<Array<{ state: string; current_step: number | string }>>(
+        `SELECT \`state\`, \`current_step\` FROM ${t.runs} WHERE \`id\` = ? FOR UPDATE`,
+        [dead.run_id],
+      );
+      if (!run || run.state !== 'failed' || Number(run.current_step) !== job.stepNumber) return false;
+      await sql.query(
+        `UPDATE ${t.runs} SET \`state\` = 'active', \`current_job_id\` = ?, \`attempts\` = 0, \`result\` = NULL, \`error\` = NULL,
+          \`finished_at\` = NULL, \`updated_at\` = ? WHERE \`id\` = ?`,
+        [job.id, now, dead.run_id],
+      );
+    }
+    await sql.query(...insertJobs(t, [job], now));
+    await sql.query(`DELETE FROM ${t.dead} WHERE \`job_id\` = ?`, [jobId]);
+    return true;
+  });
+}

@@ -1,0 +1,95 @@
+import { withNamedLock } from './named-lock.js';
+import type { WriteResult } from './sql-client.js';
+import { settleOne } from './settle.js';
+import { Settle } from './settlements.js';
+import { JobKind, JobState } from './storage.types.js';
+import { CLAIM_COLUMNS, type JobRow, type StorageContext, toClaimed } from './tables.js';
+
+/**
+ * Returns jobs whose lease expired (their worker died or stalled) to the queue.
+ *
+ * Commits: each expired job requeued; or dead-lettered with its run failed when its
+ *          attempts are spent (the cut-off delivery counts, so a step that kills its
+ *          process every time does not loop forever); or, when its run is cancelling,
+ *          the run cancelled.
+ * Locks:   expired job rows, SKIP LOCKED, then their run rows, then dead rows.
+ * Crash:   before COMMIT, nothing changes and the next tick reaps again.
+ */
+export async function reapExpired(
+  ctx: StorageContext,
+  limit = 100,
+): Promise<{ requeued: number; dead: number; cancelled: number }> {
+  const { t } = ctx;
+  return ctx.client.transaction(async (sql) => {
+    const rows = await sql.query<Array<JobRow & { lease_token: string }>>(
+      `SELECT ${CLAIM_COLUMNS}, \`lease_token\` FROM ${t.jobs} FORCE INDEX (\`ix_state\`)
+        WHERE \`state\` = ${JobState.Leased} AND \`lease_until\` < UTC_TIMESTAMP(3) LIMIT ? FOR UPDATE SKIP LOCKED`,
+      [limit],
+    );
+    const counts = { requeued: 0, dead: 0, cancelled: 0 };
+    if (rows.length === 0) return counts;
+    const stepRunIds = rows.filter((r) => Number(r.kind) === JobKind.Step).map((r) => r.run_id);
+    const cancelling = new Set(
+      stepRunIds.length
+        ? (
+            await sql.query<Array<{ id: string }>>(
+              `SELECT \`id\` FROM ${t.runs} WHERE \`id\` IN (?) AND \`state\` = 'cancelling'`,
+              [stepRunIds],
+            )
+          ).map((r) => r.id)
+        : [],
+    );
+    const requeue: string[] = [];
+    for (const row of rows) {
+      const job = toClaimed(row, row.lease_token, Number(row.attempts));
+      if (job.kind === JobKind.Step && cancelling.has(job.runId)) {
+        await settleOne(ctx, sql, { job, settlement: Settle.observeCancel() });
+        counts.cancelled++;
+      } else if (job.attempts >= job.maxAttempts) {
+        const error = `lease expired ${job.attempts} times: the worker running it died or stalled (last delivery cut off)`;
+        await settleOne(ctx, sql, { job, settlement: Settle.deadLetter(error) });
+        counts.dead++;
+      } else {
+        requeue.push(job.id);
+      }
+    }
+    if (requeue.length) {
+      await sql.query(
+        `UPDATE ${t.jobs} FORCE INDEX (PRIMARY) SET \`state\` = ${JobState.Ready}, \`lease_token\` = NULL, \`lease_until\` = NULL,
+          \`last_error\` = 'lease expired: the worker running it died or stalled' WHERE \`id\` IN (?)`,
+        [requeue],
+      );
+      counts.requeued = requeue.length;
+    }
+    return counts;
+  });
+}
+
+/**
+ * Deletes finished runs and dead letters older than the cut-offs, in small batches by
+ * index range so no statement holds many locks. Under a named lock, so one process
+ * sweeps at a time; the others skip (null). A crash leaves a partial sweep that the
+ * next one continues.
+ */
+export async function sweepRetention(
+  ctx: StorageContext,
+  prefix: string,
+  runsBefore: number,
+  deadBefore: number,
+  batch = 500,
+): Promise<{ runs: number; dead: number } | null> {
+  return withNamedLock(ctx.client, 'retention', prefix, 0, async (sql) => {
+    const sweep = async (table: string, column: string, before: number) => {
+      let n = 0;
+      for (;;) {
+        const r = await sql.query<WriteResult>(`DELETE FROM ${table} WHERE \`${column}\` < ? ORDER BY \`${column}\` LIMIT ?`, [
+          before,
+          batch,
+        ]);
+        n += r.affectedRows;
+        if (r.affectedRows < batch) return n;
+      }
+    };
+    return { runs: await sweep(ctx.t.runs, 'finished_at', runsBefore), dead: await sweep(ctx.t.dead, 'dead_at', deadBefore) };
+  });
+}

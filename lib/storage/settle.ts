@@ -1,0 +1,186 @@
+import { runBatch, type Sql, type WriteResult } from './sql-client.js';
+import { kindOf, type Settlement } from './settlements.js';
+import { type ClaimedJob, JobKind, type NewJob, type SettleResult } from './storage.types.js';
+import type { StorageContext } from './tables.js';
+import {
+  advanceRuns,
+  countIs,
+  deleteHeld,
+  deleteJobs,
+  deliveries,
+  endRun,
+  endRuns,
+  GUARD_TRIPPED,
+  insertDead,
+  insertJobs,
+  isLive,
+  type LockedRun,
+  lockRuns,
+  releaseHeld,
+  rescheduleHeld,
+  rewriteAsSuccessors,
+  type RunEnd,
+  type Statement,
+} from './transitions.js';
+
+export interface SettleItem {
+  job: ClaimedJob;
+  settlement: Settlement;
+}
+
+/** Thrown inside the fast path's transaction to roll it back and take the careful path. */
+const CAREFUL = Symbol('careful path');
+
+/**
+ * Settles many leased jobs in one transaction (group commit).
+ *
+ * Commits: per item, the fenced change of its job row (successor, delete, reschedule,
+ *          hand-back), its run moved on or ended with one delivery per @OnTerminal
+ *          handler, its dead letter.
+ * Locks:   job rows (by the fenced writes), then their run rows, then dead rows.
+ * Crash:   before COMMIT, every job stays leased and the reaper returns it when its
+ *          lease expires; after, each transition is whole: a step's successor exists
+ *          if and only if its settlement committed.
+ *
+ * A batch of fast kinds on jobs whose leases hold and whose runs are active takes the
+ * fast path: a few multi-row statements. Anything else (a lost lease, a cancelling or
+ * missing run, another kind) rolls that attempt back and applies each item with the
+ * careful path, one after another in one transaction, with the same statements.
+ */
+export async function settleMany(ctx: StorageContext, items: SettleItem[]): Promise<SettleResult[]> {
+  if (items.every(fastEligible)) {
+    const fast = await ctx.client.transaction((sql) => settleFast(ctx, sql, items)).catch((err) => {
+      if (err === CAREFUL || (err as { errno?: number })?.errno === GUARD_TRIPPED) return null;
+      throw err;
+    });
+    if (fast) return fast;
+  }
+  return ctx.client.transaction(async (sql) => {
+    const results: SettleResult[] = [];
+    for (const i of items) results.push(await settleOne(ctx, sql, i));
+    return results;
+  });
+}
+
+/** Step settlements that leave their run alone need the careful path's look at the run (it may be cancelling). */
+function fastEligible(i: SettleItem): boolean {
+  const kind = kindOf(i.settlement);
+  return kind.fast && (i.job.kind === JobKind.Step ? kind.run !== 'keep' : kind.run === 'keep');
+}
+
+function runEnd(i: SettleItem): RunEnd & { priority: number; headers: string } {
+  const { job, settlement } = i;
+  return {
+    runId: job.runId,
+    stepNumber: job.stepNumber,
+    attempts: job.attempts,
+    priority: job.priority,
+    headers: job.headers,
+    ...kindOf(settlement).ending!(settlement),
+  };
+}
+
+/** The fenced statement that applies `effect` to these items' job rows. */
+function jobEffect(ctx: StorageContext, effect: ReturnType<typeof kindOf>['job'], items: SettleItem[], now: number): Statement {
+  switch (effect) {
+    case 'successor':
+      return rewriteAsSuccessors(
+        ctx.t,
+        items.map((i) => ({ job: i.job, next: (i.settlement as { next: NewJob }).next })),
+        now,
+      );
+    case 'delete':
+      return deleteHeld(ctx.t, items.map((i) => i.job));
+    case 'reschedule':
+      return rescheduleHeld(
+        ctx.t,
+        items.map((i) => ({ job: i.job, ...(i.settlement as { runAt: number; error: string }) })),
+      );
+    case 'release':
+      return releaseHeld(ctx.t, items.map((i) => i.job));
+  }
+}
+
+/**
+ * The whole batch in one or two round trips. The server checks each write's row count
+ * (`countIs`): if one is off (a lost lease, a run that is not active) nothing commits
+ * and the careful path runs. Batches whose ending runs have @OnTerminal handlers read
+ * those runs first (deliveries carry the submission time) and take a second trip.
+ */
+async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): Promise<SettleResult[]> {
+  const now = ctx.now();
+  const byJob = new Map<string, SettleItem[]>();
+  for (const i of items) {
+    const effect = kindOf(i.settlement).job;
+    byJob.set(effect, [...(byJob.get(effect) ?? []), i]);
+  }
+  const steps = items.filter((i) => i.job.kind === JobKind.Step);
+  const moving = steps.filter((i) => kindOf(i.settlement).run === 'advance');
+  const ending = steps.filter((i) => kindOf(i.settlement).run === 'end');
+  const notify = ending.some((e) => ctx.fanout.queuesFor(e.job.queue).length > 0);
+
+  const first: Statement[] = [];
+  for (const [effect, list] of byJob) first.push(jobEffect(ctx, effect as ReturnType<typeof kindOf>['job'], list, now), countIs(list.length));
+  if (moving.length) {
+    first.push(
+      advanceRuns(ctx.t, moving.map((m) => ({ runId: m.job.runId, stepNumber: (m.settlement as { next: NewJob }).next.stepNumber })), now),
+      countIs(moving.length),
+    );
+  }
+  if (ending.length && !notify) first.push(endRuns(ctx.t, ending.map(runEnd), now, true), countIs(ending.length));
+  if (ending.length && notify) first.push(lockRuns(ctx.t, ending.map((e) => e.job.runId)));
+  const results = await runBatch(sql, first, !notify);
+  if (!notify) return items.map((): SettleResult => 'settled');
+
+  const runs = results[first.length - 1] as LockedRun[];
+  if (runs.length !== ending.length || runs.some((r) => r.state !== 'active')) throw CAREFUL;
+  const byId = new Map(runs.map((r) => [r.id, r]));
+  const ends = ending.map(runEnd);
+  const jobs = ends.flatMap((e) => deliveries(ctx.fanout, e, byId.get(e.runId)!, now));
+  const second = [endRuns(ctx.t, ends, now, false)];
+  if (jobs.length) second.push(insertJobs(ctx.t, jobs, now));
+  await runBatch(sql, second, true);
+  return items.map((): SettleResult => 'settled');
+}
+
+/**
+ * One settlement inside the caller's transaction: the fenced job statement first (zero
+ * rows: the lease was lost, nothing else is written), then the run row, locked and
+ * looked at: active, it takes the kind's run effect; cancelling, it ends cancelled
+ * whatever the step decided; missing or finished (a hand-edited table), the step is
+ * kept as a dead letter an operator can see.
+ */
+export async function settleOne(ctx: StorageContext, sql: Sql, item: SettleItem): Promise<SettleResult> {
+  const now = ctx.now();
+  const { job, settlement } = item;
+  const kind = kindOf(settlement);
+  const res = await sql.query<WriteResult>(...jobEffect(ctx, kind.job, [item], now));
+  if (res.affectedRows === 0) return 'lost';
+  const dead = kind.deadLetter?.(settlement);
+
+  if (job.kind !== JobKind.Step) {
+    if (dead !== undefined) await sql.query(...insertDead(ctx.t, job, dead, now));
+    return 'settled';
+  }
+
+  const [run] = await sql.query<LockedRun[]>(...lockRuns(ctx.t, [job.runId]));
+  const stillThere = kind.job !== 'delete';
+  if (!run || !isLive(run.state)) {
+    if (stillThere) await sql.query(...deleteJobs(ctx.t, [job.id]));
+    await sql.query(...insertDead(ctx.t, job, `run ${job.runId} is missing or already finished; step not applied`, now));
+    return 'settled';
+  }
+  if (run.state === 'cancelling') {
+    if (stillThere) await sql.query(...deleteJobs(ctx.t, [job.id]));
+    await endRun(sql, ctx, run, { ...runEnd({ job, settlement: { type: 'observeCancel' } }) }, now);
+    return settlement.type === 'observeCancel' ? 'settled' : 'cancelled';
+  }
+  if (kind.run === 'advance') {
+    const next = (settlement as { next: NewJob }).next;
+    await sql.query(...advanceRuns(ctx.t, [{ runId: job.runId, stepNumber: next.stepNumber }], now));
+  } else if (kind.run === 'end') {
+    await endRun(sql, ctx, run, runEnd(item), now);
+  }
+  if (dead !== undefined) await sql.query(...insertDead(ctx.t, job, dead, now));
+  return 'settled';
+}

@@ -1,0 +1,57 @@
+import type { TerminalFanout } from './storage.types.js';
+import type { SqlClient } from './sql-client.js';
+import { type ClaimedJob, JobKind } from './storage.types.js';
+
+/** Quoted names of one prefix's tables. */
+export interface Tables {
+  runs: string;
+  jobs: string;
+  dead: string;
+}
+
+export function tablesOf(prefix: string): Tables {
+  return { runs: `\`${prefix}runs\``, jobs: `\`${prefix}jobs\``, dead: `\`${prefix}dead\`` };
+}
+
+/** What every storage operation needs: the way to the database, the tables, the runtime clock and the handlers to notify. */
+export interface StorageContext {
+  client: SqlClient;
+  t: Tables;
+  now(): number;
+  fanout: TerminalFanout;
+}
+
+export const JOB_COLUMNS =
+  '`id`, `queue`, `kind`, `state`, `priority`, `run_at`, `run_id`, `step_number`, `attempts`, `max_attempts`, `lease_token`, `lease_until`, `payload`, `headers`, `created_at`';
+export const CLAIM_COLUMNS =
+  '`id`, `queue`, `kind`, `run_id`, `step_number`, `attempts`, `max_attempts`, `priority`, `payload`, `headers`';
+
+/** A job row as `CLAIM_COLUMNS` reads it. */
+export interface JobRow {
+  id: string;
+  queue: string;
+  kind: number | string;
+  run_id: string;
+  step_number: number | string;
+  attempts: number | string;
+  max_attempts: number | string | null;
+  priority: number | string;
+  payload: string;
+  headers: string;
+}
+
+export function toClaimed(r: JobRow, token: string, attempts: number): ClaimedJob {
+  return {
+    id: r.id,
+    queue: r.queue,
+    kind: Number(r.kind) as JobKind,
+    runId: r.run_id,
+    stepNumber: Number(r.step_number),
+    attempts,
+    maxAttempts: Number(r.max_attempts),
+    priority: Number(r.priority),
+    payload: r.payload,
+    headers: r.headers,
+    token,
+  };
+}

@@ -1,0 +1,268 @@
+/**
+ * The statements every transaction that moves a run shares: job row effects, run
+ * endings, terminal deliveries, dead letters. Each builder takes a list and makes one
+ * statement, so the careful path (one item) and the fast path (a batch) write the
+ * same SQL.
+ *
+ * Lock order, in every transaction of this folder: job row, then run row, then dead
+ * row. That one order is why two of them can wait on each other but never deadlock.
+ *
+ * Statements that touch several rows by primary key say FORCE INDEX (PRIMARY): on a
+ * small or freshly emptied table the optimizer otherwise picks a full scan, and a
+ * locking scan waits on (and deadlocks with) rows other workers hold. Single-table
+ * DELETE accepts no index hint, hence the multi-table form `DELETE j FROM t AS j`.
+ */
+import { ulid } from '../utils/ulid.js';
+import { DEFAULTS } from '../workflow.constants.js';
+import type { Sql } from './sql-client.js';
+import type { RunEnding } from './settlements.js';
+import { type ClaimedJob, JobKind, JobState, type NewJob, type TerminalFanout } from './storage.types.js';
+import { JOB_COLUMNS, type Tables } from './tables.js';
+
+export type Statement = [string, unknown[]];
+
+/**
+ * The fast path checks each write's row count in the server, in the same round trip:
+ * `~0 + 1` overflows BIGINT UNSIGNED, which MySQL and MariaDB both refuse with
+ * ER_DATA_OUT_OF_RANGE whatever the sql_mode, so a count that is off stops the trip
+ * before its COMMIT.
+ */
+export const countIs = (n: number): Statement => ['SET @wf_guard = ~0 + (ROW_COUNT() <> ?)', [n]];
+export const GUARD_TRIPPED = 1690;
+
+/** `name = CASE id WHEN ? THEN <then> ... ELSE <otherwise> END` over `list`, params appended to `params`. */
+function caseById<T>(
+  params: unknown[],
+  name: string,
+  list: T[],
+  idOf: (item: T) => string,
+  then: string,
+  value: (item: T) => unknown[],
+  otherwise: string,
+): string {
+  if (list.length === 0) return `\`${name}\` = ${otherwise}`;
+  for (const item of list) params.push(idOf(item), ...value(item));
+  return `\`${name}\` = CASE \`id\` ${list.map(() => `WHEN ? THEN ${then}`).join(' ')} ELSE ${otherwise} END`;
+}
+
+const leaseMicros = (ms: number | undefined) => (ms ?? DEFAULTS.leaseMs) * 1000;
+
+// ---------------------------------------------------------------- job row effects
+
+/**
+ * Turns each held job row into its successor (same id). A successor leased to this
+ * worker keeps state and run_at, so neither index entry moves; one that waits (a
+ * delay, or the in-place bound reached) goes back to the queue like a fresh job.
+ */
+export function rewriteAsSuccessors(t: Tables, moves: Array<{ job: ClaimedJob; next: NewJob }>, now: number): Statement {
+  const params: unknown[] = [];
+  const id = (m: (typeof moves)[number]) => m.job.id;
+  const leased = moves.filter((m) => m.next.leaseToken);
+  const waiting = moves.filter((m) => !m.next.leaseToken);
+  const sets = [
+    caseById(params, 'step_number', moves, id, '?', (m) => [m.next.stepNumber], '`step_number`'),
+    caseById(params, 'payload', moves, id, '?', (m) => [m.next.payload], '`payload`'),
+    caseById(params, 'lease_token', leased, id, '?', (m) => [m.next.leaseToken], 'NULL'),
+    caseById(params, 'lease_until', leased, id, 'DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND)', (m) => [leaseMicros(m.next.leaseMs)], 'NULL'),
+    caseById(params, 'attempts', leased, id, '1', () => [], '0'),
+    caseById(params, 'state', waiting, id, '?', (m) => [m.next.scheduled ? JobState.Scheduled : JobState.Ready], '`state`'),
+    caseById(params, 'run_at', waiting, id, '?', (m) => [m.next.runAt], '`run_at`'),
+  ];
+  params.push(now, moves.map((m) => m.job.id), moves.map((m) => m.job.token));
+  return [
+    `UPDATE ${t.jobs} FORCE INDEX (PRIMARY) SET ${sets.join(', ')}, \`last_error\` = NULL, \`created_at\` = ?
+      WHERE \`id\` IN (?) AND \`lease_token\` IN (?)`,
+    params,
+  ];
+}
+
+/** Deletes held job rows. Tokens are unique per job, so the IN lists cannot match a row by another item's token. */
+export function deleteHeld(t: Tables, jobs: ClaimedJob[]): Statement {
+  return [
+    `DELETE j FROM ${t.jobs} AS j FORCE INDEX (PRIMARY) WHERE j.\`id\` IN (?) AND j.\`lease_token\` IN (?)`,
+    [jobs.map((j) => j.id), jobs.map((j) => j.token)],
+  ];
+}
+
+/** Held jobs scheduled again at their `runAt`, with the failure that made them wait. */
+export function rescheduleHeld(t: Tables, items: Array<{ job: ClaimedJob; runAt: number; error: string }>): Statement {
+  const params: unknown[] = [];
+  const id = (i: (typeof items)[number]) => i.job.id;
+  const sets = [
+    caseById(params, 'run_at', items, id, '?', (i) => [i.runAt], '`run_at`'),
+    caseById(params, 'last_error', items, id, '?', (i) => [i.error], '`last_error`'),
+  ];
+  params.push(items.map((i) => i.job.id), items.map((i) => i.job.token));
+  return [
+    `UPDATE ${t.jobs} FORCE INDEX (PRIMARY) SET \`state\` = ${JobState.Scheduled}, ${sets.join(', ')}, \`lease_token\` = NULL, \`lease_until\` = NULL
+      WHERE \`id\` IN (?) AND \`lease_token\` IN (?)`,
+    params,
+  ];
+}
+
+/** Held jobs handed back, claimable at once. A hand-back at shutdown is not the step's fault: that delivery does not count. */
+export function releaseHeld(t: Tables, jobs: ClaimedJob[]): Statement {
+  return [
+    `UPDATE ${t.jobs} FORCE INDEX (PRIMARY) SET \`state\` = ${JobState.Ready}, \`attempts\` = GREATEST(\`attempts\`, 1) - 1,
+      \`lease_token\` = NULL, \`lease_until\` = NULL WHERE \`id\` IN (?) AND \`lease_token\` IN (?)`,
+    [jobs.map((j) => j.id), jobs.map((j) => j.token)],
+  ];
+}
+
+/** Deletes job rows whatever their lease (the run ends under the caller's run lock). */
+export function deleteJobs(t: Tables, ids: string[]): Statement {
+  return [`DELETE j FROM ${t.jobs} AS j FORCE INDEX (PRIMARY) WHERE j.\`id\` IN (?)`, [ids]];
+}
+
+// ---------------------------------------------------------------- run effects
+
+/** Moves active runs to their next step. */
+export function advanceRuns(t: Tables, moves: Array<{ runId: string; stepNumber: number }>, now: number): Statement {
+  const when = moves.map(() => 'WHEN ? THEN ?').join(' ');
+  return [
+    `UPDATE ${t.runs} FORCE INDEX (PRIMARY) SET \`current_step\` = CASE \`id\` ${when} END, \`updated_at\` = ?
+      WHERE \`id\` IN (?) AND \`state\` = 'active'`,
+    [...moves.flatMap((m) => [m.runId, m.stepNumber]), now, moves.map((m) => m.runId)],
+  ];
+}
+
+/** Where a run ends: its last step and that step's deliveries. */
+export interface RunEnd extends RunEnding {
+  runId: string;
+  stepNumber: number;
+  attempts: number;
+}
+
+/** Ends runs (only those still active, if asked: the fast path counts what it changed). */
+export function endRuns(t: Tables, ends: RunEnd[], now: number, onlyActive: boolean): Statement {
+  const when = ends.map(() => 'WHEN ? THEN ?').join(' ');
+  return [
+    `UPDATE ${t.runs} FORCE INDEX (PRIMARY) SET \`state\` = CASE \`id\` ${when} END, \`result\` = CASE \`id\` ${when} END,
+      \`error\` = CASE \`id\` ${when} END, \`current_step\` = CASE \`id\` ${when} END, \`attempts\` = CASE \`id\` ${when} END,
+      \`current_job_id\` = NULL, \`finished_at\` = ?, \`updated_at\` = ? WHERE \`id\` IN (?)${onlyActive ? " AND `state` = 'active'" : ''}`,
+    [
+      ...ends.flatMap((e) => [e.runId, e.status]),
+      ...ends.flatMap((e) => [e.runId, e.result ?? null]),
+      ...ends.flatMap((e) => [e.runId, e.error ?? null]),
+      ...ends.flatMap((e) => [e.runId, e.stepNumber]),
+      ...ends.flatMap((e) => [e.runId, e.attempts]),
+      now,
+      now,
+      ends.map((e) => e.runId),
+    ],
+  ];
+}
+
+/** A run's row as the transactions that end it lock it. */
+export interface LockedRun {
+  id: string;
+  workflow: string;
+  state: string;
+  submitted_at: number | string;
+}
+
+/** Locks run rows (after their job rows: the lock order). */
+export function lockRuns(t: Tables, runIds: string[]): Statement {
+  return [
+    `SELECT \`id\`, \`workflow\`, \`state\`, \`submitted_at\` FROM ${t.runs} FORCE INDEX (PRIMARY) WHERE \`id\` IN (?) FOR UPDATE`,
+    [runIds],
+  ];
+}
+
+/** A run that a step may still move: anything else means a hand-edited table. */
+export const isLive = (state: string | undefined) => state === 'active' || state === 'cancelling';
+
+/** One delivery per @OnTerminal handler that wants this workflow, carrying the whole outcome. */
+export function deliveries(
+  fanout: TerminalFanout,
+  end: RunEnd & { priority: number; headers: string },
+  run: LockedRun,
+  now: number,
+): NewJob[] {
+  const queues = fanout.queuesFor(run.workflow);
+  if (queues.length === 0) return [];
+  const outcome =
+    `{"runId":${JSON.stringify(end.runId)},"workflow":${JSON.stringify(run.workflow)},"status":"${end.status}"` +
+    (end.result !== undefined ? `,"result":${end.result}` : '') +
+    (end.error !== undefined ? `,"error":${JSON.stringify(end.error)}` : '') +
+    `,"finalStep":${end.stepNumber},"submittedAt":${Number(run.submitted_at)},"finishedAt":${now}}`;
+  return queues.map((queue) => ({
+    id: ulid(now),
+    queue,
+    kind: JobKind.Terminal,
+    runId: end.runId,
+    stepNumber: end.stepNumber,
+    priority: end.priority,
+    runAt: now,
+    scheduled: false,
+    maxAttempts: fanout.maxAttempts,
+    payload: outcome,
+    headers: end.headers,
+  }));
+}
+
+/**
+ * Ends one locked, live run and writes its terminal deliveries: the careful path, a
+ * cancel, the reaper. A run that is `cancelling` ends cancelled whatever was decided.
+ * Returns how it ended.
+ */
+export async function endRun(
+  sql: Sql,
+  ctx: { t: Tables; fanout: TerminalFanout },
+  run: LockedRun,
+  end: RunEnd & { priority: number; headers: string },
+  now: number,
+): Promise<RunEnding> {
+  const d: RunEnd & { priority: number; headers: string } =
+    run.state === 'cancelling' ? { ...end, status: 'cancelled', result: undefined, error: undefined } : end;
+  await sql.query(...endRuns(ctx.t, [d], now, false));
+  const jobs = deliveries(ctx.fanout, d, run, now);
+  if (jobs.length) await sql.query(...insertJobs(ctx.t, jobs, now));
+  return d;
+}
+
+// ---------------------------------------------------------------- inserts
+
+/** One multi-row INSERT; a job inserted already leased gets its lease in the database clock. */
+export function insertJobs(t: Tables, jobs: NewJob[], now: number): Statement {
+  const rows: string[] = [];
+  const params: unknown[] = [];
+  for (const j of jobs) {
+    if (j.leaseToken) {
+      rows.push(`(?, ?, ?, ${JobState.Leased}, ?, ?, ?, ?, 1, ?, ?, DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND), ?, ?, ?)`);
+      params.push(
+        j.id, j.queue, j.kind, j.priority, j.runAt, j.runId, j.stepNumber, j.maxAttempts, j.leaseToken,
+        leaseMicros(j.leaseMs), j.payload, j.headers, now,
+      );
+    } else {
+      rows.push('(?, ?, ?, ?, ?, ?, ?, ?, 0, ?, NULL, NULL, ?, ?, ?)');
+      params.push(
+        j.id, j.queue, j.kind, j.scheduled ? JobState.Scheduled : JobState.Ready, j.priority, j.runAt, j.runId,
+        j.stepNumber, j.maxAttempts, j.payload, j.headers, now,
+      );
+    }
+  }
+  return [`INSERT INTO ${t.jobs} (${JOB_COLUMNS}) VALUES ${rows.join(', ')}`, params];
+}
+
+/** Keeps a job as a dead letter, with what `retryDead` needs to re-drive it. */
+export function insertDead(t: Tables, job: ClaimedJob, error: string, now: number): Statement {
+  const workflow = job.kind === JobKind.Step ? job.queue : workflowOfOutcome(job.payload);
+  return [
+    `INSERT INTO ${t.dead} (\`job_id\`, \`queue\`, \`kind\`, \`workflow\`, \`run_id\`, \`step_number\`, \`attempts\`, \`max_attempts\`,
+      \`priority\`, \`payload\`, \`headers\`, \`last_error\`, \`dead_at\`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    [
+      job.id, job.queue, job.kind, workflow, job.runId, job.stepNumber, job.attempts, job.maxAttempts, job.priority,
+      job.payload, job.headers, error, now,
+    ],
+  ];
+}
+
+/** The workflow named in a terminal delivery's outcome; tolerant of a hand-damaged row. */
+function workflowOfOutcome(payload: string): string {
+  try {
+    return String((JSON.parse(payload) as { workflow?: unknown }).workflow ?? '?').slice(0, 128);
+  } catch {
+    return '?';
+  }
+}
