@@ -53,13 +53,18 @@ export async function settleMany(ctx: StorageContext, items: SettleItem[]): Prom
       if (err === CAREFUL || (err as { errno?: number })?.errno === GUARD_TRIPPED) return null;
       throw err;
     });
-    if (fast) return fast;
+    if (fast) {
+      ctx.stats.fastBatches++;
+      return fast;
+    }
   }
-  return ctx.client.transaction(async (sql) => {
-    const results: SettleResult[] = [];
-    for (const i of items) results.push(await settleOne(ctx, sql, i));
-    return results;
+  const results = await ctx.client.transaction(async (sql) => {
+    const out: SettleResult[] = [];
+    for (const i of items) out.push(await settleOne(ctx, sql, i));
+    return out;
   });
+  ctx.stats.carefulBatches++;
+  return results;
 }
 
 /** Step settlements that leave their run alone need the careful path's look at the run (it may be cancelling). */

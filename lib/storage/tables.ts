@@ -19,6 +19,8 @@ export interface StorageContext {
   t: Tables;
   now(): number;
   fanout: TerminalFanout;
+  /** Settle batches by the path that committed them (the fast one is the one to keep fast). */
+  stats: { fastBatches: number; carefulBatches: number };
 }
 
 export const JOB_COLUMNS =

@@ -27,7 +27,11 @@ export class WorkflowStorage {
     now: () => number,
     fanout: TerminalFanout,
   ) {
-    this.ctx = { client, t: tablesOf(prefix), now, fanout };
+    this.ctx = { client, t: tablesOf(prefix), now, fanout, stats: { fastBatches: 0, carefulBatches: 0 } };
+  }
+
+  get settleStats(): Readonly<StorageContext['stats']> {
+    return this.ctx.stats;
   }
 
   submitRuns(runs: NewRun[], check: (existing: Map<string, ExistingRun>) => void, manager?: EntityManager): Promise<Set<string>> {
