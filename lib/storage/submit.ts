@@ -1,6 +1,7 @@
 import type { EntityManager } from 'typeorm';
 import { WorkflowConfigError } from '../errors/workflow-config.error.js';
 import { runBatch, type Sql } from './sql-client.js';
+import { ulid } from '../utils/ulid.js';
 import type { NewRun } from './storage.types.js';
 import type { StorageContext } from './tables.js';
 import { insertJobs } from './transitions.js';
@@ -14,16 +15,20 @@ export interface ExistingRun {
 /**
  * Creates runs with their step 0, all or nothing, in a transaction of our own or, with
  * `manager`, in the caller's (joined if open, else begun on it), so the runs exist if
- * and only if that transaction commits.
+ * and only if that transaction commits. Returns the ids this call created.
  *
- * Commits: the run rows and their step 0 jobs. Existing ids are handed to `check`
- *          first (it compares input hashes and throws to refuse the whole call).
- * Locks:   existing run rows, shared; the new rows.
+ * Commits: the run rows and their step 0 jobs. Every id is written first (an existing
+ *          one is left as it is), then all of them are read back under lock and handed
+ *          to `check`, which compares input hashes and throws to refuse the whole call.
+ * Locks:   run rows by primary key only, whatever the caller's isolation level: the
+ *          insert locks the new rows, a duplicate key locks that one existing row, and
+ *          the locking read finds every row present. No gap or next-key lock, so callers
+ *          with increasing ids never block or deadlock each other, and a plain submit
+ *          never waits on another caller's open transaction (unless it submits the same
+ *          id). Then the new step 0 job rows.
  * Crash:   before COMMIT, nothing exists and submitting again is safe; after, exactly
- *          one run per id.
- *
- * A duplicate key means another submitter committed one of these ids since the read:
- * everything since the savepoint is undone and the loop reads again.
+ *          one run per id. A call whose COMMIT reply was lost and that runs again finds
+ *          its own rows by `submit_key` and still reports them as newly submitted.
  */
 export async function submitRuns(
   ctx: StorageContext,
@@ -31,6 +36,8 @@ export async function submitRuns(
   check: (existing: Map<string, ExistingRun>) => void,
   manager?: EntityManager,
 ): Promise<Set<string>> {
+  // Keys of this call's earlier tries: a try whose COMMIT reply was lost may have committed.
+  const tries: string[] = [];
   if (manager) {
     if (manager.dataSource !== ctx.client.dataSource) {
       throw new WorkflowConfigError(
@@ -38,9 +45,9 @@ export async function submitRuns(
           'WorkflowModule.forRoot({ dataSource }) with that DataSource (or its @nestjs/typeorm name).',
       );
     }
-    return ctx.client.inManager(manager, (sql) => insertRuns(ctx, sql, runs, check, false));
+    return ctx.client.inManager(manager, (sql) => insertRuns(ctx, sql, runs, check, false, tries));
   }
-  return ctx.client.transaction((sql) => insertRuns(ctx, sql, runs, check, true));
+  return ctx.client.transaction((sql) => insertRuns(ctx, sql, runs, check, true, tries));
 }
 
 async function insertRuns(
@@ -49,42 +56,46 @@ async function insertRuns(
   runs: NewRun[],
   check: (existing: Map<string, ExistingRun>) => void,
   commit: boolean,
+  tries: string[],
 ): Promise<Set<string>> {
-  for (let attempt = 0; ; attempt++) {
-    const existing = new Map<string, ExistingRun>();
-    const rows = await sql.query<Array<{ id: string; workflow: string; input_hash: string }>>(
-      `SELECT \`id\`, \`workflow\`, \`input_hash\` FROM ${ctx.t.runs} FORCE INDEX (PRIMARY) WHERE \`id\` IN (?) LOCK IN SHARE MODE`,
+  const { t } = ctx;
+  const now = ctx.now();
+  const key = ulid(now);
+  const earlier = new Set(tries);
+  tries.push(key);
+  const [, , rows] = await runBatch(sql, [
+    ['SAVEPOINT wf_submit', []],
+    [
+      `INSERT INTO ${t.runs} (\`id\`, \`workflow\`, \`state\`, \`current_step\`, \`current_job_id\`, \`input_hash\`, \`headers\`, \`priority\`,
+        \`max_attempts\`, \`submitted_at\`, \`updated_at\`, \`submit_key\`) VALUES ? ON DUPLICATE KEY UPDATE \`id\` = \`id\``,
+      [
+        runs.map((r) => [
+          r.id, r.workflow, 'active', 0, r.firstJob.id, r.inputHash, r.headers, r.priority, r.maxAttempts,
+          r.submittedAt, r.submittedAt, key,
+        ]),
+      ],
+    ],
+    [
+      `SELECT \`id\`, \`workflow\`, \`input_hash\`, \`submit_key\` FROM ${t.runs} FORCE INDEX (PRIMARY) WHERE \`id\` IN (?) LOCK IN SHARE MODE`,
       [runs.map((r) => r.id)],
-    );
-    for (const r of rows) existing.set(r.id, { id: r.id, workflow: r.workflow, inputHash: r.input_hash });
-    check(existing);
-    const fresh = runs.filter((r) => !existing.has(r.id));
-    if (fresh.length === 0) return new Set();
-    try {
-      await runBatch(
-        sql,
-        [
-          ['SAVEPOINT wf_submit', []],
-          [
-            `INSERT INTO ${ctx.t.runs} (\`id\`, \`workflow\`, \`state\`, \`current_step\`, \`current_job_id\`, \`input_hash\`, \`headers\`, \`priority\`, \`max_attempts\`, \`submitted_at\`, \`updated_at\`) VALUES ?`,
-            [
-              fresh.map((r) => [
-                r.id, r.workflow, 'active', 0, r.firstJob.id, r.inputHash, r.headers, r.priority, r.maxAttempts,
-                r.submittedAt, r.submittedAt,
-              ]),
-            ],
-          ],
-          insertJobs(ctx.t, fresh.map((r) => r.firstJob), ctx.now()),
-        ],
-        commit,
-      );
-    } catch (err) {
-      if ((err as { errno?: number }).errno === 1062 && attempt < 5) {
-        await sql.query('ROLLBACK TO SAVEPOINT wf_submit');
-        continue;
-      }
-      throw err;
-    }
-    return new Set(fresh.map((r) => r.id));
+    ],
+  ]);
+  const existing = new Map<string, ExistingRun>();
+  const created = new Set<string>();
+  const fresh: NewRun[] = [];
+  const byId = new Map(runs.map((r) => [r.id, r]));
+  for (const r of rows as Array<{ id: string; workflow: string; input_hash: string; submit_key: string | null }>) {
+    if (r.submit_key === key) fresh.push(byId.get(r.id)!);
+    // Committed by an earlier try of this very call, with its step 0: ours, nothing left to write.
+    if (r.submit_key === key || (r.submit_key !== null && earlier.has(r.submit_key))) created.add(r.id);
+    else existing.set(r.id, { id: r.id, workflow: r.workflow, inputHash: r.input_hash });
   }
+  try {
+    check(existing);
+  } catch (err) {
+    await sql.query('ROLLBACK TO SAVEPOINT wf_submit');
+    throw err;
+  }
+  if (fresh.length) await runBatch(sql, [insertJobs(t, fresh.map((r) => r.firstJob), now)], commit);
+  return created;
 }

@@ -26,7 +26,7 @@ describe('schema migrations', () => {
     const prefix = uniquePrefix('migr');
     prefixes.push(prefix);
     apps.push(...(await Promise.all(Array.from({ length: 4 }, () => startApp({ prefix, worker: false })))));
-    expect(await versions(prefix)).toEqual([1, 2]);
+    expect(await versions(prefix)).toEqual([1, 2, 3]);
   });
 
   it('the exported TypeORM migrations create the same schema for apps that run their own (autoMigrate: false)', async () => {
@@ -43,7 +43,30 @@ describe('schema migrations', () => {
     } finally {
       await ds.destroy();
     }
-    expect(await versions(prefix)).toEqual([1, 2]);
+    expect(await versions(prefix)).toEqual([1, 2, 3]);
     apps.push(await startApp({ prefix, worker: false, options: { autoMigrate: false } }));
+  });
+});
+
+describe('a migration cut off by a crash', () => {
+  it('runs again over a half-applied version (DDL is not transactional) and completes it', async () => {
+    const prefix = uniquePrefix('halfmig');
+    const app = await startApp({ prefix, worker: false });
+    await app.close();
+    const conn = await rawConnection();
+    try {
+      // As if the process died after v3's first ALTER, before recording the version.
+      await conn.query(`ALTER TABLE \`${prefix}runs\` DROP COLUMN \`ending\``);
+      await conn.query(`DELETE FROM \`${prefix}migrations\` WHERE version = 3`);
+      const again = await startApp({ prefix, worker: false });
+      await again.close();
+      const [cols] = await conn.query(`SHOW COLUMNS FROM \`${prefix}runs\` WHERE Field IN ('submit_key', 'ending')`);
+      expect((cols as unknown[]).length).toBe(2);
+      const [rows] = await conn.query(`SELECT version FROM \`${prefix}migrations\` ORDER BY version`);
+      expect((rows as Array<{ version: number }>).map((r) => Number(r.version))).toEqual([1, 2, 3]);
+    } finally {
+      await conn.end();
+      await dropTables(prefix);
+    }
   });
 });

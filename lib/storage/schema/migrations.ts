@@ -3,7 +3,7 @@ import type { MigrationInterface, QueryRunner } from 'typeorm';
 export interface WorkflowSchemaMigration {
   version: number;
   name: string;
-  /** DDL statements, run one at a time (MySQL DDL is not transactional); each is idempotent. */
+  /** DDL statements, run one at a time (MySQL DDL is not transactional); each is idempotent or tolerated by `applyStatement`. */
   statements(prefix: string): string[];
 }
 
@@ -97,7 +97,36 @@ export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
       `ALTER TABLE \`${p}jobs\` MODIFY \`lease_token\` VARCHAR(64) ${ASCII} NULL, MODIFY \`max_attempts\` INT UNSIGNED NULL`,
     ],
   },
+  {
+    // submit_key: the step-0 job id of the submit call that created the run, so a submit
+    // whose COMMIT reply was lost recognizes its own rows. ending: how many times the run
+    // has ended (retryDead re-opens it), so each outcome is told apart.
+    version: 3,
+    name: 'runs.submit_key, runs.ending',
+    statements: (p) => [
+      `ALTER TABLE \`${p}runs\` ADD COLUMN \`submit_key\` CHAR(26) ${ASCII} NULL`,
+      `ALTER TABLE \`${p}runs\` ADD COLUMN \`ending\` INT UNSIGNED NOT NULL DEFAULT 0`,
+    ],
+  },
 ];
+
+/**
+ * DDL is not transactional: a process that dies between a statement and the record of
+ * its version runs the statement again. These errors mean it had already been applied.
+ */
+export function alreadyApplied(err: unknown): boolean {
+  const errno = (err as { errno?: number })?.errno;
+  return errno === 1060 /* duplicate column */ || errno === 1061 /* duplicate key name */ || errno === 1050 /* table exists */;
+}
+
+/** Runs one migration statement, tolerating a re-run after a crash. */
+export async function applyStatement(run: (sql: string) => Promise<unknown>, statement: string): Promise<void> {
+  try {
+    await run(statement);
+  } catch (err) {
+    if (!alreadyApplied(err)) throw err;
+  }
+}
 
 /** The table that records applied schema versions. */
 export function migrationsTableDdl(prefix: string): string {
@@ -120,7 +149,7 @@ export function createWorkflowMigrations(tablePrefix = 'workflow_'): Array<new (
       name = `${className}${1_700_000_000_000 + m.version}`;
       async up(queryRunner: QueryRunner): Promise<void> {
         for (const statement of [migrationsTableDdl(tablePrefix), ...m.statements(tablePrefix)]) {
-          await queryRunner.query(statement);
+          await applyStatement((q) => queryRunner.query(q), statement);
         }
         await queryRunner.query(
           `INSERT IGNORE INTO \`${tablePrefix}migrations\` (\`version\`, \`name\`, \`applied_at\`) VALUES (?, ?, ?)`,

@@ -2,7 +2,7 @@ import { Logger } from '@nestjs/common';
 import { WorkflowConfigError } from '../../errors/workflow-config.error.js';
 import { withNamedLock } from '../named-lock.js';
 import type { SqlClient } from '../sql-client.js';
-import { migrationsTableDdl, WORKFLOW_SCHEMA } from './migrations.js';
+import { applyStatement, migrationsTableDdl, WORKFLOW_SCHEMA } from './migrations.js';
 
 /**
  * Brings the schema up to date. Runs under GET_LOCK on one connection, so N processes
@@ -17,7 +17,7 @@ export async function migrate(client: SqlClient, prefix: string, now: () => numb
     const done: number[] = [];
     for (const m of WORKFLOW_SCHEMA) {
       if (seen.has(m.version)) continue;
-      for (const statement of m.statements(prefix)) await sql.query(statement);
+      for (const statement of m.statements(prefix)) await applyStatement((q) => sql.query(q), statement);
       await sql.query(
         `INSERT INTO \`${prefix}migrations\` (\`version\`, \`name\`, \`applied_at\`) VALUES (?, ?, ?)`,
         [m.version, m.name, now()],
