@@ -155,10 +155,11 @@ export class WorkflowService {
   /**
    * Cancels a run from any process. A waiting step is removed and the run is cancelled
    * at once; a running step's worker aborts `step.signal` and settles the run cancelled.
-   * False for a finished or unknown run.
+   * False for a finished or unknown run; InvalidRunIdError for an id no run can have.
    */
   async cancel(runId: string): Promise<boolean> {
-    if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId)) return false;
+    // Refused like submit, so a caller's bug (an id from the wrong field) is not taken for an unknown run.
+    if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId)) throw new InvalidRunIdError(runId);
     const storage = await this.connection.ready();
     const result = await storage.cancelRun(runId);
     if (result === 'cancelled') {
@@ -170,8 +171,9 @@ export class WorkflowService {
     return result !== false;
   }
 
+  /** The run as it is now; null for an unknown run, InvalidRunIdError for an id no run can have. */
   async status(runId: string): Promise<RunStatus | null> {
-    if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId)) return null;
+    if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId)) throw new InvalidRunIdError(runId);
     const storage = await this.connection.ready();
     const row = await storage.getRun(runId);
     return row ? toStatus(row) : null;

@@ -344,20 +344,20 @@ describe('hostile input (property-based)', () => {
           InvalidRunIdError,
         );
         expect(await wf.status(good)).toBeNull();
-        // The read side refuses them quietly, never with a database error.
-        expect(await wf.status(bad as string)).toBeNull();
-        expect(await wf.cancel(bad as string)).toBe(false);
+        // The read side refuses them the same way, never with a database error.
+        await expect(wf.status(bad as string)).rejects.toBeInstanceOf(InvalidRunIdError);
+        await expect(wf.cancel(bad as string)).rejects.toBeInstanceOf(InvalidRunIdError);
         await expect(wf.waitForOutcome(bad as string, { timeoutMs: 0 })).rejects.toBeInstanceOf(InvalidRunIdError);
       }),
       { numRuns: 50 },
     );
   });
 
-  it('2c. hostile strings given to status() and cancel() are refused quietly (null / false), never with a database error', async () => {
+  it('2c. hostile strings given to status() and cancel() throw InvalidRunIdError, never a database error', async () => {
     await fc.assert(
       fc.asyncProperty(hostileString(70).filter((s) => !RUN_ID.test(s)), async (s) => {
-        expect(await wf.status(s)).toBeNull();
-        expect(await wf.cancel(s)).toBe(false);
+        await expect(wf.status(s)).rejects.toBeInstanceOf(InvalidRunIdError);
+        await expect(wf.cancel(s)).rejects.toBeInstanceOf(InvalidRunIdError);
       }),
       { numRuns: 40 },
     );
