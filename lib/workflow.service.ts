@@ -1,4 +1,4 @@
-import { Inject, Injectable } from '@nestjs/common';
+import { Inject, Injectable, Logger } from '@nestjs/common';
 import { InputMismatchError } from './errors/input-mismatch.error.js';
 import { InvalidRunIdError } from './errors/invalid-run-id.error.js';
 import { InvalidRunSpecError } from './errors/invalid-run-spec.error.js';
@@ -18,6 +18,7 @@ import type {
   TerminalStatus,
   WaitOptions,
 } from './interfaces/run.interface.js';
+import { isConnectionError } from './storage/sql-client.js';
 import { WorkflowConnection } from './storage/workflow-connection.js';
 import { JobKind, JobState, type NewRun, parseJobId, publicJobId, type RunRow } from './storage/storage.types.js';
 import { hashJson, parseJson, serializeJson } from './utils/json.js';
@@ -139,10 +140,11 @@ export class WorkflowService {
   /**
    * Cancels a run from any process. A waiting step is removed and the run is cancelled
    * at once; a running step's worker aborts `step.signal` and settles the run cancelled.
-   * False for a finished or unknown run.
+   * False for a finished or unknown run; InvalidRunIdError for an id no run can have.
    */
   async cancel(runId: string): Promise<boolean> {
-    if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId)) return false;
+    // Refused like submit, so a caller's bug (an id from the wrong field) is not taken for an unknown run.
+    if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId)) throw new InvalidRunIdError(runId);
     const storage = await this.connection.ready();
     const result = await storage.cancelRun(runId);
     if (result === 'cancelled') {
@@ -154,17 +156,25 @@ export class WorkflowService {
     return result !== false;
   }
 
+  /** The run as it is now; null for an unknown run, InvalidRunIdError for an id no run can have. */
   async status(runId: string): Promise<RunStatus | null> {
-    if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId)) return null;
+    if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId)) throw new InvalidRunIdError(runId);
     const storage = await this.connection.ready();
     const row = await storage.getRun(runId);
     return row ? toStatus(row) : null;
   }
 
+  private readonly waitLogger = new Logger('WorkflowService');
+  /** True from a wait's first failed poll to the next good one: an outage is logged once, not per poll and waiter. */
+  private waitOutage = false;
+
   /**
-   * Resolves with the run's outcome once it is terminal. Woken at once by a local
-   * settlement; otherwise polls. Rejects with WaitTimeoutError after `timeoutMs`
-   * (the run goes on), RunNotFoundError for an unknown run.
+   * Resolves with the run's outcome once it is terminal: when its settlement has
+   * committed, before any `@OnTerminal` handler has run. Woken at once by a local
+   * settlement; otherwise polls. A poll that cannot reach the database is retried until the
+   * timeout: the run goes on without us and will still end. Rejects with
+   * WaitTimeoutError after `timeoutMs` (the run goes on), RunNotFoundError for an
+   * unknown run, and with any other database error as it is.
    */
   async waitForOutcome(runId: string, options?: WaitOptions): Promise<RunOutcome> {
     const timeoutMs = options?.timeoutMs;
@@ -176,15 +186,33 @@ export class WorkflowService {
     const poll = Math.min(1000, Math.max(20, this.config.worker ? this.config.worker.pollIntervalMs : 250));
     let woken: (() => void) | undefined;
     const off = this.notifier.onRunFinished(runId, () => woken?.());
+    let delay = poll;
     try {
       for (;;) {
-        const status = await this.status(runId);
-        if (!status) throw new RunNotFoundError(runId);
-        if (TERMINAL.has(status.state)) return toOutcome(status);
+        let status: RunStatus | null | undefined;
+        try {
+          status = await this.status(runId);
+          delay = poll;
+          if (this.waitOutage) {
+            this.waitOutage = false;
+            this.waitLogger.debug('waitForOutcome: the database answers again.');
+          }
+        } catch (err) {
+          if (!isConnectionError(err)) throw err;
+          if (!this.waitOutage) {
+            this.waitOutage = true;
+            const what = (err as { code?: string }).code ?? (err as Error).message;
+            this.waitLogger.warn(`waitForOutcome: database unreachable (${what}); waits keep polling until their timeout.`);
+          }
+          // Gentler on a server that is coming back, still quick to notice it is up.
+          delay = Math.min(1000, delay * 2);
+        }
+        if (status === null) throw new RunNotFoundError(runId);
+        if (status && TERMINAL.has(status.state)) return toOutcome(status);
         const left = deadline - Date.now();
         if (left <= 0) throw new WaitTimeoutError(runId, timeoutMs!);
         await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, Math.min(poll, left));
+          const timer = setTimeout(resolve, Math.min(delay, left));
           woken = () => {
             clearTimeout(timer);
             resolve();

@@ -1,6 +1,4 @@
 import type { BackoffOptions } from './workflow-module-options.interface.js';
-import type { Step } from './step.interface.js';
-import type { StepOutcome } from '../outcomes/step-outcome.js';
 
 export interface StepRunnerOptions {
   maxAttempts?: number;
@@ -12,6 +10,5 @@ export interface StepRunnerOptions {
   timeoutMs?: number;
 }
 
-export interface StepRunner<P = any, R = any> {
-  runStep(step: Step<P>): Promise<StepOutcome<P, R>> | StepOutcome<P, R>;
-}
+// The interface lives with the decorator (declaration merging); kept importable from here.
+export type { StepRunner } from '../decorators/step-runner.decorator.js';

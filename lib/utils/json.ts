@@ -4,7 +4,10 @@ import { PayloadTooLargeError } from '../errors/payload-too-large.error.js';
 
 /**
  * Serializes a JSON value, refusing what JSON.stringify would silently change
- * (undefined, functions, NaN, Map...) so a value round-trips unchanged or fails here.
+ * (functions, NaN, Map, undefined in an array or as the whole value...) so a value
+ * round-trips unchanged or fails here. An object property whose value is undefined is
+ * left out, as JSON.stringify does: that is how optional DTO fields read, and
+ * `{ a: 1, b: undefined }` then stores (and hashes) exactly like `{ a: 1 }`.
  * Throws before anything is written.
  */
 export function serializeJson(value: unknown, what: string, maxBytes: number): string {
@@ -35,6 +38,12 @@ function strictReplacer(this: Record<string, unknown>, key: string, value: unkno
     if (ArrayBuffer.isView(original)) throw new NotJson(`${at(key)} is binary (${original.constructor.name}); encode bytes as base64`);
   }
   switch (typeof value) {
+    case 'undefined':
+      // Dropping is only faithful for a property that is itself undefined: in an array
+      // JSON.stringify would write null, and a toJSON() returning undefined hides a value.
+      // An undefined top-level value is dropped from its wrapper here and refused by the caller.
+      if (!Array.isArray(this) && original === undefined) return undefined;
+      throw new NotJson(`${at(key)} is undefined`);
     case 'string':
     case 'boolean':
       return value;

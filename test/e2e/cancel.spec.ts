@@ -1,6 +1,7 @@
 import { Injectable } from '@nestjs/common';
 import type { TestingModule } from '@nestjs/testing';
 import {
+  InvalidRunIdError,
   OnTerminal,
   type RunOutcome,
   type Step,
@@ -246,8 +247,12 @@ describe('cancel', () => {
 
   it('an unknown run: false', async () => {
     expect(await service.cancel('no-such-run-anywhere')).toBe(false);
-    expect(await service.cancel('not a valid id!')).toBe(false);
-    expect(await service.cancel('')).toBe(false);
+  });
+
+  it('an id no run can have: InvalidRunIdError, as from submit', async () => {
+    await expect(service.cancel('not a valid id!')).rejects.toBeInstanceOf(InvalidRunIdError);
+    await expect(service.cancel('')).rejects.toBeInstanceOf(InvalidRunIdError);
+    await expect(service.cancel(42 as unknown as string)).rejects.toBeInstanceOf(InvalidRunIdError);
   });
 
   it('a runner that ignores the signal and later returns continue: still no successor step', async () => {

@@ -1,6 +1,7 @@
 import { Injectable } from '@nestjs/common';
 import type { TestingModule } from '@nestjs/testing';
 import {
+  InvalidRunIdError,
   RunNotFoundError,
   type Step,
   StepOutcome,
@@ -43,7 +44,14 @@ describe('status and waitForOutcome', () => {
 
   it('status() of an unknown run is null', async () => {
     expect(await workflows.status('never-submitted')).toBeNull();
-    expect(await workflows.status('not a run id')).toBeNull();
+  });
+
+  it('status() of an id no run can have rejects with InvalidRunIdError, as submit and waitForOutcome do', async () => {
+    const err = await workflows.status('not a run id').catch((e: Error) => e);
+    expect(err).toBeInstanceOf(InvalidRunIdError);
+    expect((err as InvalidRunIdError).runId).toBe('not a run id');
+    await expect(workflows.status(null as unknown as string)).rejects.toBeInstanceOf(InvalidRunIdError);
+    await expect(workflows.waitForOutcome('not a run id')).rejects.toBeInstanceOf(InvalidRunIdError);
   });
 
   it('waitForOutcome() of an unknown run rejects with RunNotFoundError', async () => {
