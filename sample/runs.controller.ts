@@ -53,7 +53,7 @@ export class RunsController {
 
   @Get(':id')
   async status(@Param('id') id: string): Promise<RunStatus> {
-    const status = await this.workflows.status(id);
+    const status = await this.workflows.status(id).catch((err) => Promise.reject(toHttpError(err)));
     if (!status) throw new NotFoundException(`no run ${id}`);
     return status;
   }
@@ -74,7 +74,7 @@ export class RunsController {
   @Delete(':id')
   @HttpCode(200)
   async cancel(@Param('id') id: string): Promise<{ cancelled: true }> {
-    if (await this.workflows.cancel(id)) return { cancelled: true };
+    if (await this.workflows.cancel(id).catch((err) => Promise.reject(toHttpError(err)))) return { cancelled: true };
     // cancel() is false both for unknown and for finished runs; tell the client which.
     const status = await this.workflows.status(id);
     if (!status) throw new NotFoundException(`no run ${id}`);
