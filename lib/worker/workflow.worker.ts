@@ -229,6 +229,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
    * Runs a job in a slot. The slot is given back as soon as the step's outcome is handed
    * to the settlement batcher (unless its successor will run in place), so the next claim
    * overlaps that commit; the job stays in `inFlight` (leases, shutdown) until settled.
+   * A runner the runtime took the job from keeps the slot until it returns.
    */
   private launch(q: QueueSlot, job: ClaimedJob, chain = 0, slot = this.takeSlot(q)): void {
     const workflow = q.workflow ?? safeWorkflowOf(job);
@@ -242,7 +243,8 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
       if (chain >= MAX_IN_PLACE && !exec.next) q.pastBound--;
       // The successor is already leased to us: run it in this slot, even while draining.
       if (exec.next) return this.launch(q, exec.next, chain + 1, slot.free ? this.takeSlot(q) : slot);
-      this.freeSlot(q, slot);
+      exec.releaseSlot();
+      this.leases?.watch(exec);
     });
   }
 
