@@ -188,6 +188,21 @@ export class WorkflowStorage {
     return rows.length > 0;
   }
 
+  /**
+   * Which of `queues` have a ready job waiting: one statement for all of them, no locks.
+   * GROUP BY on the claim index's leading column, with `state` fixed, is a loose index
+   * scan: a few index reads per queue however deep its backlog.
+   */
+  async readyQueues(queues: readonly string[]): Promise<Set<string>> {
+    if (queues.length === 0) return new Set();
+    const rows = await this.client.query<Array<{ queue: string }>>(
+      `SELECT \`queue\` FROM ${this.t.jobs} FORCE INDEX (\`ix_claim\`)
+        WHERE \`queue\` IN (?) AND \`state\` = ${JobState.Ready} GROUP BY \`queue\``,
+      [queues],
+    );
+    return new Set(rows.map((r) => r.queue));
+  }
+
   /** Moves scheduled jobs whose time has come to ready. Idempotent; SKIP LOCKED so promoters never queue behind each other. */
   async promoteDue(limit = 500): Promise<number> {
     return this.client.transaction(async (sql) => {
