@@ -1,6 +1,6 @@
 import type { EntityManager } from 'typeorm';
 import { type CancelResult, cancelRun } from './cancel.js';
-import { claimBatch, hasReady, promoteDue } from './claim.js';
+import { claimBatch, promoteDue, readyQueues } from './claim.js';
 import { deadSteps, retryDead } from './dead-letters.js';
 import { cancellingAmong, renewLeases } from './leases.js';
 import { reapExpired, sweepRetention } from './maintenance.js';
@@ -42,8 +42,8 @@ export class WorkflowStorage {
     return claimBatch(this.ctx, queue, limit, token, leaseMs, maxAttempts);
   }
 
-  hasReady(queue: string): Promise<boolean> {
-    return hasReady(this.ctx, queue);
+  readyQueues(queues: readonly string[]): Promise<Set<string>> {
+    return readyQueues(this.ctx, queues);
   }
 
   promoteDue(limit?: number): Promise<number> {

@@ -1,4 +1,4 @@
-import type { ClaimedJob } from '../storage/storage.types.js';
+import { type ClaimedJob, JobKind, publicJobId } from '../storage/storage.types.js';
 import { StepAbortedError, type StepAbortReason } from '../errors/step-aborted.error.js';
 
 /**
@@ -18,14 +18,39 @@ export class Execution {
   /** The successor, inserted already leased to this worker: run it in this slot without a claim. */
   next?: ClaimedJob;
 
+  /** When the runner (or handler) was called, for reporting one that outlives its abort. */
+  readonly startedAt = Date.now();
+  private returned = false;
+
   constructor(
     readonly job: ClaimedJob,
     readonly workflow: string,
     /** A fresh lease token if this step's successor may run in place, else undefined. */
     readonly inPlaceToken: () => string | undefined = () => undefined,
-    /** Gives the worker slot back (idempotent): the step's own work is over. */
-    readonly releaseSlot: () => void = () => undefined,
+    /** Gives the worker slot back (idempotent). */
+    private readonly freeSlot: () => void = () => undefined,
   ) {}
+
+  /**
+   * Gives the slot back, unless the runtime took the job over while the runner still
+   * runs: an abandoned runner keeps its slot until it returns, or a runner that ignores
+   * its signal would let `concurrency` be exceeded.
+   */
+  releaseSlot(): void {
+    if (!this.abandoned) this.freeSlot();
+  }
+
+  /** Taken over by the runtime while the runner has not returned yet. */
+  get abandoned(): boolean {
+    return !this.returned && this.owner !== undefined && this.owner !== 'runner';
+  }
+
+  /** The runner's (or handler's) promise settled: an abandoned one gives its slot back now. */
+  runnerReturned(): void {
+    const held = this.abandoned;
+    this.returned = true;
+    if (held) this.freeSlot();
+  }
 
   /** The step's `signal`; already aborted if the runtime took the job over before the runner asked for it. */
   get signal(): AbortSignal {
@@ -34,6 +59,13 @@ export class Execution {
       if (this.abortError) this.controller.abort(this.abortError);
     }
     return this.controller.signal;
+  }
+
+  /** How log lines name this delivery. */
+  get label(): string {
+    const job = this.job;
+    const what = job.kind === JobKind.Step ? `${this.workflow} step ${job.stepNumber}` : `terminal delivery ${job.queue}`;
+    return `${what} of run ${job.runId} (job ${publicJobId(job.id, job.kind, job.stepNumber)})`;
   }
 
   get owned(): boolean {

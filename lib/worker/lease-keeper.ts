@@ -14,6 +14,8 @@ export class LeaseKeeper {
   private renewTimer?: NodeJS.Timeout;
   private cancelTimer?: NodeJS.Timeout;
   private busy = { renew: false, cancel: false };
+  /** Runners that outlive the runtime's takeover, and when each is due to be reported again. */
+  private readonly strays = new Map<Execution, number>();
 
   constructor(
     private readonly storage: WorkflowStorage,
@@ -24,7 +26,10 @@ export class LeaseKeeper {
   ) {}
 
   start(): void {
-    this.renewTimer = setInterval(() => void this.renew(), Math.max(50, Math.floor(this.leaseMs / 3)));
+    this.renewTimer = setInterval(() => {
+      this.reportStrays();
+      void this.renew();
+    }, Math.max(50, Math.floor(this.leaseMs / 3)));
     this.cancelTimer = setInterval(() => void this.pollCancels(), Math.min(1000, Math.max(50, Math.floor(this.leaseMs / 3))));
     this.renewTimer.unref();
     this.cancelTimer.unref();
@@ -33,6 +38,29 @@ export class LeaseKeeper {
   stop(): void {
     clearInterval(this.renewTimer);
     clearInterval(this.cancelTimer);
+  }
+
+  /**
+   * A runner whose job the runtime took over (timeout, cancel, lost lease, shutdown) and
+   * that has not returned: it ignores its aborted signal and holds a slot, which someone
+   * should hear about once every lease period until it returns.
+   */
+  watch(exec: Execution): void {
+    if (exec.abandoned) this.strays.set(exec, Date.now() + this.leaseMs);
+  }
+
+  private reportStrays(): void {
+    const now = Date.now();
+    for (const [exec, due] of this.strays) {
+      if (!exec.abandoned) this.strays.delete(exec);
+      else if (now >= due) {
+        this.strays.set(exec, now + this.leaseMs);
+        this.logger.warn(
+          `${exec.label} ignores its aborted step.signal (${exec.abortReason}): still running ${now - exec.startedAt} ms ` +
+            'after it started; it keeps its slot until it returns.',
+        );
+      }
+    }
   }
 
   async renew(): Promise<void> {

@@ -51,6 +51,9 @@ export class StepExecutor {
       this.logger.error(`Unexpected error around job ${exec.job.id}: ${(err as Error)?.stack ?? err}`);
     } finally {
       exec.settled();
+      // Only here has the runner's promise settled: a runner the runtime took the job
+      // from held its slot until now.
+      exec.runnerReturned();
     }
   }
 
@@ -320,9 +323,7 @@ export class StepExecutor {
   }
 
   private where(exec: Execution): string {
-    const job = exec.job;
-    const what = job.kind === JobKind.Step ? `${exec.workflow} step ${job.stepNumber}` : `terminal delivery ${job.queue}`;
-    return `${what} of run ${job.runId} (job ${publicJobId(job.id, job.kind, job.stepNumber)})`;
+    return exec.label;
   }
 }
 

@@ -23,9 +23,10 @@ import { WorkflowNotifier } from './workflow.notifier.js';
 const CLAIM_BATCH = 32;
 /**
  * Consecutive steps of one run a slot may run in place (the job row rewritten as the
- * successor, still leased to it: no claim) while other jobs of its queue wait. Bounded so queued runs
- * and higher priorities get the slot back; with nobody waiting the run keeps it, since
- * handing it back would only mean claiming the same job again.
+ * successor, still leased to it: no claim) while other work of this process waits. Bounded
+ * so queued runs, other workflows, terminal deliveries and higher priorities get the slot
+ * back; with nobody waiting the run keeps it, since handing it back would only mean
+ * claiming the same job again.
  */
 const MAX_IN_PLACE = 16;
 
@@ -35,10 +36,8 @@ interface QueueSlot {
   limit: number;
   maxAttempts: number;
   inFlight: number;
-  /** Ready jobs may be waiting for a slot: what the last claim or peek saw, or a local wake-up. */
+  /** Ready jobs may be waiting for a slot: what the last claim or probe saw, or a local wake-up. */
   waiting: boolean;
-  /** Runs in flight that have used up their in-place bound and keep their slot only while nobody waits. */
-  pastBound: number;
 }
 
 /**
@@ -65,6 +64,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
   private leases?: LeaseKeeper;
   private maintenance?: Maintenance;
   private rotation = 0;
+  private nextProbe = 0;
 
   constructor(
     @Inject(WORKFLOW_CONFIG) private readonly config: ResolvedWorkflowConfig,
@@ -103,7 +103,6 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
           maxAttempts: runner.maxAttempts,
           inFlight: 0,
           waiting: true,
-          pastBound: 0,
         });
       }
     }
@@ -114,7 +113,6 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
         maxAttempts: this.config.defaults.maxAttempts,
         inFlight: 0,
         waiting: true,
-        pastBound: 0,
       });
     }
     this.running = true;
@@ -178,16 +176,14 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
     while (this.running) {
       this.wakePending = false;
       let more = false;
+      let idleMs = opts.pollIntervalMs;
       try {
-        const n = this.queues.length;
-        for (let i = 0; i < n && this.running; i++) {
-          const q = this.queues[(this.rotation + i) % n];
+        const blocked: QueueSlot[] = [];
+        for (const q of this.claimOrder()) {
+          if (!this.running) break;
           const free = Math.min(opts.concurrency - this.busySlots, q.limit - q.inFlight, CLAIM_BATCH);
-          // Runs past their in-place bound hand their slot back only if someone waits: each
-          // claim says whether it left a job behind, and while the slots are full one probe
-          // of the claim index per poll notices jobs other processes submit.
           if (free <= 0) {
-            if (q.pastBound > 0) q.waiting = await storage.hasReady(q.name);
+            blocked.push(q);
             continue;
           }
           const claimed = await storage.claimBatch(q.name, free, this.nextToken(), opts.leaseMs, q.maxAttempts);
@@ -195,7 +191,19 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
           q.waiting = claimed.more;
           if (claimed.more) more = true;
         }
-        this.rotation++;
+        // Each claim says whether it left a job behind and a local submit says so at once;
+        // work other processes submit to a queue that got no slot is noticed by one probe of
+        // all such queues per poll interval. That is what makes runs past their in-place
+        // bound yield, and puts the starved queue first in line for the slot they free.
+        if (blocked.length) {
+          const wait = this.nextProbe - Date.now();
+          if (wait > 0) idleMs = Math.min(idleMs, wait);
+          else {
+            this.nextProbe = Date.now() + opts.pollIntervalMs;
+            const ready = await storage.readyQueues(blocked.map((q) => q.name));
+            for (const q of blocked) q.waiting = ready.has(q.name);
+          }
+        }
         if (failures > 0) this.logger.log('Database reachable again; claiming resumed.');
         failures = 0;
       } catch (err) {
@@ -205,8 +213,27 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
         await this.sleep(delay);
         continue;
       }
-      if (!more || this.busySlots >= opts.concurrency) await this.sleep(opts.pollIntervalMs);
+      if (!more || this.busySlots >= opts.concurrency) await this.sleep(idleMs);
     }
+  }
+
+  /**
+   * Queues with work waiting first, the least served of those first, so a queue starved
+   * by runs continuing in place gets the slot one of them gives up instead of that run's
+   * own queue taking it back; ties rotate.
+   */
+  private claimOrder(): QueueSlot[] {
+    const n = this.queues.length;
+    const order: QueueSlot[] = [];
+    for (let i = 0; i < n; i++) order.push(this.queues[(this.rotation + i) % n]);
+    this.rotation++;
+    return order.sort((a, b) => Number(b.waiting) - Number(a.waiting) || a.inFlight - b.inFlight);
+  }
+
+  /** Whether a slot a run of `q` gives back would serve waiting work: of its own queue, or of another below its limit. */
+  private wanted(q: QueueSlot): boolean {
+    for (const r of this.queues) if (r.waiting && (r === q || r.inFlight < r.limit)) return true;
+    return false;
   }
 
   /** Waits for `ms` or until woken (a local submit, settlement or freed slot). */
@@ -229,20 +256,20 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
    * Runs a job in a slot. The slot is given back as soon as the step's outcome is handed
    * to the settlement batcher (unless its successor will run in place), so the next claim
    * overlaps that commit; the job stays in `inFlight` (leases, shutdown) until settled.
+   * A runner the runtime took the job from keeps the slot until it returns.
    */
   private launch(q: QueueSlot, job: ClaimedJob, chain = 0, slot = this.takeSlot(q)): void {
     const workflow = q.workflow ?? safeWorkflowOf(job);
-    const inPlace = () => (this.running && (chain < MAX_IN_PLACE || !q.waiting) ? this.nextToken() : undefined);
+    const inPlace = () => (this.running && (chain < MAX_IN_PLACE || !this.wanted(q)) ? this.nextToken() : undefined);
     const exec = new Execution(job, workflow, q.workflow ? inPlace : undefined, () => this.freeSlot(q, slot));
     this.inFlight.set(job.id, exec);
-    if (chain === MAX_IN_PLACE) q.pastBound++;
     void this.executor.execute(exec);
     void exec.done.then(() => {
       if (this.inFlight.get(job.id) === exec) this.inFlight.delete(job.id);
-      if (chain >= MAX_IN_PLACE && !exec.next) q.pastBound--;
       // The successor is already leased to us: run it in this slot, even while draining.
       if (exec.next) return this.launch(q, exec.next, chain + 1, slot.free ? this.takeSlot(q) : slot);
-      this.freeSlot(q, slot);
+      exec.releaseSlot();
+      this.leases?.watch(exec);
     });
   }
 

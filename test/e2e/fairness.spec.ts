@@ -1,6 +1,6 @@
 import { Injectable } from '@nestjs/common';
 import type { TestingModule } from '@nestjs/testing';
-import { type Step, StepOutcome, StepRunner, WorkflowService } from 'nestjs-durable-workflow';
+import { OnTerminal, type RunOutcome, type Step, StepOutcome, StepRunner, WorkflowService } from 'nestjs-durable-workflow';
 import { startApp } from '../utils/app.js';
 import { dropTables, uniquePrefix } from '../utils/db.js';
 import { waitFor } from '../utils/wait.js';
@@ -79,5 +79,105 @@ describe('a long run and the runs that wait for its slot', () => {
     const outcome = await service.waitForOutcome(long.runId, { timeoutMs: 20_000 });
     expect(outcome).toMatchObject({ status: 'succeeded', result: 149 });
     expect(runner.stepsOf(long.runId)).toBe(150);
+  });
+});
+
+/** Continues forever (a few ms per step) until `stop` is set: it never leaves its slot by itself. */
+@Injectable()
+@StepRunner('spin')
+class SpinRunner {
+  stop = false;
+  steps = new Map<string, number>();
+
+  async runStep(step: Step) {
+    this.steps.set(step.runId, step.stepNumber + 1);
+    await new Promise((r) => setTimeout(r, 2));
+    return this.stop ? StepOutcome.succeed(step.stepNumber) : StepOutcome.continue(step.payload);
+  }
+}
+
+@Injectable()
+@StepRunner('other')
+class OtherRunner {
+  ranAt = new Map<string, number>();
+
+  runStep(step: Step) {
+    this.ranAt.set(step.runId, Date.now());
+    return StepOutcome.succeed(true);
+  }
+}
+
+@Injectable()
+class QuickEnd {
+  seen = new Map<string, { at: number; status: string }>();
+
+  @OnTerminal('quick')
+  ended(outcome: RunOutcome) {
+    this.seen.set(outcome.runId, { at: Date.now(), status: outcome.status });
+  }
+}
+
+/**
+ * Every slot of the worker is taken by a run that continues in place forever. Work of
+ * another queue this process hosts, submitted elsewhere, must still get a slot within
+ * a few poll intervals: the in-place runs yield to any hosted queue with ready work.
+ */
+describe('runs that never leave their slots, and the other queues of the process', () => {
+  const prefix = uniquePrefix('fairq');
+  const pollIntervalMs = 100;
+  const bound = 10 * pollIntervalMs;
+  let app: TestingModule;
+  let control: TestingModule;
+  let spin: SpinRunner;
+  let spins: string[];
+
+  beforeAll(async () => {
+    app = await startApp({
+      prefix,
+      providers: [SpinRunner, OtherRunner, QuickEnd],
+      worker: { concurrency: 4, pollIntervalMs, leaseMs: 5_000, shutdownTimeoutMs: 2_000 },
+    });
+    // Submits and cancels only; its QuickEnd makes its cancels write the terminal deliveries.
+    control = await startApp({ prefix, worker: false, providers: [QuickEnd], options: { workflows: ['other', 'quick'] } });
+    spin = app.get(SpinRunner);
+    const submitted = await app.get(WorkflowService).submitMany('spin', [1, 2, 3, 4].map((n) => ({ input: n })));
+    spins = submitted.map((r) => r.runId);
+  });
+  afterAll(async () => {
+    if (spin) spin.stop = true;
+    await control?.close();
+    await app?.close();
+    await dropTables(prefix);
+  });
+
+  /** Waits until every spin run has taken `more` further steps: all 4 slots are theirs, past the in-place bound. */
+  async function slotsFullOfSpins(more = 20): Promise<void> {
+    const base = spins.map((id) => spin.steps.get(id) ?? 0);
+    await waitFor(() => spins.every((id, i) => (spin.steps.get(id) ?? 0) >= base[i] + more), 'every slot busy with a spin run');
+  }
+
+  it('a run of another workflow, submitted by another process, starts within 10 poll intervals (4 of 4 tries)', async () => {
+    const other = app.get(OtherRunner);
+    for (let i = 0; i < 4; i++) {
+      await slotsFullOfSpins();
+      const submittedAt = Date.now();
+      const { runId } = await control.get(WorkflowService).submit('other', { input: i });
+      const ranAt = await waitFor(() => other.ranAt.get(runId), `the step of run ${runId} (try ${i + 1})`, bound);
+      expect(ranAt - submittedAt).toBeLessThan(bound);
+    }
+  });
+
+  it('a terminal delivery written by another process reaches its @OnTerminal handler within 10 poll intervals (4 of 4 tries)', async () => {
+    const ends = app.get(QuickEnd);
+    const remote = control.get(WorkflowService);
+    for (let i = 0; i < 4; i++) {
+      await slotsFullOfSpins();
+      const { runId } = await remote.submit('quick', { input: i, delayMs: 60_000 });
+      const cancelledAt = Date.now();
+      expect(await remote.cancel(runId)).toBe(true);
+      const seen = await waitFor(() => ends.seen.get(runId), `the delivery of run ${runId} (try ${i + 1})`, bound);
+      expect(seen.status).toBe('cancelled');
+      expect(seen.at - cancelledAt).toBeLessThan(bound);
+    }
   });
 });
