@@ -158,10 +158,14 @@ export class WorkflowService {
 
   /** The run as it is now; null for an unknown run, InvalidRunIdError for an id no run can have. */
   async status(runId: string): Promise<RunStatus | null> {
+    return (await this.lookup(runId))?.status ?? null;
+  }
+
+  private async lookup(runId: string): Promise<{ status: RunStatus; ending: number } | null> {
     if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId)) throw new InvalidRunIdError(runId);
     const storage = await this.connection.ready();
     const row = await storage.getRun(runId);
-    return row ? toStatus(row) : null;
+    return row ? { status: toStatus(row), ending: Number(row.ending) } : null;
   }
 
   private readonly waitLogger = new Logger('WorkflowService');
@@ -189,9 +193,9 @@ export class WorkflowService {
     let delay = poll;
     try {
       for (;;) {
-        let status: RunStatus | null | undefined;
+        let found: Awaited<ReturnType<WorkflowService['lookup']>> | undefined;
         try {
-          status = await this.status(runId);
+          found = await this.lookup(runId);
           delay = poll;
           if (this.waitOutage) {
             this.waitOutage = false;
@@ -207,8 +211,8 @@ export class WorkflowService {
           // Gentler on a server that is coming back, still quick to notice it is up.
           delay = Math.min(1000, delay * 2);
         }
-        if (status === null) throw new RunNotFoundError(runId);
-        if (status && TERMINAL.has(status.state)) return toOutcome(status);
+        if (found === null) throw new RunNotFoundError(runId);
+        if (found && TERMINAL.has(found.status.state)) return toOutcome(found.status, found.ending);
         const left = deadline - Date.now();
         if (left <= 0) throw new WaitTimeoutError(runId, timeoutMs!);
         await new Promise<void>((resolve) => {
@@ -297,7 +301,7 @@ function toStatus(row: RunRow): RunStatus {
   return status;
 }
 
-function toOutcome(s: RunStatus): RunOutcome {
+function toOutcome(s: RunStatus, ending: number): RunOutcome {
   const outcome: RunOutcome = {
     runId: s.runId,
     workflow: s.workflow,
@@ -306,6 +310,7 @@ function toOutcome(s: RunStatus): RunOutcome {
     finalStep: s.currentStep,
     submittedAt: s.submittedAt,
     finishedAt: s.finishedAt ?? s.updatedAt,
+    ending,
   };
   if ('result' in s) outcome.result = s.result;
   if (s.error !== undefined) outcome.error = s.error;

@@ -33,6 +33,11 @@ export interface RunOutcome {
   finalStep: number;
   submittedAt: Date;
   finishedAt: Date;
+  /**
+   * 1 for the run's first ending, + 1 for each time `retryDead` re-opened it since: two
+   * outcomes of one run never share it, so a handler keys on `(runId, ending)`.
+   */
+  ending: number;
 }
 
 export type RunState = 'pending' | 'running' | 'cancelling' | 'succeeded' | 'failed' | 'cancelled';

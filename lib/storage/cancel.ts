@@ -32,7 +32,7 @@ export async function cancelRun(ctx: StorageContext, runId: string): Promise<Can
           )
         : [];
       const [run] = await sql.query<Array<LockedRun & { current_job_id: string | null }>>(
-        `SELECT \`id\`, \`workflow\`, \`state\`, \`submitted_at\`, \`current_job_id\` FROM ${t.runs} WHERE \`id\` = ? FOR UPDATE`,
+        `SELECT \`id\`, \`workflow\`, \`state\`, \`submitted_at\`, \`ending\`, \`current_job_id\` FROM ${t.runs} WHERE \`id\` = ? FOR UPDATE`,
         [runId],
       );
       if (!run || !isLive(run.state)) return false;

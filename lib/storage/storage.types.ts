@@ -89,6 +89,7 @@ export interface RunRow {
   submitted_at: number | string;
   updated_at: number | string;
   finished_at: number | string | null;
+  ending: number | string;
   job_state?: number | string | null;
   job_attempts?: number | string | null;
   job_run_at?: number | string | null;

@@ -139,7 +139,7 @@ export function endRuns(t: Tables, ends: RunEnd[], now: number, onlyActive: bool
   return [
     `UPDATE ${t.runs} FORCE INDEX (PRIMARY) SET \`state\` = CASE \`id\` ${when} END, \`result\` = CASE \`id\` ${when} END,
       \`error\` = CASE \`id\` ${when} END, \`current_step\` = CASE \`id\` ${when} END, \`attempts\` = CASE \`id\` ${when} END,
-      \`current_job_id\` = NULL, \`finished_at\` = ?, \`updated_at\` = ? WHERE \`id\` IN (?)${onlyActive ? " AND `state` = 'active'" : ''}`,
+      \`current_job_id\` = NULL, \`ending\` = \`ending\` + 1, \`finished_at\` = ?, \`updated_at\` = ? WHERE \`id\` IN (?)${onlyActive ? " AND `state` = 'active'" : ''}`,
     [
       ...ends.flatMap((e) => [e.runId, e.status]),
       ...ends.flatMap((e) => [e.runId, e.result ?? null]),
@@ -159,12 +159,14 @@ export interface LockedRun {
   workflow: string;
   state: string;
   submitted_at: number | string;
+  /** Endings so far; the one being written is this + 1. */
+  ending: number | string;
 }
 
 /** Locks run rows (after their job rows: the lock order). */
 export function lockRuns(t: Tables, runIds: string[]): Statement {
   return [
-    `SELECT \`id\`, \`workflow\`, \`state\`, \`submitted_at\` FROM ${t.runs} FORCE INDEX (PRIMARY) WHERE \`id\` IN (?) FOR UPDATE`,
+    `SELECT \`id\`, \`workflow\`, \`state\`, \`submitted_at\`, \`ending\` FROM ${t.runs} FORCE INDEX (PRIMARY) WHERE \`id\` IN (?) FOR UPDATE`,
     [runIds],
   ];
 }
@@ -185,7 +187,7 @@ export function deliveries(
     `{"runId":${JSON.stringify(end.runId)},"workflow":${JSON.stringify(run.workflow)},"status":"${end.status}"` +
     (end.result !== undefined ? `,"result":${end.result}` : '') +
     (end.error !== undefined ? `,"error":${JSON.stringify(end.error)}` : '') +
-    `,"finalStep":${end.stepNumber},"submittedAt":${Number(run.submitted_at)},"finishedAt":${now}}`;
+    `,"finalStep":${end.stepNumber},"submittedAt":${Number(run.submitted_at)},"finishedAt":${now},"ending":${Number(run.ending) + 1}}`;
   return queues.map((queue) => ({
     id: ulid(now),
     queue,

@@ -153,6 +153,8 @@ export class StepExecutor {
         headers: JSON.parse(job.headers),
         submittedAt: new Date(raw.submittedAt),
         finishedAt: new Date(raw.finishedAt),
+        // Deliveries written before endings were counted are all of a first ending.
+        ending: raw.ending ?? 1,
       };
     } catch (err) {
       await this.own(exec, () => this.deadNow(exec, `stored outcome is not valid JSON: ${(err as Error).message}`));

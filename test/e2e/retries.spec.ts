@@ -120,6 +120,17 @@ class FlakyAudit {
   }
 }
 
+/** Every outcome of the re-driven workflow, as its handler sees them. */
+@Injectable()
+class RedriveAudit {
+  seen: RunOutcome[] = [];
+
+  @OnTerminal('redrive')
+  onEnd(outcome: RunOutcome) {
+    this.seen.push(outcome);
+  }
+}
+
 /** A terminal handler that refuses every delivery for good. */
 @Injectable()
 class FragileAudit {
@@ -140,7 +151,7 @@ describe('retries and dead letters', () => {
   beforeAll(async () => {
     app = await startApp({
       prefix,
-      providers: [FlakyRunner, DoomedRunner, RedriveRunner, NotifyRunner, ReceiptRunner, DeadARunner, DeadBRunner, FlakyAudit, FragileAudit],
+      providers: [FlakyRunner, DoomedRunner, RedriveRunner, NotifyRunner, ReceiptRunner, DeadARunner, DeadBRunner, FlakyAudit, FragileAudit, RedriveAudit],
       // A default above the runner's own maxAttempts: 3, so the tests can tell which one applied.
       options: { defaults: { maxAttempts: 5, backoff: { baseMs: 20, maxMs: 200 } } },
     });
@@ -249,7 +260,7 @@ describe('retries and dead letters', () => {
     const runner = app.get(RedriveRunner);
     const { runId } = await workflows.submit('redrive', { input: { doc: 'invoice' } });
     const failed = await workflows.waitForOutcome(runId, { timeoutMs: 10_000 });
-    expect(failed).toMatchObject({ status: 'failed', finalStep: 1, error: expect.stringContaining('parser bug') });
+    expect(failed).toMatchObject({ status: 'failed', finalStep: 1, error: expect.stringContaining('parser bug'), ending: 1 });
     const [dead] = await deadOf(runId);
     expect(dead).toMatchObject({ stepNumber: 1, attempts: 1 });
     // Each step has its own jobId, and the dead letter carries the one its step saw.
@@ -279,8 +290,15 @@ describe('retries and dead letters', () => {
     }
 
     const outcome = await workflows.waitForOutcome(runId, { timeoutMs: 10_000 });
-    expect(outcome).toMatchObject({ status: 'succeeded', result: { parsed: 'invoice!' }, finalStep: 1 });
+    expect(outcome).toMatchObject({ status: 'succeeded', result: { parsed: 'invoice!' }, finalStep: 1, ending: 2 });
     expect(outcome.error).toBeUndefined();
+    // The handler hears both endings, told apart by `ending`, in order.
+    const audit = app.get(RedriveAudit);
+    await waitFor(() => audit.seen.filter((o) => o.runId === runId).length === 2, 'both endings delivered');
+    expect(audit.seen.filter((o) => o.runId === runId).map((o) => [o.ending, o.status])).toEqual([
+      [1, 'failed'],
+      [2, 'succeeded'],
+    ]);
     // Step 0 did not run again; step 1 ran again with fresh attempts.
     expect(runner.steps.filter((s) => s.runId === runId)).toEqual([
       { runId, step: 0, attempts: 1 },
