@@ -103,12 +103,6 @@ export class WorkflowConnection implements OnModuleInit, OnApplicationShutdown {
   }
 
   private async prepare(dataSource: DataSource): Promise<WorkflowStorage> {
-    const type = (dataSource.options as { type?: string }).type;
-    if (type !== 'mysql' && type !== 'mariadb') {
-      throw new UnsupportedDatabaseError(
-        `WorkflowModule needs a MySQL or MariaDB DataSource (type 'mysql' or 'mariadb'), got type '${type}'.`,
-      );
-    }
     const client = new SqlClient(dataSource, dataSource === this.ownDataSource);
     await this.checkServer(client, dataSource === this.ownDataSource);
     const prefix = this.config.tablePrefix;
@@ -191,6 +185,13 @@ export class WorkflowConnection implements OnModuleInit, OnApplicationShutdown {
   private async initialized(ds: DataSource): Promise<DataSource> {
     if (!(ds instanceof DataSource) && typeof (ds as any)?.initialize !== 'function') {
       throw new WorkflowConfigError('WorkflowModule: `dataSource` must be a TypeORM DataSource or the name of one.');
+    }
+    // Before initializing it: no reason to connect to a database we cannot use.
+    const type = (ds.options as { type?: string }).type;
+    if (type !== 'mysql' && type !== 'mariadb') {
+      throw new UnsupportedDatabaseError(
+        `WorkflowModule needs a MySQL or MariaDB DataSource (type 'mysql' or 'mariadb'), got type '${type}'.`,
+      );
     }
     if (!ds.isInitialized) {
       // The app that made it owns its lifetime: left open once we run, closed again only
