@@ -26,11 +26,20 @@ import { WorkflowStorage } from './workflow.storage.js';
 export const SESSION_SQL_MODE =
   'STRICT_TRANS_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION';
 
-/** sql_mode flags under which the driver's escaping is wrong. ANSI_QUOTES is not one: all our identifiers use backticks, all literals single quotes. */
+/**
+ * sql_mode flags under which the driver's escaping is wrong. ANSI_QUOTES is not one: our
+ * identifiers are in backticks and literals in single quotes (a run through submit,
+ * steps and cancel under sql_mode ANSI passes).
+ */
 const UNSAFE_SQL_MODES = ['NO_BACKSLASH_ESCAPES'];
 
 /** Server errors that say the account or database is wrong: trying again changes nothing. */
-const NOT_TRANSIENT_ERRNOS = new Set([1044 /* db access denied */, 1045 /* access denied */, 1049 /* unknown database */, 3159 /* insecure transport */]);
+const NOT_TRANSIENT_ERRNOS = new Set([
+  1044, // access denied to the database
+  1045, // access denied
+  1049, // unknown database
+  3159, // insecure transport refused (MySQL)
+]);
 
 /**
  * Owns the way to the database: resolves or creates the DataSource, checks the server,
@@ -267,7 +276,8 @@ function sessionSettingDriver(logger: Logger): typeof mysql2 {
         pool.on('connection', (conn: PoolConnection) => {
           conn.query(`SET SESSION sql_mode = '${SESSION_SQL_MODE}'`, (err: Error | null) => {
             if (!err) return;
-            // A session whose sql_mode we could not set must run nothing.
+            // A session whose sql_mode we could not set must run nothing: closing it makes the
+            // statements already queued behind this one fail instead of reaching the server.
             logger.error(`Could not set the session sql_mode; dropping the connection: ${err.message}`);
             conn.destroy();
           });
