@@ -5,6 +5,7 @@ import type {
   WorkflowConnectionOptions,
   WorkflowModuleOptions,
 } from './interfaces/workflow-module-options.interface.js';
+import { connectionTarget } from './storage/connection-target.js';
 import { DEFAULTS, TABLE_PREFIX_PATTERN, WORKFLOW_NAME_PATTERN } from './workflow.constants.js';
 import type { BackoffPolicy } from './worker/backoff.js';
 
@@ -46,6 +47,8 @@ export function resolveConfig(options: WorkflowModuleOptions | undefined): Resol
           "or `dataSource` (a TypeORM DataSource, or the name it has in TypeOrmModule) to share the app's.",
     );
   }
+  // Parsed now for its errors (an unset URL, a bad port...), so they surface before any connection is tried.
+  if (hasConnection) connectionTarget(options.connection!);
   const tablePrefix = options.tablePrefix ?? DEFAULTS.tablePrefix;
   if (typeof tablePrefix !== 'string' || !TABLE_PREFIX_PATTERN.test(tablePrefix)) {
     throw new WorkflowConfigError(

@@ -10,3 +10,7 @@ export * from './wait-timeout.error.js';
 export * from './run-not-found.error.js';
 export * from './workflow-config.error.js';
 export * from './step-aborted.error.js';
+export * from './unsupported-database.error.js';
+export * from './database-unreachable.error.js';
+export * from './tls-required.error.js';
+export * from './unsafe-sql-mode.error.js';

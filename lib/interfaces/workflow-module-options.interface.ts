@@ -1,7 +1,11 @@
+import type { SslOptions } from 'mysql2';
 import type { DataSource } from 'typeorm';
 
 export interface WorkflowConnectionOptions {
-  /** `mysql://user:pass@host:port/db`; other fields override its parts. */
+  /**
+   * `mysql://user:pass@host:port/db`; other fields override its parts. `?ssl=true` turns
+   * TLS on (verified against Node's CAs), `?ssl={"ca":"..."}` passes mysql2's SslOptions as JSON.
+   */
   url?: string;
   host?: string;
   port?: number;
@@ -10,6 +14,12 @@ export interface WorkflowConnectionOptions {
   database?: string;
   /** Connections in the module's own pool. Default 10. */
   poolSize?: number;
+  /**
+   * TLS for the module's own pool, as mysql2 takes it: SslOptions (e.g. `{ ca }`; the
+   * server certificate is verified unless `rejectUnauthorized: false`), or the name of a
+   * mysql2 SSL profile; `true` is `{}`. Overrides `?ssl=` in `url`. Default: no TLS.
+   */
+  ssl?: boolean | string | SslOptions;
 }
 
 export interface BackoffOptions {

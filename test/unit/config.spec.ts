@@ -1,4 +1,5 @@
 import { WorkflowConfigError } from '../../lib/errors/index.js';
+import { connectionTarget } from '../../lib/storage/connection-target.js';
 import { resolveConfig } from '../../lib/workflow.config.js';
 
 describe('resolveConfig', () => {
@@ -24,8 +25,63 @@ describe('resolveConfig', () => {
     ['a fractional lease', { connection, worker: { leaseMs: 1.5 } }, /worker.leaseMs/],
     ['maxMs below baseMs', { connection, defaults: { backoff: { baseMs: 10, maxMs: 5 } } }, /maxMs/],
     ['a bad workflow name', { connection, workflows: ['has space'] }, /workflow name/],
+    ['connection.url unset and no host (an unset environment variable)', { connection: { url: undefined } }, /connection\.url is not set.*connection\.host/],
+    ['an empty connection.url and no host', { connection: { url: '' } }, /connection\.url is empty/],
+    ['a connection.url that is not a URL', { connection: { url: 'root@localhost/test' } }, /connection\.url is not a valid URL/],
+    ['a connection.url of another database', { connection: { url: 'postgres://u@h/db' } }, /mysql:\/\/ or mariadb:\/\//],
+    ['a port out of range', { connection: { host: 'h', port: 70000 } }, /connection\.port/],
+    ['?ssl= that is broken JSON', { connection: { url: 'mysql://u@h/db?ssl={"ca":' } }, /ssl parameter.*JSON/],
+    ['a connection.ssl of the wrong type', { connection: { host: 'h', ssl: 1 } }, /connection\.ssl/],
   ])('rejects %s with WorkflowConfigError', (_name, options, message) => {
     expect(() => resolveConfig(options as any)).toThrow(WorkflowConfigError);
     expect(() => resolveConfig(options as any)).toThrow(message);
+  });
+});
+
+describe('connectionTarget (connection.url and the fields)', () => {
+  it('reads host, port, user, password (URL-decoded) and database from the URL', () => {
+    expect(connectionTarget({ url: 'mysql://app%40x:p%3Aw%2Fd@db.example:3307/my_db' })).toMatchObject({
+      host: 'db.example',
+      port: 3307,
+      username: 'app@x',
+      password: 'p:w/d',
+      database: 'my_db',
+      ssl: undefined,
+      poolSize: 10,
+    });
+  });
+
+  it('lets the fields override the parts of the URL, as documented', () => {
+    expect(
+      connectionTarget({ url: 'mysql://u:p@h:1/a', host: 'other', port: 2, username: 'v', password: 'q', database: 'b' }),
+    ).toMatchObject({ host: 'other', port: 2, username: 'v', password: 'q', database: 'b' });
+  });
+
+  it('leaves the database unset when the URL has no path (reported at startup, naming connection.database)', () => {
+    expect(connectionTarget({ url: 'mysql://u@h:3306' }).database).toBeUndefined();
+    expect(connectionTarget({ url: 'mysql://u@h:3306/' }).database).toBeUndefined();
+  });
+
+  it.each([
+    ['?ssl=true', 'mysql://u@h/db?ssl=true', {}],
+    ['?ssl=1', 'mysql://u@h/db?ssl=1', {}],
+    ['?ssl=false', 'mysql://u@h/db?ssl=false', undefined],
+    ['mysql2 JSON form', 'mysql://u@h/db?ssl={"rejectUnauthorized":true,"ca":"PEM"}', { rejectUnauthorized: true, ca: 'PEM' }],
+    ['a profile name', 'mysql://u@h/db?ssl=Amazon%20RDS', 'Amazon RDS'],
+  ])('honours %s in the URL', (_name, url, ssl) => {
+    expect(connectionTarget({ url }).ssl).toEqual(ssl);
+  });
+
+  it('connection.ssl overrides the URL; true means TLS with verification', () => {
+    expect(connectionTarget({ url: 'mysql://u@h/db?ssl=true', ssl: false }).ssl).toBeUndefined();
+    expect(connectionTarget({ url: 'mysql://u@h/db', ssl: { ca: 'PEM' } }).ssl).toEqual({ ca: 'PEM' });
+    expect(connectionTarget({ host: 'h', ssl: true }).ssl).toEqual({});
+  });
+
+  it('lists the URL parameters it does not pass on (names only)', () => {
+    expect(connectionTarget({ url: 'mysql://u@h/db?charset=utf8mb4&ssl=true&timezone=Z' }).ignoredParams).toEqual([
+      'charset',
+      'timezone',
+    ]);
   });
 });

@@ -1,5 +1,5 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -7,24 +7,55 @@ import mysql from 'mysql2/promise';
 
 const run = promisify(execFile);
 
+export interface PrivateMariaDbOptions {
+  /** Extra mariadbd arguments, e.g. `['--sql-mode=NO_BACKSLASH_ESCAPES']`. */
+  args?: string[];
+  /**
+   * Serve TLS with a throw-away CA and a server certificate for 127.0.0.1 (made with
+   * `openssl`), and refuse plain TCP (`require_secure_transport`). `ca` holds the CA.
+   */
+  tls?: boolean;
+}
+
 /**
  * A private MariaDB server of the test's own (never the shared one), so a test may
  * stop and restart it. Data survives restarts; everything is removed by `destroy()`.
  */
 export class PrivateMariaDb {
   private child?: ChildProcess;
+  /** PEM of the CA that signed the server certificate (with `tls`). */
+  ca?: string;
   private constructor(
     readonly dir: string,
     readonly port: number,
+    private readonly args: string[],
   ) {}
 
   get url(): string {
     return `mysql://root@127.0.0.1:${this.port}/test`;
   }
 
-  static async create(port: number): Promise<PrivateMariaDb> {
+  /** The server's unix socket: counts as a secure transport, so it works under `tls` too. */
+  get socketPath(): string {
+    return join(this.dir, 's');
+  }
+
+  static async create(port: number, options: PrivateMariaDbOptions = {}): Promise<PrivateMariaDb> {
     const dir = mkdtempSync(join(tmpdir(), 'wf-mariadb-'));
-    const db = new PrivateMariaDb(dir, port);
+    const args = [...(options.args ?? [])];
+    let ca: string | undefined;
+    if (options.tls) {
+      const tlsDir = join(dir, 'tls');
+      ca = await makeCertificates(tlsDir);
+      args.push(
+        `--ssl-ca=${join(tlsDir, 'ca.pem')}`,
+        `--ssl-cert=${join(tlsDir, 'server.pem')}`,
+        `--ssl-key=${join(tlsDir, 'server-key.pem')}`,
+        '--require-secure-transport=ON',
+      );
+    }
+    const db = new PrivateMariaDb(dir, port, args);
+    db.ca = ca;
     const user = process.getuid?.() === 0 ? ['--user=root'] : [];
     await run('mariadb-install-db', [
       '--no-defaults',
@@ -34,10 +65,15 @@ export class PrivateMariaDb {
       ...user,
     ]);
     await db.start();
-    const conn = await mysql.createConnection({ host: '127.0.0.1', port, user: 'root' });
+    const conn = await db.adminConnection();
     await conn.query('CREATE DATABASE IF NOT EXISTS test');
     await conn.end();
     return db;
+  }
+
+  /** A root connection over the unix socket (works whatever the TCP settings are). */
+  adminConnection(): Promise<mysql.Connection> {
+    return mysql.createConnection({ socketPath: this.socketPath, user: 'root' });
   }
 
   async start(): Promise<void> {
@@ -49,19 +85,28 @@ export class PrivateMariaDb {
         `--datadir=${join(this.dir, 'data')}`,
         `--port=${this.port}`,
         '--bind-address=127.0.0.1',
-        `--socket=${join(this.dir, 's')}`,
+        `--socket=${this.socketPath}`,
         `--pid-file=${join(this.dir, 'pid')}`,
         '--skip-name-resolve',
         '--innodb-buffer-pool-size=64M',
         '--max-connections=200',
         ...user,
+        ...this.args,
       ],
       { stdio: 'ignore' },
     );
+    const child = this.child;
     const deadline = Date.now() + 30_000;
     for (;;) {
+      if (child.exitCode !== null) throw new Error(`private mariadbd on ${this.port} exited with ${child.exitCode} (bad arguments?)`);
       try {
-        const conn = await mysql.createConnection({ host: '127.0.0.1', port: this.port, user: 'root' });
+        // TCP as well as the socket: clients of the tests connect over TCP.
+        const conn = await mysql.createConnection({
+          host: '127.0.0.1',
+          port: this.port,
+          user: 'root',
+          ssl: this.ca ? { ca: this.ca } : undefined,
+        });
         await conn.end();
         return;
       } catch (err) {
@@ -84,4 +129,18 @@ export class PrivateMariaDb {
     await this.stop('SIGKILL');
     rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/** A CA and a server certificate for 127.0.0.1/localhost signed by it; returns the CA's PEM. */
+async function makeCertificates(dir: string): Promise<string> {
+  mkdirSync(dir, { recursive: true });
+  const at = (f: string) => join(dir, f);
+  writeFileSync(at('san.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+  await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=workflow test CA',
+    '-keyout', at('ca-key.pem'), '-out', at('ca.pem')]);
+  await run('openssl', ['req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1',
+    '-keyout', at('server-key.pem'), '-out', at('server.csr')]);
+  await run('openssl', ['x509', '-req', '-in', at('server.csr'), '-CA', at('ca.pem'), '-CAkey', at('ca-key.pem'),
+    '-CAcreateserial', '-days', '2', '-extfile', at('san.cnf'), '-out', at('server.pem')]);
+  return readFileSync(at('ca.pem'), 'utf8');
 }
