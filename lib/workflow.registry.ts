@@ -2,7 +2,6 @@ import { Injectable } from '@nestjs/common';
 import type { StepRunner } from './interfaces/step-runner.interface.js';
 import type { RunOutcome } from './interfaces/run.interface.js';
 import type { BackoffPolicy } from './worker/backoff.js';
-import type { TerminalFanout } from './storage/storage.types.js';
 
 export interface RunnerBinding {
   name: string;
@@ -32,7 +31,7 @@ export interface TerminalHandlerBinding {
  * stay apart.
  */
 @Injectable()
-export class WorkflowRegistry implements TerminalFanout {
+export class WorkflowRegistry {
   readonly runners = new Map<string, RunnerBinding>();
   readonly handlers = new Map<string, TerminalHandlerBinding>();
   /** Names `submit` accepts: discovered runners plus `options.workflows`. */
@@ -40,6 +39,7 @@ export class WorkflowRegistry implements TerminalFanout {
   maxAttempts = 3;
   private readonly fanout = new Map<string, readonly string[]>();
 
+  /** Queues of this process's handlers that want `workflow` (other processes may host more). */
   queuesFor(workflow: string): readonly string[] {
     let queues = this.fanout.get(workflow);
     if (!queues) {

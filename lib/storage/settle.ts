@@ -1,3 +1,4 @@
+import { noHandlersGuard, queuesByWorkflow, readHandlers } from './handlers.js';
 import { runBatch, type Sql, type WriteResult } from './sql-client.js';
 import { kindOf, type Settlement } from './settlements.js';
 import { type ClaimedJob, JobKind, type NewJob, type SettleResult } from './storage.types.js';
@@ -122,7 +123,9 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
   const steps = items.filter((i) => i.job.kind === JobKind.Step);
   const moving = steps.filter((i) => kindOf(i.settlement).run === 'advance');
   const ending = steps.filter((i) => kindOf(i.settlement).run === 'end');
-  const notify = ending.some((e) => ctx.fanout.queuesFor(e.job.queue).length > 0);
+  const workflows = [...new Set(ending.map((e) => e.job.queue))];
+  // Only a hint: with no handler known, the trip checks that none exists after all.
+  const notify = workflows.some((w) => ctx.handlers.cachedFor(w) > 0);
 
   const first: Statement[] = [];
   for (const [effect, list] of byJob) first.push(jobEffect(ctx, effect as ReturnType<typeof kindOf>['job'], list, now), countIs(list.length));
@@ -132,16 +135,22 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
       countIs(moving.length),
     );
   }
-  if (ending.length && !notify) first.push(endRuns(ctx.t, ending.map(runEnd), now, true), countIs(ending.length));
-  if (ending.length && notify) first.push(lockRuns(ctx.t, ending.map((e) => e.job.runId)));
+  if (ending.length && !notify) {
+    first.push(endRuns(ctx.t, ending.map(runEnd), now, true), countIs(ending.length), noHandlersGuard(ctx, workflows));
+  }
+  if (ending.length && notify) first.push(readHandlers(ctx, workflows), lockRuns(ctx.t, ending.map((e) => e.job.runId)));
   const results = await runBatch(sql, first, !notify);
   if (!notify) return items.map((): SettleResult => 'settled');
 
   const runs = results[first.length - 1] as LockedRun[];
+  const queuesFor = queuesByWorkflow(ctx, results[first.length - 2] as Array<{ workflow: string; queue: string }>, workflows);
   if (runs.length !== ending.length || runs.some((r) => r.state !== 'active')) throw CAREFUL;
   const byId = new Map(runs.map((r) => [r.id, r]));
   const ends = ending.map(runEnd);
-  const jobs = ends.flatMap((e) => deliveries(ctx.fanout, e, byId.get(e.runId)!, now));
+  const jobs = ends.flatMap((e) => {
+    const run = byId.get(e.runId)!;
+    return deliveries(queuesFor(run.workflow), ctx.deliveryAttempts, e, run, now);
+  });
   const second = [endRuns(ctx.t, ends, now, false)];
   if (jobs.length) second.push(insertJobs(ctx.t, jobs, now));
   await runBatch(sql, second, true);

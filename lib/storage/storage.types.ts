@@ -110,10 +110,3 @@ export interface DeadRow {
   last_error: string;
   dead_at: number | string;
 }
-
-/** What the outbox of terminal deliveries needs to know about the workflows of this app. */
-export interface TerminalFanout {
-  /** Queues (one per matching @OnTerminal handler) that get a delivery when a run of `workflow` ends. */
-  queuesFor(workflow: string): readonly string[];
-  maxAttempts: number;
-}

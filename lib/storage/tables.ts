@@ -1,4 +1,4 @@
-import type { TerminalFanout } from './storage.types.js';
+import type { HandlerDirectory } from './handlers.js';
 import type { SqlClient } from './sql-client.js';
 import { type ClaimedJob, JobKind } from './storage.types.js';
 
@@ -7,18 +7,22 @@ export interface Tables {
   runs: string;
   jobs: string;
   dead: string;
+  handlers: string;
 }
 
 export function tablesOf(prefix: string): Tables {
-  return { runs: `\`${prefix}runs\``, jobs: `\`${prefix}jobs\``, dead: `\`${prefix}dead\`` };
+  const t = (name: string) => `\`${prefix}${name}\``;
+  return { runs: t('runs'), jobs: t('jobs'), dead: t('dead'), handlers: t('handlers') };
 }
 
-/** What every storage operation needs: the way to the database, the tables, the runtime clock and the handlers to notify. */
+/** What every storage operation needs: the way to the database, the tables, the runtime clock, what it knows of the handlers. */
 export interface StorageContext {
   client: SqlClient;
   t: Tables;
   now(): number;
-  fanout: TerminalFanout;
+  handlers: HandlerDirectory;
+  /** maxAttempts of a terminal delivery. */
+  deliveryAttempts: number;
   /** Settle batches by the path that committed them (the fast one is the one to keep fast). */
   stats: { fastBatches: number; carefulBatches: number };
 }

@@ -16,8 +16,9 @@ import { ulid } from '../utils/ulid.js';
 import { DEFAULTS } from '../workflow.constants.js';
 import type { Sql } from './sql-client.js';
 import type { RunEnding } from './settlements.js';
-import { type ClaimedJob, JobKind, JobState, type NewJob, type TerminalFanout } from './storage.types.js';
-import { JOB_COLUMNS, type Tables } from './tables.js';
+import { handlerQueues } from './handlers.js';
+import { type ClaimedJob, JobKind, JobState, type NewJob } from './storage.types.js';
+import { JOB_COLUMNS, type StorageContext, type Tables } from './tables.js';
 
 export type Statement = [string, unknown[]];
 
@@ -174,14 +175,14 @@ export function lockRuns(t: Tables, runIds: string[]): Statement {
 /** A run that a step may still move: anything else means a hand-edited table. */
 export const isLive = (state: string | undefined) => state === 'active' || state === 'cancelling';
 
-/** One delivery per @OnTerminal handler that wants this workflow, carrying the whole outcome. */
+/** One delivery per handler queue in `queues`, carrying the whole outcome. */
 export function deliveries(
-  fanout: TerminalFanout,
+  queues: readonly string[],
+  maxAttempts: number,
   end: RunEnd & { priority: number; headers: string },
   run: LockedRun,
   now: number,
 ): NewJob[] {
-  const queues = fanout.queuesFor(run.workflow);
   if (queues.length === 0) return [];
   const outcome =
     `{"runId":${JSON.stringify(end.runId)},"workflow":${JSON.stringify(run.workflow)},"status":"${end.status}"` +
@@ -197,7 +198,7 @@ export function deliveries(
     priority: end.priority,
     runAt: now,
     scheduled: false,
-    maxAttempts: fanout.maxAttempts,
+    maxAttempts,
     payload: outcome,
     headers: end.headers,
   }));
@@ -210,7 +211,7 @@ export function deliveries(
  */
 export async function endRun(
   sql: Sql,
-  ctx: { t: Tables; fanout: TerminalFanout },
+  ctx: StorageContext,
   run: LockedRun,
   end: RunEnd & { priority: number; headers: string },
   now: number,
@@ -218,7 +219,8 @@ export async function endRun(
   const d: RunEnd & { priority: number; headers: string } =
     run.state === 'cancelling' ? { ...end, status: 'cancelled', result: undefined, error: undefined } : end;
   await sql.query(...endRuns(ctx.t, [d], now, false));
-  const jobs = deliveries(ctx.fanout, d, run, now);
+  const queuesFor = await handlerQueues(ctx, sql, [run.workflow]);
+  const jobs = deliveries(queuesFor(run.workflow), ctx.deliveryAttempts, d, run, now);
   if (jobs.length) await sql.query(...insertJobs(ctx.t, jobs, now));
   return d;
 }

@@ -126,7 +126,9 @@ export class WorkflowConnection implements OnModuleInit, OnApplicationShutdown {
         );
       });
     }
-    this.storage = new WorkflowStorage(client, prefix, now, this.registry);
+    const storage = new WorkflowStorage(client, prefix, now, this.config.defaults.maxAttempts);
+    await storage.loadHandlers();
+    this.storage = storage;
     return this.storage;
   }
 

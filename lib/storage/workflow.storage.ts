@@ -7,11 +7,12 @@ import { reapExpired, sweepRetention } from './maintenance.js';
 import { getRun } from './queries.js';
 import { type SettleItem, settleMany } from './settle.js';
 import type { SqlClient } from './sql-client.js';
-import type { ClaimedJob, DeadRow, NewRun, RunRow, SettleResult, TerminalFanout } from './storage.types.js';
+import { expireHandlers, HandlerDirectory, type HostedHandler, registerHandlers } from './handlers.js';
+import type { ClaimedJob, DeadRow, NewRun, RunRow, SettleResult } from './storage.types.js';
 import { type ExistingRun, submitRuns } from './submit.js';
 import { type StorageContext, tablesOf } from './tables.js';
 
-export type { CancelResult, ExistingRun, SettleItem };
+export type { CancelResult, ExistingRun, HostedHandler, SettleItem };
 
 /**
  * The module's one door to its tables. Each method is one transaction (or one read),
@@ -25,9 +26,34 @@ export class WorkflowStorage {
     readonly client: SqlClient,
     private readonly prefix: string,
     now: () => number,
-    fanout: TerminalFanout,
+    deliveryAttempts: number,
   ) {
-    this.ctx = { client, t: tablesOf(prefix), now, fanout, stats: { fastBatches: 0, carefulBatches: 0 } };
+    this.ctx = {
+      client,
+      t: tablesOf(prefix),
+      now,
+      handlers: new HandlerDirectory(),
+      deliveryAttempts,
+      stats: { fastBatches: 0, carefulBatches: 0 },
+    };
+  }
+
+  /** Announces (and, called again, keeps alive) the @OnTerminal handlers this process hosts. */
+  registerHandlers(hosted: HostedHandler[]): Promise<void> {
+    return registerHandlers(this.ctx, hosted);
+  }
+
+  /** Dead-letters the deliveries of handlers no live process hosts any more. */
+  expireHandlers(): Promise<number> {
+    return expireHandlers(this.ctx);
+  }
+
+  /** Reads which workflows have handlers, so settlements of the others keep their one round trip. */
+  async loadHandlers(): Promise<void> {
+    const rows = await this.client.query<Array<{ workflow: string; queue: string }>>(
+      `SELECT \`workflow\`, \`queue\` FROM ${this.ctx.t.handlers}`,
+    );
+    this.ctx.handlers.remember(rows);
   }
 
   get settleStats(): Readonly<StorageContext['stats']> {

@@ -1,5 +1,5 @@
 import { Logger } from '@nestjs/common';
-import type { WorkflowStorage } from '../storage/workflow.storage.js';
+import type { HostedHandler, WorkflowStorage } from '../storage/workflow.storage.js';
 
 /**
  * Background upkeep every worker process runs: promote due scheduled jobs, reap
@@ -13,7 +13,15 @@ export class Maintenance {
 
   constructor(
     private readonly storage: WorkflowStorage,
-    private readonly opts: { pollIntervalMs: number; leaseMs: number; runsMs: number; deadMs: number; now: () => number },
+    private readonly opts: {
+      pollIntervalMs: number;
+      leaseMs: number;
+      runsMs: number;
+      deadMs: number;
+      now: () => number;
+      /** The @OnTerminal handlers this process hosts, re-registered every heartbeat. */
+      hosted: HostedHandler[];
+    },
     private readonly onWork: () => void,
   ) {}
 
@@ -21,7 +29,9 @@ export class Maintenance {
     this.every('promote', this.opts.pollIntervalMs, () => this.promote());
     this.every('reap', Math.min(5000, Math.max(200, Math.floor(this.opts.leaseMs / 4))), () => this.reap());
     // A sweep that finds nothing is two index probes: cheap enough to run every few seconds.
-    this.every('retention', Math.min(60_000, Math.max(1_000, this.opts.pollIntervalMs * 40)), () => this.sweep());
+    const upkeepMs = Math.min(60_000, Math.max(1_000, this.opts.pollIntervalMs * 40));
+    this.every('retention', upkeepMs, () => this.sweep());
+    this.every('handlers', Math.min(30_000, upkeepMs), () => this.handlers());
     const first = setTimeout(() => void this.run('retention', () => this.sweep()), 1000 + Math.random() * 4000);
     first.unref();
     this.timers.push(first);
@@ -50,6 +60,15 @@ export class Maintenance {
     const now = this.opts.now();
     const r = await this.storage.sweepRetention(now - this.opts.runsMs, now - this.opts.deadMs);
     if (r && (r.runs || r.dead)) this.logger.log(`Retention removed ${r.runs} finished run(s) and ${r.dead} dead letter(s).`);
+  }
+
+  /** Keeps this process's handlers registered, and dead-letters deliveries no live process will ever take. */
+  async handlers(): Promise<void> {
+    await this.storage.registerHandlers(this.opts.hosted);
+    const dead = await this.storage.expireHandlers();
+    if (dead) {
+      this.logger.warn(`${dead} terminal deliveries dead-lettered: no running process hosts their @OnTerminal handler (see deadSteps()).`);
+    }
   }
 
   private every(name: string, ms: number, fn: () => Promise<void>): void {

@@ -115,6 +115,9 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
         waiting: true,
       });
     }
+    // Before the first claim: from now on every run that ends, in any process, writes deliveries for these.
+    const hosted = [...this.registry.handlers.values()].map((h) => ({ queue: h.queue, workflows: h.workflows && [...h.workflows] }));
+    await storage.registerHandlers(hosted);
     this.running = true;
     this.unsubscribe.push(
       this.notifier.onWake(() => this.jobsMayWait()),
@@ -139,6 +142,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
         runsMs: this.config.retention.runsMs,
         deadMs: this.config.retention.deadMs,
         now: () => this.config.clock.now(),
+        hosted,
       },
       () => this.jobsMayWait(),
     );

@@ -10,12 +10,12 @@ import { SqlClient } from '../../lib/storage/sql-client.js';
 import { migrate } from '../../lib/storage/schema/migrator.js';
 import { settleMany, settleOne, type SettleItem } from '../../lib/storage/settle.js';
 import { Settle, type Settlement } from '../../lib/storage/settlements.js';
-import { type ClaimedJob, JobKind, type TerminalFanout } from '../../lib/storage/storage.types.js';
+import { HandlerDirectory } from '../../lib/storage/handlers.js';
+import { type ClaimedJob, JobKind } from '../../lib/storage/storage.types.js';
 import { type StorageContext, tablesOf } from '../../lib/storage/tables.js';
 import { DB_URL, dropTables, rawConnection, uniquePrefix } from '../utils/db.js';
 
 const NOW = 1_750_000_000_000;
-const fanout: TerminalFanout = { queuesFor: (w) => (w === 'noticed' ? ['~terminal:Notices#record'] : []), maxAttempts: 3 };
 
 /** One leased step per case, with what its runner decided. */
 const cases: Array<{ run: string; workflow: string; settle: (job: ClaimedJob) => Settlement }> = [
@@ -70,7 +70,17 @@ describe('settlement paths', () => {
     const prefix = uniquePrefix(name);
     prefixes.push(prefix);
     await migrate(client, prefix, () => NOW);
-    const ctx: StorageContext = { client, t: tablesOf(prefix), now: () => NOW, fanout, stats: { fastBatches: 0, carefulBatches: 0 } };
+    const ctx: StorageContext = {
+      client,
+      t: tablesOf(prefix),
+      now: () => NOW,
+      handlers: new HandlerDirectory(),
+      deliveryAttempts: 3,
+      stats: { fastBatches: 0, carefulBatches: 0 },
+    };
+    // One handler, hosted for 'noticed' only; both copies know it (as a started worker would).
+    await client.query(`INSERT INTO ${ctx.t.handlers} (queue, workflow, seen_at) VALUES ('~terminal:Notices#record', 'noticed', ?)`, [NOW]);
+    ctx.handlers.remember([{ workflow: 'noticed', queue: '~terminal:Notices#record' }]);
     const items: SettleItem[] = [];
     for (const [i, c] of cases.entries()) {
       const id = `01JOB${String(i).padStart(21, '0')}`;

@@ -98,14 +98,22 @@ export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
     ],
   },
   {
-    // submit_key: the step-0 job id of the submit call that created the run, so a submit
-    // whose COMMIT reply was lost recognizes its own rows. ending: how many times the run
-    // has ended (retryDead re-opens it), so each outcome is told apart.
+    // submit_key: the try of the submit call that created the run, so a try whose COMMIT
+    // reply was lost recognizes its own rows. ending: how many times the run has ended
+    // (retryDead re-opens it), so each outcome is told apart. handlers: the @OnTerminal
+    // handlers live processes host, so deliveries do not depend on who ends a run.
     version: 3,
-    name: 'runs.submit_key, runs.ending',
+    name: 'runs.submit_key, runs.ending, handlers',
     statements: (p) => [
       `ALTER TABLE \`${p}runs\` ADD COLUMN \`submit_key\` CHAR(26) ${ASCII} NULL`,
       `ALTER TABLE \`${p}runs\` ADD COLUMN \`ending\` INT UNSIGNED NOT NULL DEFAULT 0`,
+      `CREATE TABLE IF NOT EXISTS \`${p}handlers\` (
+        \`queue\` VARCHAR(191) NOT NULL,
+        \`workflow\` VARCHAR(128) ${ASCII} NOT NULL,
+        \`seen_at\` BIGINT NOT NULL,
+        PRIMARY KEY (\`queue\`, \`workflow\`),
+        KEY \`ix_workflow\` (\`workflow\`)
+      ) ${TABLE}`,
     ],
   },
 ];
@@ -158,7 +166,7 @@ export function createWorkflowMigrations(tablePrefix = 'workflow_'): Array<new (
       }
       async down(queryRunner: QueryRunner): Promise<void> {
         if (m.version === 1) {
-          for (const t of ['dead', 'jobs', 'runs', 'migrations']) {
+          for (const t of ['handlers', 'dead', 'jobs', 'runs', 'migrations']) {
             await queryRunner.query(`DROP TABLE IF EXISTS \`${tablePrefix}${t}\``);
           }
         }
