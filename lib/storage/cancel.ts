@@ -1,3 +1,4 @@
+import { CommitUnknownError } from './sql-client.js';
 import { JobState } from './storage.types.js';
 import { CLAIM_COLUMNS, type JobRow, type StorageContext, toClaimed } from './tables.js';
 import { deleteJobs, endRun, isLive, type LockedRun } from './transitions.js';
@@ -13,9 +14,26 @@ export type CancelResult = 'cancelled' | 'cancelling' | 'already-cancelling' | f
  * Locks:   the run's current job row, then the run row (the global order), re-checking
  *          that the run did not move to another step in between.
  * Crash:   before COMMIT, nothing changes; after, the worker sees `cancelling` (at once
- *          in-process, within about a second by polling) and settles `cancelled`.
+ *          in-process, within about a second by polling) and settles `cancelled`. A COMMIT
+ *          whose reply is lost is judged by the run's state, and the cancel tried again if
+ *          it did not land, so the answer is true whenever the run is being cancelled.
  */
 export async function cancelRun(ctx: StorageContext, runId: string): Promise<CancelResult> {
+  for (let lost = 0; ; lost++) {
+    const seen: { intended: CancelResult } = { intended: false };
+    try {
+      return await cancelOnce(ctx, runId, (r) => (seen.intended = r));
+    } catch (err) {
+      if (!(err instanceof CommitUnknownError) || lost >= 3) throw err;
+      // Whether the unanswered COMMIT landed shows in the run's state; if not, cancel again.
+      const [run] = await ctx.client.query<Array<{ state: string }>>(`SELECT \`state\` FROM ${ctx.t.runs} WHERE \`id\` = ?`, [runId]);
+      if (seen.intended === 'cancelled' && run?.state === 'cancelled') return 'cancelled';
+      if (seen.intended === 'cancelling' && (run?.state === 'cancelling' || run?.state === 'cancelled')) return 'cancelling';
+    }
+  }
+}
+
+async function cancelOnce(ctx: StorageContext, runId: string, writing: (r: CancelResult) => void): Promise<CancelResult> {
   const { t } = ctx;
   return ctx.client.transaction(async (sql) => {
     for (;;) {
@@ -41,9 +59,11 @@ export async function cancelRun(ctx: StorageContext, runId: string): Promise<Can
       const job = jobs[0];
       const now = ctx.now();
       if (job && Number(job.state) === JobState.Leased) {
+        writing('cancelling');
         await sql.query(`UPDATE ${t.runs} SET \`state\` = 'cancelling', \`updated_at\` = ? WHERE \`id\` = ?`, [now, runId]);
         return 'cancelling';
       }
+      writing('cancelled');
       if (job) await sql.query(...deleteJobs(t, [job.id]));
       const at = job
         ? toClaimed(job, '', Number(job.attempts))

@@ -1,4 +1,4 @@
-import { runBatch } from './sql-client.js';
+import { CommitUnknownError, runBatch } from './sql-client.js';
 import { type ClaimedJob, JobState } from './storage.types.js';
 import { CLAIM_COLUMNS, type JobRow, type StorageContext, toClaimed } from './tables.js';
 
@@ -13,7 +13,9 @@ import { CLAIM_COLUMNS, type JobRow, type StorageContext, toClaimed } from './ta
  *          claimers pass each other.
  * Crash:   before COMMIT, nothing is claimed; after, a claim that loses its worker
  *          leaves leased rows the reaper returns when the lease expires, counting that
- *          delivery as an attempt.
+ *          delivery as an attempt. A COMMIT whose reply is lost: the rows leased to this
+ *          claim's token are read back and run (were they left, each would spend an
+ *          attempt without running).
  */
 export async function claimBatch(
   ctx: StorageContext,
@@ -22,6 +24,29 @@ export async function claimBatch(
   token: string,
   leaseMs: number,
   maxAttempts: number,
+): Promise<{ jobs: ClaimedJob[]; more: boolean }> {
+  let tried: string[] = [];
+  try {
+    return await leaseReady(ctx, queue, limit, token, leaseMs, maxAttempts, (ids) => (tried = ids));
+  } catch (err) {
+    if (!(err instanceof CommitUnknownError) || tried.length === 0) throw err;
+    const rows = await ctx.client.query<JobRow[]>(
+      `SELECT ${CLAIM_COLUMNS} FROM ${ctx.t.jobs} FORCE INDEX (PRIMARY)
+        WHERE \`id\` IN (?) AND \`state\` = ${JobState.Leased} AND \`lease_token\` = CONCAT(?, '/', \`id\`)`,
+      [tried, token],
+    );
+    return { jobs: rows.map((r) => toClaimed(r, `${token}/${r.id}`, Number(r.attempts))), more: true };
+  }
+}
+
+async function leaseReady(
+  ctx: StorageContext,
+  queue: string,
+  limit: number,
+  token: string,
+  leaseMs: number,
+  maxAttempts: number,
+  trying: (ids: string[]) => void,
 ): Promise<{ jobs: ClaimedJob[]; more: boolean }> {
   return ctx.client.transaction(async (sql) => {
     const found = await sql.query<JobRow[]>(
@@ -32,6 +57,7 @@ export async function claimBatch(
     );
     const rows = found.slice(0, limit);
     if (rows.length === 0) return { jobs: [], more: false };
+    trying(rows.map((r) => r.id));
     // The rows are locked by the SELECT, so the lease is right whatever the UPDATE
     // reports: it goes with the COMMIT in one round trip.
     await runBatch(

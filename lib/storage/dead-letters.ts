@@ -1,4 +1,5 @@
 import { ulid } from '../utils/ulid.js';
+import { CommitUnknownError } from './sql-client.js';
 import { type DeadRow, JobKind, type NewJob } from './storage.types.js';
 import type { StorageContext } from './tables.js';
 import { insertJobs } from './transitions.js';
@@ -34,10 +35,25 @@ export async function deadSteps(
  *          run active again at that step; the dead letter removed.
  * Locks:   the dead row, then the run row. (No job row exists yet: the new one is
  *          inserted.)
- * Crash:   before COMMIT, nothing changes; after, the run resumes from that step.
+ * Crash:   before COMMIT, nothing changes; after, the run resumes from that step. A
+ *          COMMIT whose reply is lost is judged by whether the dead letter is still there.
  * False when the dead letter is gone or its run has moved on since.
  */
 export async function retryDead(ctx: StorageContext, jobId: string, stepNumber?: number): Promise<boolean> {
+  for (let lost = 0; ; lost++) {
+    const seen = { wrote: false };
+    try {
+      return await redriveOnce(ctx, jobId, stepNumber, () => (seen.wrote = true));
+    } catch (err) {
+      if (!(err instanceof CommitUnknownError) || lost >= 3) throw err;
+      // The dead letter is gone only if the unanswered COMMIT landed; if not, try again.
+      const [left] = await ctx.client.query<unknown[]>(`SELECT 1 FROM ${ctx.t.dead} WHERE \`job_id\` = ?`, [jobId]);
+      if (seen.wrote && !left) return true;
+    }
+  }
+}
+
+async function redriveOnce(ctx: StorageContext, jobId: string, stepNumber: number | undefined, writing: () => void): Promise<boolean> {
   const { t } = ctx;
   return ctx.client.transaction(async (sql) => {
     const [dead] = await sql.query<DeadRow[]>(`SELECT * FROM ${t.dead} WHERE \`job_id\` = ? FOR UPDATE`, [jobId]);
@@ -57,6 +73,7 @@ export async function retryDead(ctx: StorageContext, jobId: string, stepNumber?:
       payload: dead.payload,
       headers: dead.headers,
     };
+    writing();
     if (job.kind === JobKind.Step) {
       const [run] = await sql.query<Array<{ state: string; current_step: number | string }>>(
         `SELECT \`state\`, \`current_step\` FROM ${t.runs} WHERE \`id\` = ? FOR UPDATE`,

@@ -29,6 +29,20 @@ export interface WriteResult {
   insertId?: number;
 }
 
+/**
+ * The connection broke after COMMIT was sent: the transaction may or may not have
+ * committed, and only the database can say which. Never retried blindly; each operation
+ * that can meet it looks for its own traces (a lease token, a submit key) and answers
+ * from what it finds. Counts as a connection error.
+ */
+export class CommitUnknownError extends Error {
+  readonly fatal = true;
+  constructor(cause: unknown) {
+    super(`the connection was lost while COMMIT was in flight (${(cause as Error)?.message ?? cause}); the outcome is unknown`, { cause });
+    this.name = 'CommitUnknownError';
+  }
+}
+
 const DEADLOCK = 1213;
 const LOCK_WAIT_TIMEOUT = 1205;
 
@@ -108,7 +122,7 @@ export class SqlClient {
       try {
         return await fn();
       } catch (err) {
-        if (!isConnectionError(err) || attempt >= 3) throw err;
+        if (!isConnectionError(err) || err instanceof CommitUnknownError || attempt >= 3) throw err;
         await new Promise((r) => setTimeout(r, 50 * (attempt + 1)));
       }
     }
@@ -170,12 +184,19 @@ export class SqlClient {
           }
           // Our own pool allows multiple statements: START rides with the first one.
           const tx = this.ownPool ? this.startingWithFirst(sql) : sql;
+          let commitSent = false;
           try {
             const result = await fn(tx);
             const own = tx as { started?: boolean; committed?: boolean };
-            if (!this.ownPool || (own.started && !own.committed)) await sql.query('COMMIT');
+            if (!this.ownPool || (own.started && !own.committed)) {
+              commitSent = true;
+              await sql.query('COMMIT');
+            }
             return result;
           } catch (err) {
+            if (isConnectionError(err) && (commitSent || (tx as { commitSent?: boolean }).commitSent)) {
+              throw new CommitUnknownError(err);
+            }
             await sql.query('ROLLBACK').catch(() => undefined);
             throw err;
           }
@@ -194,10 +215,11 @@ export class SqlClient {
    * transaction, and COMMIT with the last one when the caller asks. A failing statement
    * stops the rest of its round trip, COMMIT included; the transaction then rolls back.
    */
-  private startingWithFirst(sql: Sql): Sql & { started: boolean; committed: boolean } {
+  private startingWithFirst(sql: Sql): Sql & { started: boolean; committed: boolean; commitSent: boolean } {
     const tx = {
       started: false,
       committed: false,
+      commitSent: false,
       batch: async (statements: Array<[string, readonly unknown[]]>) => {
         const first = !tx.started;
         tx.started = true;
@@ -206,6 +228,7 @@ export class SqlClient {
         return first ? results.slice(1) : results;
       },
       batchAndCommit: async (statements: Array<[string, readonly unknown[]]>) => {
+        tx.commitSent = true;
         const results = await tx.batch([...statements, ['COMMIT', []]]);
         tx.committed = true;
         return results.slice(0, -1);

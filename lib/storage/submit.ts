@@ -1,6 +1,6 @@
 import type { EntityManager } from 'typeorm';
 import { WorkflowConfigError } from '../errors/workflow-config.error.js';
-import { runBatch, type Sql } from './sql-client.js';
+import { CommitUnknownError, runBatch, type Sql } from './sql-client.js';
 import { ulid } from '../utils/ulid.js';
 import type { NewRun } from './storage.types.js';
 import type { StorageContext } from './tables.js';
@@ -47,7 +47,14 @@ export async function submitRuns(
     }
     return ctx.client.inManager(manager, (sql) => insertRuns(ctx, sql, runs, check, false, tries));
   }
-  return ctx.client.transaction((sql) => insertRuns(ctx, sql, runs, check, true, tries));
+  for (let lost = 0; ; lost++) {
+    try {
+      return await ctx.client.transaction((sql) => insertRuns(ctx, sql, runs, check, true, tries));
+    } catch (err) {
+      // The next try finds what an unanswered COMMIT did by its submit key.
+      if (!(err instanceof CommitUnknownError) || lost >= 3) throw err;
+    }
+  }
 }
 
 async function insertRuns(

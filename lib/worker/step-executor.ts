@@ -6,7 +6,7 @@ import type { RunOutcome } from '../interfaces/run.interface.js';
 import { WorkflowConnection } from '../storage/workflow-connection.js';
 import { type ClaimedJob, JobKind, publicJobId } from '../storage/storage.types.js';
 import { endsRun, Settle, type Settlement } from '../storage/settlements.js';
-import { isConnectionError } from '../storage/sql-client.js';
+import { CommitUnknownError, isConnectionError } from '../storage/sql-client.js';
 import { serializeJson } from '../utils/json.js';
 import type { ResolvedWorkflowConfig } from '../workflow.config.js';
 import { WORKFLOW_CONFIG } from '../workflow.constants.js';
@@ -255,9 +255,12 @@ export class StepExecutor {
     // while the settlement commits.
     if (!(settlement.type === 'continue' && settlement.next.leaseToken)) exec.releaseSlot();
     const started = Date.now();
+    // Set once a try failed with its COMMIT possibly applied: a later 'lost' may be our own write.
+    let unanswered = false;
     for (let attempt = 1; ; attempt++) {
       try {
-        const result = await this.batcher.settle(exec.job, settlement);
+        let result = await this.batcher.settle(exec.job, settlement);
+        if (result === 'lost' && unanswered) result = await this.settledEarlier(exec, settlement);
         if (result === 'lost') {
           this.logger.warn(`${this.where(exec)}: lease lost before settling; outcome discarded (another delivery owns it).`);
           return;
@@ -283,6 +286,7 @@ export class StepExecutor {
         this.afterSettle(exec, settlement, result === 'cancelled');
         return;
       } catch (err) {
+        if (err instanceof CommitUnknownError) unanswered = true;
         if (!isConnectionError(err) || Date.now() - started > this.leaseMs) {
           this.logger.error(`${this.where(exec)}: could not settle (${(err as Error).message}); the lease will expire and the job run again.`);
           return;
@@ -291,6 +295,19 @@ export class StepExecutor {
         await new Promise((r) => setTimeout(r, Math.min(2000, 100 * 2 ** attempt)));
       }
     }
+  }
+
+  /**
+   * After a settlement whose COMMIT went unanswered, its retry finds the lease gone. A
+   * successor leased to this worker is recognized by its token (and then run here, or its
+   * lease would expire and spend an attempt); anything else cannot be told from a lost
+   * lease and is taken as applied, which only decides the local wake-ups that follow.
+   */
+  private async settledEarlier(exec: Execution, s: Settlement): Promise<'settled' | 'lost'> {
+    if (s.type !== 'continue' || !s.next.leaseToken) return 'settled';
+    const storage = await this.connection.ready();
+    const lost = await storage.renewLeases([{ id: s.next.id, token: s.next.leaseToken }], this.leaseMs);
+    return lost.length ? 'lost' : 'settled';
   }
 
   private afterSettle(exec: Execution, s: Settlement, cancelled: boolean): void {
