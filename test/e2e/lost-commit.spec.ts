@@ -1,0 +1,115 @@
+/**
+ * A connection that drops while COMMIT is in flight: the client cannot know whether the
+ * transaction committed. A proxy of the test's own cuts the connection right after
+ * forwarding a COMMIT (the server applies it, the reply never arrives) or right before
+ * (nothing applied). Either way every run ends exactly once, nothing is stranded, and
+ * every answer is true.
+ */
+import { Injectable } from '@nestjs/common';
+import type { TestingModule } from '@nestjs/testing';
+import { type Step, StepError, StepOutcome, StepRunner, WorkflowService } from 'nestjs-durable-workflow';
+import { startApp } from '../utils/app.js';
+import { CuttingProxy, type CutWhen } from '../utils/cutting-proxy.js';
+import { dropTables, uniquePrefix } from '../utils/db.js';
+
+/** Three steps, each continuing at once (in place), counting every delivery. */
+@Injectable()
+@StepRunner('chain')
+class ChainRunner {
+  calls = new Map<string, number>();
+  broken = new Set<string>();
+
+  runStep(step: Step<{ fail?: boolean }>) {
+    const key = `${step.runId}/${step.stepNumber}`;
+    this.calls.set(key, (this.calls.get(key) ?? 0) + 1);
+    if (step.payload.fail && !this.broken.has(step.runId)) {
+      this.broken.add(step.runId);
+      throw StepError.permanent('bug');
+    }
+    return step.stepNumber < 2 ? StepOutcome.continue(step.payload) : StepOutcome.succeed({ steps: 3 });
+  }
+}
+
+const isCommit = (sql: string) => /\bCOMMIT\s*$/.test(sql.trim());
+
+describe.each<CutWhen>(['after', 'before'])('a connection cut %s COMMIT', (when) => {
+  const prefix = uniquePrefix(`lost${when}`);
+  let proxy: CuttingProxy;
+  /** Works through the proxy: its claims and settlements are the ones cut. */
+  let worker: TestingModule;
+  /** Submits and controls through the proxy, runs nothing. */
+  let web: TestingModule;
+  let service: WorkflowService;
+  let runner: ChainRunner;
+
+  beforeAll(async () => {
+    proxy = await CuttingProxy.start({ target: { host: '127.0.0.1', port: 3306 } });
+    const through = { connection: { url: proxy.url('test') } };
+    worker = await startApp({
+      prefix,
+      providers: [ChainRunner],
+      options: through,
+      worker: { pollIntervalMs: 50, leaseMs: 1_000, shutdownTimeoutMs: 2_000 },
+    });
+    web = await startApp({ prefix, worker: false, options: { ...through, workflows: ['chain'] } });
+    service = web.get(WorkflowService);
+    runner = worker.get(ChainRunner);
+  });
+
+  afterAll(async () => {
+    await web?.close();
+    await worker?.close();
+    await proxy?.close();
+    await dropTables(prefix);
+  });
+
+  /** Each step of the run ran once and the run succeeded, with no dead letter. */
+  async function endsOnce(runId: string) {
+    const outcome = await service.waitForOutcome(runId, { timeoutMs: 20_000 });
+    expect(outcome).toMatchObject({ status: 'succeeded', result: { steps: 3 }, ending: 1 });
+    expect([0, 1, 2].map((s) => runner.calls.get(`${runId}/${s}`))).toEqual([1, 1, 1]);
+    expect((await service.deadSteps()).filter((d) => d.runId === runId)).toEqual([]);
+  }
+
+  it('a claim: the leased step runs once, with one attempt allowed', async () => {
+    const cut = proxy.cutOnce({ when, match: (sql) => isCommit(sql) && sql.includes('`attempts` = `attempts` + 1') });
+    const { runId } = await service.submit('chain', { input: {}, maxAttemptsPerStep: 1 });
+    await cut;
+    await endsOnce(runId);
+  });
+
+  it('a settlement whose successor runs in place: the successor is not stranded', async () => {
+    const cut = proxy.cutOnce({ when, match: (sql) => isCommit(sql) && /UPDATE \S*jobs\S* FORCE INDEX \(PRIMARY\) SET `step_number`/.test(sql) });
+    const { runId } = await service.submit('chain', { input: {}, maxAttemptsPerStep: 1 });
+    await cut;
+    await endsOnce(runId);
+  });
+
+  it('a submit: newlySubmitted is true and the run exists once', async () => {
+    const cut = proxy.cutOnce({ when, match: (sql) => isCommit(sql) && /INSERT INTO \S*jobs/.test(sql) });
+    const submitted = await service.submit('chain', { runId: `submit-${when}`, input: {} });
+    await cut;
+    expect(submitted).toEqual({ runId: `submit-${when}`, newlySubmitted: true });
+    await endsOnce(`submit-${when}`);
+  });
+
+  it('a cancel: the answer is true and the run ends cancelled once', async () => {
+    const { runId } = await service.submit('chain', { input: {}, delayMs: 60_000 });
+    const cut = proxy.cutOnce({ when, match: (sql, info) => sql.trim() === 'COMMIT' && info.connection > 0 });
+    expect(await service.cancel(runId)).toBe(true);
+    await cut;
+    expect(await service.waitForOutcome(runId, { timeoutMs: 5_000 })).toMatchObject({ status: 'cancelled', ending: 1 });
+  });
+
+  it('a retryDead: the answer is true and the run resumes once', async () => {
+    const { runId } = await service.submit('chain', { input: { fail: true } });
+    expect(await service.waitForOutcome(runId, { timeoutMs: 10_000 })).toMatchObject({ status: 'failed' });
+    const [dead] = (await service.deadSteps()).filter((d) => d.runId === runId);
+    const cut = proxy.cutOnce({ when, match: (sql) => sql.trim() === 'COMMIT' });
+    expect(await service.retryDead(dead.jobId)).toBe(true);
+    await cut;
+    expect(await service.waitForOutcome(runId, { timeoutMs: 10_000 })).toMatchObject({ status: 'succeeded', ending: 2 });
+    expect(runner.calls.get(`${runId}/0`)).toBe(2);
+    expect(runner.calls.get(`${runId}/2`)).toBe(1);
+  });
+});
