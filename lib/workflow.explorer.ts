@@ -36,6 +36,8 @@ export class WorkflowExplorer implements OnModuleInit {
     const registry = this.registry;
     if (registry.runners.size || registry.handlers.size) return;
     registry.maxAttempts = this.config.defaults.maxAttempts;
+    const worker = this.config.worker;
+    registry.claims = !worker ? 'none' : worker.workflows ? new Set(worker.workflows) : 'all';
     const owners = new Map<string, { cls: Class; wrapper: InstanceWrapper }>();
     const seenHosts = new Set<unknown>();
 
@@ -64,7 +66,7 @@ export class WorkflowExplorer implements OnModuleInit {
       }
     }
     for (const [name, runner] of registry.runners) {
-      this.logger.log(`Workflow "${name}" → ${runner.label}: ${this.runsHere(name) ? 'runs in this process' : 'submit only here'}`);
+      this.logger.log(`Workflow "${name}" → ${runner.label}: ${registry.runsHere(name) ? 'runs in this process' : 'submit only here'}`);
     }
     for (const name of this.config.workflows) {
       if (!registry.runners.has(name)) this.logger.log(`Workflow "${name}": submit only here (runner in another process)`);
@@ -72,12 +74,6 @@ export class WorkflowExplorer implements OnModuleInit {
     for (const h of registry.handlers.values()) {
       this.logger.log(`Terminal handler ${h.label} for ${h.workflows ? [...h.workflows].join(', ') : 'every workflow'}`);
     }
-  }
-
-  /** Whether this process's worker claims steps of `name`. */
-  runsHere(name: string): boolean {
-    const worker = this.config.worker;
-    return !!worker && this.registry.runners.has(name) && (!worker.workflows || worker.workflows.includes(name));
   }
 
   /**

@@ -37,7 +37,15 @@ export class WorkflowRegistry {
   /** Names `submit` accepts: discovered runners plus `options.workflows`. */
   readonly submittable = new Set<string>();
   maxAttempts = 3;
+  /** Workflows this process's worker claims: every hosted one, a listed subset, or none (`worker: false`). */
+  claims: 'all' | 'none' | ReadonlySet<string> = 'none';
   private readonly fanout = new Map<string, readonly string[]>();
+
+  /** Whether this process's worker claims steps of `name`. */
+  runsHere(name: string): boolean {
+    if (!this.runners.has(name) || this.claims === 'none') return false;
+    return this.claims === 'all' || this.claims.has(name);
+  }
 
   /** Queues of this process's handlers that want `workflow` (other processes may host more). */
   queuesFor(workflow: string): readonly string[] {

@@ -8,7 +8,6 @@ import {
 import { randomBytes } from 'node:crypto';
 import type { ResolvedWorkerConfig, ResolvedWorkflowConfig } from '../workflow.config.js';
 import { WORKFLOW_CONFIG } from '../workflow.constants.js';
-import { WorkflowExplorer } from '../workflow.explorer.js';
 import { WorkflowRegistry } from '../workflow.registry.js';
 import { WorkflowConnection } from '../storage/workflow-connection.js';
 import type { WorkflowStorage } from '../storage/workflow.storage.js';
@@ -69,7 +68,6 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
   constructor(
     @Inject(WORKFLOW_CONFIG) private readonly config: ResolvedWorkflowConfig,
     private readonly registry: WorkflowRegistry,
-    private readonly explorer: WorkflowExplorer,
     private readonly connection: WorkflowConnection,
     private readonly executor: StepExecutor,
     private readonly notifier: WorkflowNotifier,
@@ -95,7 +93,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
     const opts = this.options;
     this.queues = [];
     for (const [name, runner] of this.registry.runners) {
-      if (this.explorer.runsHere(name)) {
+      if (this.registry.runsHere(name)) {
         this.queues.push({
           name,
           workflow: name,
