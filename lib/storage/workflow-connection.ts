@@ -12,6 +12,7 @@ import type { ResolvedWorkflowConfig } from '../workflow.config.js';
 import { WORKFLOW_CONFIG } from '../workflow.constants.js';
 import { WorkflowRegistry } from '../workflow.registry.js';
 import { type ConnectionTarget, connectionTarget } from './connection-target.js';
+import { WORKFLOW_SCHEMA } from './schema/migrations.js';
 import { migrate } from './schema/migrator.js';
 import { SqlClient } from './sql-client.js';
 import { WorkflowStorage } from './workflow.storage.js';
@@ -119,12 +120,23 @@ export class WorkflowConnection implements OnModuleInit, OnApplicationShutdown {
     if (this.config.autoMigrate) {
       await migrate(client, prefix, now);
     } else {
-      await client.query(`SELECT 1 FROM \`${prefix}jobs\` LIMIT 0`).catch((err) => {
+      const rows = await client
+        .query<Array<{ version: number | string }>>(`SELECT \`version\` FROM \`${prefix}migrations\``)
+        .catch((err) => {
+          throw new WorkflowConfigError(
+            `autoMigrate is off and the workflow tables ("${prefix}migrations"...) are missing (${(err as Error).message}). ` +
+              'Run the migrations from createWorkflowMigrations(tablePrefix) / WORKFLOW_MIGRATIONS, or set autoMigrate: true.',
+          );
+        });
+      // An older schema would fail at the first statement that needs a newer column.
+      const applied = new Set(rows.map((r) => Number(r.version)));
+      const missing = WORKFLOW_SCHEMA.filter((m) => !applied.has(m.version)).map((m) => m.version);
+      if (missing.length) {
         throw new WorkflowConfigError(
-          `autoMigrate is off and the workflow tables ("${prefix}jobs"...) are missing (${(err as Error).message}). ` +
+          `autoMigrate is off and the workflow schema ("${prefix}...") lacks version(s) ${missing.join(', ')}. ` +
             'Run the migrations from createWorkflowMigrations(tablePrefix) / WORKFLOW_MIGRATIONS, or set autoMigrate: true.',
         );
-      });
+      }
     }
     const storage = new WorkflowStorage(client, prefix, now, this.config.defaults.maxAttempts);
     await storage.loadHandlers();

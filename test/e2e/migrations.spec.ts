@@ -70,3 +70,24 @@ describe('a migration cut off by a crash', () => {
     }
   });
 });
+
+describe('autoMigrate: false on an older schema', () => {
+  it('refuses to start, naming the missing version, instead of failing at the first statement', async () => {
+    const prefix = uniquePrefix('oldschema');
+    const app = await startApp({ prefix, worker: false });
+    await app.close();
+    const conn = await rawConnection();
+    try {
+      await conn.query(`DELETE FROM \`${prefix}migrations\` WHERE version = 3`);
+      const err = await startApp({ prefix, worker: false, options: { autoMigrate: false } }).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      expect(err).toBeInstanceOf(WorkflowConfigError);
+      expect(err?.message).toMatch(/lacks version\(s\) 3/);
+    } finally {
+      await conn.end();
+      await dropTables(prefix);
+    }
+  });
+});
