@@ -7,7 +7,7 @@ import type {
 } from './interfaces/workflow-module-options.interface.js';
 import { connectionTarget } from './storage/connection-target.js';
 import { DEFAULTS, TABLE_PREFIX_PATTERN, WORKFLOW_NAME_PATTERN } from './workflow.constants.js';
-import type { BackoffPolicy } from './worker/backoff.js';
+import type { BackoffPolicy } from './interfaces/backoff-policy.interface.js';
 
 export interface ResolvedWorkerConfig {
   concurrency: number;

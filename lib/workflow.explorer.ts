@@ -8,6 +8,7 @@ import { assertWorkflowName, backoff, int, type ResolvedWorkflowConfig } from '.
 import { WORKFLOW_CONFIG } from './workflow.constants.js';
 import { WorkflowMetadataAccessor } from './workflow-metadata.accessor.js';
 import { WorkflowRegistry } from './workflow.registry.js';
+import { terminalQueue } from './storage/storage.types.js';
 
 type Class = abstract new (...args: any[]) => any;
 
@@ -17,7 +18,7 @@ type Class = abstract new (...args: any[]) => any;
  */
 @Injectable()
 export class WorkflowExplorer implements OnModuleInit {
-  private readonly logger = new Logger('WorkflowModule');
+  private readonly logger = new Logger(WorkflowExplorer.name);
 
   constructor(
     private readonly discovery: DiscoveryService,
@@ -150,8 +151,8 @@ export class WorkflowExplorer implements OnModuleInit {
       meta.workflows?.forEach((w) => assertWorkflowName(w, `@OnTerminal on ${cls.name}#${method}`));
       const label = `${cls.name}#${method}`;
       const resolve = this.resolver<Record<string, (o: RunOutcome) => unknown>>(wrapper);
-      let queue = `~terminal:${label}`;
-      for (let i = 2; this.registry.handlers.has(queue); i++) queue = `~terminal:${label}:${i}`;
+      let queue = terminalQueue(label);
+      for (let i = 2; this.registry.handlers.has(queue); i++) queue = terminalQueue(`${label}:${i}`);
       this.registry.handlers.set(queue, {
         queue,
         label,

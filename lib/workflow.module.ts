@@ -9,7 +9,7 @@ import { WorkflowRegistry } from './workflow.registry.js';
 import { WorkflowService } from './workflow.service.js';
 import { WorkflowConnection } from './storage/workflow-connection.js';
 import { StepExecutor } from './worker/step-executor.js';
-import { WorkflowNotifier } from './worker/workflow.notifier.js';
+import { WorkflowNotifier } from './workflow.notifier.js';
 import { WorkflowWorker } from './worker/workflow.worker.js';
 import type { WorkflowModuleOptions } from './interfaces/workflow-module-options.interface.js';
 

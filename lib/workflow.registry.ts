@@ -1,7 +1,7 @@
 import { Injectable } from '@nestjs/common';
 import type { StepRunner } from './interfaces/step-runner.interface.js';
 import type { RunOutcome } from './interfaces/run.interface.js';
-import type { BackoffPolicy } from './worker/backoff.js';
+import type { BackoffPolicy } from './interfaces/backoff-policy.interface.js';
 
 export interface RunnerBinding {
   name: string;

@@ -20,13 +20,13 @@ import type {
 } from './interfaces/run.interface.js';
 import { isConnectionError } from './storage/sql-client.js';
 import { WorkflowConnection } from './storage/workflow-connection.js';
-import { JobKind, JobState, type NewRun, parseJobId, publicJobId, type RunRow } from './storage/storage.types.js';
+import { handlerOf, JobKind, JobState, type NewRun, parseJobId, publicJobId, type RunRow, RunRowState } from './storage/storage.types.js';
 import { hashJson, parseJson, serializeJson } from './utils/json.js';
 import { ulid } from './utils/ulid.js';
 import type { ResolvedWorkflowConfig } from './workflow.config.js';
 import { RESERVED_HEADER_PREFIX, RUN_ID_PATTERN, WORKFLOW_CONFIG, WORKFLOW_NAME_PATTERN } from './workflow.constants.js';
 import { WorkflowRegistry } from './workflow.registry.js';
-import { WorkflowNotifier } from './worker/workflow.notifier.js';
+import { WorkflowNotifier } from './workflow.notifier.js';
 
 const TERMINAL = new Set<string>(['succeeded', 'failed', 'cancelled']);
 
@@ -168,7 +168,7 @@ export class WorkflowService {
     return row ? { status: toStatus(row), ending: Number(row.ending) } : null;
   }
 
-  private readonly waitLogger = new Logger('WorkflowService');
+  private readonly waitLogger = new Logger(WorkflowService.name);
   /** True from a wait's first failed poll to the next good one: an outage is logged once, not per poll and waiter. */
   private waitOutage = false;
 
@@ -252,7 +252,7 @@ export class WorkflowService {
       attempts: Number(r.attempts),
       lastError: r.last_error,
       deadAt: new Date(Number(r.dead_at)),
-      ...(Number(r.kind) === JobKind.Terminal ? { handler: r.queue.replace(/^~terminal:/, '') } : {}),
+      ...(Number(r.kind) === JobKind.Terminal ? { handler: handlerOf(r.queue) } : {}),
     }));
   }
 
@@ -281,9 +281,9 @@ function optionalInt(value: unknown, name: string, min: number): number | undefi
 
 function toStatus(row: RunRow): RunStatus {
   let state: RunState;
-  if (row.state === 'active') state = Number(row.job_state) === JobState.Leased ? 'running' : 'pending';
+  if (row.state === RunRowState.Active) state = Number(row.job_state) === JobState.Leased ? 'running' : 'pending';
   else state = row.state as RunState;
-  const active = row.state === 'active' || row.state === 'cancelling';
+  const active = row.state === RunRowState.Active || row.state === RunRowState.Cancelling;
   const status: RunStatus = {
     runId: row.id,
     workflow: row.workflow,

@@ -1,5 +1,5 @@
 import { CommitUnknownError } from './sql-client.js';
-import { JobState } from './storage.types.js';
+import { JobState, RunRowState } from './storage.types.js';
 import { CLAIM_COLUMNS, type JobRow, type StorageContext, toClaimed } from './tables.js';
 import { deleteJobs, endRun, isLive, type LockedRun } from './transitions.js';
 
@@ -28,7 +28,7 @@ export async function cancelRun(ctx: StorageContext, runId: string): Promise<Can
       // Whether the unanswered COMMIT landed shows in the run's state; if not, cancel again.
       const [run] = await ctx.client.query<Array<{ state: string }>>(`SELECT \`state\` FROM ${ctx.t.runs} WHERE \`id\` = ?`, [runId]);
       if (seen.intended === 'cancelled' && run?.state === 'cancelled') return 'cancelled';
-      if (seen.intended === 'cancelling' && (run?.state === 'cancelling' || run?.state === 'cancelled')) return 'cancelling';
+      if (seen.intended === 'cancelling' && (run?.state === RunRowState.Cancelling || run?.state === 'cancelled')) return 'cancelling';
     }
   }
 }
@@ -42,7 +42,7 @@ async function cancelOnce(ctx: StorageContext, runId: string, writing: (r: Cance
         [runId],
       );
       if (!peek || !isLive(peek.state)) return false;
-      if (peek.state === 'cancelling') return 'already-cancelling';
+      if (peek.state === RunRowState.Cancelling) return 'already-cancelling';
       const jobs = peek.current_job_id
         ? await sql.query<Array<JobRow & { state: number | string }>>(
             `SELECT ${CLAIM_COLUMNS}, \`state\` FROM ${t.jobs} WHERE \`id\` = ? FOR UPDATE`,
@@ -54,13 +54,13 @@ async function cancelOnce(ctx: StorageContext, runId: string, writing: (r: Cance
         [runId],
       );
       if (!run || !isLive(run.state)) return false;
-      if (run.state === 'cancelling') return 'already-cancelling';
+      if (run.state === RunRowState.Cancelling) return 'already-cancelling';
       if (run.current_job_id !== peek.current_job_id) continue; // moved on meanwhile
       const job = jobs[0];
       const now = ctx.now();
       if (job && Number(job.state) === JobState.Leased) {
         writing('cancelling');
-        await sql.query(`UPDATE ${t.runs} SET \`state\` = 'cancelling', \`updated_at\` = ? WHERE \`id\` = ?`, [now, runId]);
+        await sql.query(`UPDATE ${t.runs} SET \`state\` = '${RunRowState.Cancelling}', \`updated_at\` = ? WHERE \`id\` = ?`, [now, runId]);
         return 'cancelling';
       }
       writing('cancelled');

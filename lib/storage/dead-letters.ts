@@ -1,6 +1,6 @@
 import { ulid } from '../utils/ulid.js';
 import { CommitUnknownError } from './sql-client.js';
-import { type DeadRow, JobKind, type NewJob } from './storage.types.js';
+import { type DeadRow, JobKind, type NewJob, RunRowState } from './storage.types.js';
 import type { StorageContext } from './tables.js';
 import { insertJobs } from './transitions.js';
 
@@ -81,7 +81,7 @@ async function redriveOnce(ctx: StorageContext, jobId: string, stepNumber: numbe
       );
       if (!run || run.state !== 'failed' || Number(run.current_step) !== job.stepNumber) return false;
       await sql.query(
-        `UPDATE ${t.runs} SET \`state\` = 'active', \`current_job_id\` = ?, \`attempts\` = 0, \`result\` = NULL, \`error\` = NULL,
+        `UPDATE ${t.runs} SET \`state\` = '${RunRowState.Active}', \`current_job_id\` = ?, \`attempts\` = 0, \`result\` = NULL, \`error\` = NULL,
           \`finished_at\` = NULL, \`updated_at\` = ? WHERE \`id\` = ?`,
         [job.id, now, dead.run_id],
       );

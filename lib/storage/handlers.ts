@@ -1,5 +1,5 @@
 import type { Sql } from './sql-client.js';
-import { JobKind, JobState } from './storage.types.js';
+import { handlerOf, JobKind, JobState, TERMINAL_QUEUE_PREFIX } from './storage.types.js';
 import { CLAIM_COLUMNS, type JobRow, type StorageContext, toClaimed } from './tables.js';
 import { insertDead, type Statement } from './transitions.js';
 
@@ -108,7 +108,7 @@ export async function expireHandlers(ctx: StorageContext, limit = 200): Promise<
     await sql.query(`DELETE FROM ${ctx.t.handlers} WHERE \`seen_at\` < ?`, [cutoff]);
     const queues = (
       await sql.query<Array<{ queue: string }>>(
-        `SELECT \`queue\` FROM ${ctx.t.jobs} FORCE INDEX (\`ix_claim\`) WHERE \`queue\` LIKE '~terminal:%' GROUP BY \`queue\``,
+        `SELECT \`queue\` FROM ${ctx.t.jobs} FORCE INDEX (\`ix_claim\`) WHERE \`queue\` LIKE '${TERMINAL_QUEUE_PREFIX}%' GROUP BY \`queue\``,
       )
     ).map((r) => r.queue);
     if (queues.length === 0) return 0;
@@ -127,7 +127,7 @@ export async function expireHandlers(ctx: StorageContext, limit = 200): Promise<
     );
     for (const row of rows) {
       const job = toClaimed(row, '', Number(row.attempts));
-      const handler = job.queue.replace(/^~terminal:/, '');
+      const handler = handlerOf(job.queue);
       const error =
         `no running process hosts the @OnTerminal handler ${handler} (renamed or removed?): ` +
         `not seen for ${Math.round(HANDLER_TTL_MS / 60_000)} minutes. retryDead() re-drives this delivery once a process hosts it again.`;

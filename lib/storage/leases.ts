@@ -1,5 +1,5 @@
 import type { WriteResult } from './sql-client.js';
-import { JobState } from './storage.types.js';
+import { JobState, RunRowState } from './storage.types.js';
 import type { StorageContext } from './tables.js';
 
 /**
@@ -28,7 +28,7 @@ export async function renewLeases(ctx: StorageContext, jobs: Array<{ id: string;
 export async function cancellingAmong(ctx: StorageContext, runIds: string[]): Promise<string[]> {
   if (runIds.length === 0) return [];
   const rows = await ctx.client.query<Array<{ id: string }>>(
-    `SELECT \`id\` FROM ${ctx.t.runs} WHERE \`id\` IN (?) AND \`state\` = 'cancelling'`,
+    `SELECT \`id\` FROM ${ctx.t.runs} WHERE \`id\` IN (?) AND \`state\` = '${RunRowState.Cancelling}'`,
     [runIds],
   );
   return rows.map((r) => r.id);

@@ -2,7 +2,7 @@ import { withNamedLock } from './named-lock.js';
 import type { WriteResult } from './sql-client.js';
 import { settleOne } from './settle.js';
 import { Settle } from './settlements.js';
-import { JobKind, JobState } from './storage.types.js';
+import { JobKind, JobState, RunRowState } from './storage.types.js';
 import { CLAIM_COLUMNS, type JobRow, type StorageContext, toClaimed } from './tables.js';
 
 /**
@@ -33,7 +33,7 @@ export async function reapExpired(
       stepRunIds.length
         ? (
             await sql.query<Array<{ id: string }>>(
-              `SELECT \`id\` FROM ${t.runs} WHERE \`id\` IN (?) AND \`state\` = 'cancelling'`,
+              `SELECT \`id\` FROM ${t.runs} WHERE \`id\` IN (?) AND \`state\` = '${RunRowState.Cancelling}'`,
               [stepRunIds],
             )
           ).map((r) => r.id)

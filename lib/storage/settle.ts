@@ -1,7 +1,7 @@
 import { noHandlersGuard, queuesByWorkflow, readHandlers } from './handlers.js';
 import { runBatch, type Sql, type WriteResult } from './sql-client.js';
 import { kindOf, type Settlement } from './settlements.js';
-import { type ClaimedJob, JobKind, type NewJob, type SettleResult } from './storage.types.js';
+import { type ClaimedJob, JobKind, type NewJob, RunRowState, type SettleResult } from './storage.types.js';
 import type { StorageContext } from './tables.js';
 import {
   advanceRuns,
@@ -144,7 +144,7 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
 
   const runs = results[first.length - 1] as LockedRun[];
   const queuesFor = queuesByWorkflow(ctx, results[first.length - 2] as Array<{ workflow: string; queue: string }>, workflows);
-  if (runs.length !== ending.length || runs.some((r) => r.state !== 'active')) throw CAREFUL;
+  if (runs.length !== ending.length || runs.some((r) => r.state !== RunRowState.Active)) throw CAREFUL;
   const byId = new Map(runs.map((r) => [r.id, r]));
   const ends = ending.map(runEnd);
   const jobs = ends.flatMap((e) => {
@@ -184,7 +184,7 @@ export async function settleOne(ctx: StorageContext, sql: Sql, item: SettleItem)
     await sql.query(...insertDead(ctx.t, job, `run ${job.runId} is missing or already finished; step not applied`, now));
     return 'settled';
   }
-  if (run.state === 'cancelling') {
+  if (run.state === RunRowState.Cancelling) {
     if (stillThere) await sql.query(...deleteJobs(ctx.t, [job.id]));
     await endRun(sql, ctx, run, { ...runEnd({ job, settlement: { type: 'observeCancel' } }) }, now);
     return settlement.type === 'observeCancel' ? 'settled' : 'cancelled';

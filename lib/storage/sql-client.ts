@@ -87,7 +87,7 @@ function run<T>(conn: RawConnection, sql: string, params?: readonly unknown[]): 
  * statements and the runner's per-query bookkeeping would dominate it.
  */
 export class SqlClient {
-  private readonly logger = new Logger('WorkflowStorage');
+  private readonly logger = new Logger(SqlClient.name);
   conflictRetries = 0;
   /** Connections of our own pool already switched to READ COMMITTED for their whole session. */
   private readonly readCommitted = new WeakSet<RawConnection>();

@@ -1,6 +1,23 @@
 export const JobKind = { Step: 0, Terminal: 1 } as const;
 export type JobKind = (typeof JobKind)[keyof typeof JobKind];
 
+/**
+ * A run row's own states. A live run is active (its current step waits or runs) or
+ * cancelling (a cancel() reached its running step); the others are the terminal statuses.
+ * `pending` / `running` in RunStatus are derived from the current job.
+ */
+export const RunRowState = { Active: 'active', Cancelling: 'cancelling' } as const;
+
+/**
+ * Terminal deliveries of one @OnTerminal handler share a queue named after it: stable
+ * across deploys as long as the class and method keep their names.
+ */
+export const TERMINAL_QUEUE_PREFIX = '~terminal:';
+export const terminalQueue = (label: string): string => `${TERMINAL_QUEUE_PREFIX}${label}`;
+/** The `Class#method` a terminal queue belongs to. */
+export const handlerOf = (queue: string): string =>
+  queue.startsWith(TERMINAL_QUEUE_PREFIX) ? queue.slice(TERMINAL_QUEUE_PREFIX.length) : queue;
+
 /** Ready: claimable now. Scheduled: waiting for run_at, promoted when due. Leased: a worker holds it. */
 export const JobState = { Ready: 0, Scheduled: 1, Leased: 2 } as const;
 

@@ -2,7 +2,7 @@ import type { EntityManager } from 'typeorm';
 import { WorkflowConfigError } from '../errors/workflow-config.error.js';
 import { CommitUnknownError, runBatch, type Sql } from './sql-client.js';
 import { ulid } from '../utils/ulid.js';
-import type { NewRun } from './storage.types.js';
+import { type NewRun, RunRowState } from './storage.types.js';
 import type { StorageContext } from './tables.js';
 import { insertJobs } from './transitions.js';
 
@@ -77,7 +77,7 @@ async function insertRuns(
         \`max_attempts\`, \`submitted_at\`, \`updated_at\`, \`submit_key\`) VALUES ? ON DUPLICATE KEY UPDATE \`id\` = \`id\``,
       [
         runs.map((r) => [
-          r.id, r.workflow, 'active', 0, r.firstJob.id, r.inputHash, r.headers, r.priority, r.maxAttempts,
+          r.id, r.workflow, RunRowState.Active, 0, r.firstJob.id, r.inputHash, r.headers, r.priority, r.maxAttempts,
           r.submittedAt, r.submittedAt, key,
         ]),
       ],

@@ -17,7 +17,7 @@ import { DEFAULTS } from '../workflow.constants.js';
 import type { Sql } from './sql-client.js';
 import type { RunEnding } from './settlements.js';
 import { handlerQueues } from './handlers.js';
-import { type ClaimedJob, JobKind, JobState, type NewJob } from './storage.types.js';
+import { type ClaimedJob, JobKind, JobState, type NewJob, RunRowState } from './storage.types.js';
 import { JOB_COLUMNS, type StorageContext, type Tables } from './tables.js';
 
 export type Statement = [string, unknown[]];
@@ -122,7 +122,7 @@ export function advanceRuns(t: Tables, moves: Array<{ runId: string; stepNumber:
   const when = moves.map(() => 'WHEN ? THEN ?').join(' ');
   return [
     `UPDATE ${t.runs} FORCE INDEX (PRIMARY) SET \`current_step\` = CASE \`id\` ${when} END, \`updated_at\` = ?
-      WHERE \`id\` IN (?) AND \`state\` = 'active'`,
+      WHERE \`id\` IN (?) AND \`state\` = '${RunRowState.Active}'`,
     [...moves.flatMap((m) => [m.runId, m.stepNumber]), now, moves.map((m) => m.runId)],
   ];
 }
@@ -140,7 +140,7 @@ export function endRuns(t: Tables, ends: RunEnd[], now: number, onlyActive: bool
   return [
     `UPDATE ${t.runs} FORCE INDEX (PRIMARY) SET \`state\` = CASE \`id\` ${when} END, \`result\` = CASE \`id\` ${when} END,
       \`error\` = CASE \`id\` ${when} END, \`current_step\` = CASE \`id\` ${when} END, \`attempts\` = CASE \`id\` ${when} END,
-      \`current_job_id\` = NULL, \`ending\` = \`ending\` + 1, \`finished_at\` = ?, \`updated_at\` = ? WHERE \`id\` IN (?)${onlyActive ? " AND `state` = 'active'" : ''}`,
+      \`current_job_id\` = NULL, \`ending\` = \`ending\` + 1, \`finished_at\` = ?, \`updated_at\` = ? WHERE \`id\` IN (?)${onlyActive ? ` AND \`state\` = '${RunRowState.Active}'` : ''}`,
     [
       ...ends.flatMap((e) => [e.runId, e.status]),
       ...ends.flatMap((e) => [e.runId, e.result ?? null]),
@@ -173,7 +173,7 @@ export function lockRuns(t: Tables, runIds: string[]): Statement {
 }
 
 /** A run that a step may still move: anything else means a hand-edited table. */
-export const isLive = (state: string | undefined) => state === 'active' || state === 'cancelling';
+export const isLive = (state: string | undefined) => state === RunRowState.Active || state === RunRowState.Cancelling;
 
 /** One delivery per handler queue in `queues`, carrying the whole outcome. */
 export function deliveries(
@@ -217,7 +217,7 @@ export async function endRun(
   now: number,
 ): Promise<RunEnding> {
   const d: RunEnd & { priority: number; headers: string } =
-    run.state === 'cancelling' ? { ...end, status: 'cancelled', result: undefined, error: undefined } : end;
+    run.state === RunRowState.Cancelling ? { ...end, status: 'cancelled', result: undefined, error: undefined } : end;
   await sql.query(...endRuns(ctx.t, [d], now, false));
   const queuesFor = await handlerQueues(ctx, sql, [run.workflow]);
   const jobs = deliveries(queuesFor(run.workflow), ctx.deliveryAttempts, d, run, now);

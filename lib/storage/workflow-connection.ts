@@ -49,7 +49,7 @@ const NOT_TRANSIENT_ERRNOS = new Set([
  */
 @Injectable()
 export class WorkflowConnection implements OnModuleInit, OnApplicationShutdown {
-  private readonly logger = new Logger('WorkflowModule');
+  private readonly logger = new Logger(WorkflowConnection.name);
   private starting?: Promise<WorkflowStorage>;
   private ownDataSource?: DataSource;
   /** A shared DataSource this module had to initialize: closed again if startup fails. */

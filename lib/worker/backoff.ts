@@ -1,7 +1,6 @@
-export interface BackoffPolicy {
-  baseMs: number;
-  maxMs: number;
-}
+import type { BackoffPolicy } from '../interfaces/backoff-policy.interface.js';
+
+export type { BackoffPolicy };
 
 /**
  * Delay before delivery `attempts + 1` after `attempts` failed ones: exponential from

@@ -10,7 +10,7 @@ import type { Execution } from './execution.js';
  * lease has two more thirds to go before anyone else may take the job.
  */
 export class LeaseKeeper {
-  private readonly logger = new Logger('WorkflowWorker');
+  private readonly logger = new Logger(LeaseKeeper.name);
   private renewTimer?: NodeJS.Timeout;
   private cancelTimer?: NodeJS.Timeout;
   private busy = { renew: false, cancel: false };

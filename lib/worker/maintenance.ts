@@ -7,7 +7,7 @@ import type { HostedHandler, WorkflowStorage } from '../storage/workflow.storage
  * and dead letters past retention. Errors are logged and tried again next tick.
  */
 export class Maintenance {
-  private readonly logger = new Logger('WorkflowMaintenance');
+  private readonly logger = new Logger(Maintenance.name);
   private timers: NodeJS.Timeout[] = [];
   private busy = new Set<string>();
 

@@ -14,7 +14,7 @@ import { WorkflowRegistry, type RunnerBinding } from '../workflow.registry.js';
 import { backoffDelay, type BackoffPolicy } from './backoff.js';
 import { Execution } from './execution.js';
 import { SettleBatcher } from './settle-batcher.js';
-import { WorkflowNotifier } from './workflow.notifier.js';
+import { WorkflowNotifier } from '../workflow.notifier.js';
 
 const OUTCOME_KINDS = new Set(['continue', 'succeed', 'fail', 'cancel']);
 

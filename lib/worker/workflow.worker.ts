@@ -16,7 +16,7 @@ import { Execution } from './execution.js';
 import { LeaseKeeper } from './lease-keeper.js';
 import { Maintenance } from './maintenance.js';
 import { StepExecutor } from './step-executor.js';
-import { WorkflowNotifier } from './workflow.notifier.js';
+import { WorkflowNotifier } from '../workflow.notifier.js';
 
 /** Most jobs one claim transaction takes; deep queues are drained in batches of this. */
 const CLAIM_BATCH = 32;
@@ -47,7 +47,7 @@ interface QueueSlot {
  */
 @Injectable()
 export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplicationShutdown {
-  private readonly logger = new Logger('WorkflowWorker');
+  private readonly logger = new Logger(WorkflowWorker.name);
   private readonly tag = randomBytes(6).toString('hex');
   private seq = 0;
   private readonly inFlight = new Map<string, Execution>();

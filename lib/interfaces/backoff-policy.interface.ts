@@ -1,0 +1,5 @@
+/** A resolved backoff: both bounds known. Internal (users give `BackoffOptions`). */
+export interface BackoffPolicy {
+  baseMs: number;
+  maxMs: number;
+}
