@@ -284,7 +284,8 @@ export class StepExecutor {
     const text = errorText(err);
     const permanent = err instanceof StepError && err.kind === 'permanent';
     if (permanent || job.attempts >= job.maxAttempts) {
-      const reason = err instanceof Error ? truncated(String(err.message)) : text;
+      // Room for the "gave up" note, so the run's error stays within the limit too.
+      const reason = err instanceof Error ? truncated(String(err.message), LIMITS.maxReasonBytes - 100) : text;
       return Settle.deadLetter(text, permanent ? reason : `${reason} (gave up after ${job.attempts} of ${job.maxAttempts} attempts)`);
     }
     const delay = backoffDelay(policy ?? this.config.defaults.backoff, job.attempts);
@@ -389,11 +390,11 @@ function textBytes(text: string): number {
   return text.length * 3 <= LIMITS.maxReasonBytes ? text.length : Buffer.byteLength(text, 'utf8');
 }
 
-function truncated(text: string): string {
-  const bytes = textBytes(text);
-  if (bytes <= LIMITS.maxReasonBytes) return text;
+function truncated(text: string, limit: number = LIMITS.maxReasonBytes): string {
+  const bytes = text.length * 3 <= limit ? 0 : Buffer.byteLength(text, 'utf8');
+  if (bytes <= limit) return text;
   const marker = ` … [truncated: ${bytes} bytes, over the ${LIMITS.maxReasonBytes}-byte limit]`;
-  const keep = Buffer.from(text, 'utf8').subarray(0, LIMITS.maxReasonBytes - Buffer.byteLength(marker));
+  const keep = Buffer.from(text, 'utf8').subarray(0, limit - Buffer.byteLength(marker));
   // A character cut in two decodes as U+FFFD: dropped, so the text stays within the limit.
   return keep.toString('utf8').replace(/\uFFFD$/, '') + marker;
 }
