@@ -6,7 +6,7 @@ import type {
   WorkflowModuleOptions,
 } from './interfaces/workflow-module-options.interface.js';
 import { connectionTarget } from './storage/connection-target.js';
-import { DEFAULTS, TABLE_PREFIX_PATTERN, WORKFLOW_NAME_PATTERN } from './workflow.constants.js';
+import { DEFAULTS, LIMITS, TABLE_PREFIX_PATTERN, WORKFLOW_NAME_PATTERN } from './workflow.constants.js';
 import type { BackoffPolicy } from './interfaces/backoff-policy.interface.js';
 
 export interface ResolvedWorkerConfig {
@@ -59,10 +59,10 @@ export function resolveConfig(options: WorkflowModuleOptions | undefined): Resol
     options.worker === false
       ? false
       : {
-          concurrency: int(options.worker?.concurrency, DEFAULTS.concurrency, 'worker.concurrency', 1),
-          pollIntervalMs: int(options.worker?.pollIntervalMs, DEFAULTS.pollIntervalMs, 'worker.pollIntervalMs', 1),
-          leaseMs: int(options.worker?.leaseMs, DEFAULTS.leaseMs, 'worker.leaseMs', 100),
-          shutdownTimeoutMs: int(options.worker?.shutdownTimeoutMs, DEFAULTS.shutdownTimeoutMs, 'worker.shutdownTimeoutMs', 0),
+          concurrency: int(options.worker?.concurrency, DEFAULTS.concurrency, 'worker.concurrency', 1, LIMITS.maxConcurrency),
+          pollIntervalMs: int(options.worker?.pollIntervalMs, DEFAULTS.pollIntervalMs, 'worker.pollIntervalMs', 1, LIMITS.maxTimerMs),
+          leaseMs: int(options.worker?.leaseMs, DEFAULTS.leaseMs, 'worker.leaseMs', 100, LIMITS.maxTimerMs),
+          shutdownTimeoutMs: int(options.worker?.shutdownTimeoutMs, DEFAULTS.shutdownTimeoutMs, 'worker.shutdownTimeoutMs', 0, LIMITS.maxTimerMs),
           workflows: options.worker?.workflows ? names(options.worker.workflows, 'worker.workflows') : undefined,
         };
   const clock = options.clock ?? systemClock;
@@ -74,16 +74,16 @@ export function resolveConfig(options: WorkflowModuleOptions | undefined): Resol
     autoMigrate: options.autoMigrate ?? true,
     worker,
     defaults: {
-      maxAttempts: int(options.defaults?.maxAttempts, DEFAULTS.maxAttempts, 'defaults.maxAttempts', 1),
+      maxAttempts: int(options.defaults?.maxAttempts, DEFAULTS.maxAttempts, 'defaults.maxAttempts', 1, LIMITS.maxAttempts),
       backoff: backoff(options.defaults?.backoff, 'defaults.backoff'),
-      priority: int(options.defaults?.priority, DEFAULTS.priority, 'defaults.priority', -2_000_000_000),
+      priority: int(options.defaults?.priority, DEFAULTS.priority, 'defaults.priority', LIMITS.minPriority, LIMITS.maxPriority),
     },
     retention: {
       runsMs: int(options.retention?.runsMs, DEFAULTS.retentionMs, 'retention.runsMs', 0),
       deadMs: int(options.retention?.deadMs, DEFAULTS.retentionMs, 'retention.deadMs', 0),
     },
     workflows: options.workflows ? names(options.workflows, 'workflows') : [],
-    maxPayloadBytes: int(options.maxPayloadBytes, DEFAULTS.maxPayloadBytes, 'maxPayloadBytes', 1),
+    maxPayloadBytes: int(options.maxPayloadBytes, DEFAULTS.maxPayloadBytes, 'maxPayloadBytes', 1, LIMITS.maxPayloadBytes),
     clock,
   };
 }
@@ -93,18 +93,29 @@ export function backoff(
   where: string,
   fallback: BackoffPolicy = { baseMs: DEFAULTS.backoffBaseMs, maxMs: DEFAULTS.backoffMaxMs },
 ): BackoffPolicy {
-  const baseMs = int(value?.baseMs, fallback.baseMs, `${where}.baseMs`, 0);
-  const maxMs = int(value?.maxMs, Math.max(fallback.maxMs, baseMs), `${where}.maxMs`, 0);
+  const baseMs = int(value?.baseMs, fallback.baseMs, `${where}.baseMs`, 0, LIMITS.maxDelayMs);
+  const maxMs = int(value?.maxMs, Math.max(fallback.maxMs, baseMs), `${where}.maxMs`, 0, LIMITS.maxDelayMs);
   if (maxMs < baseMs) throw new WorkflowConfigError(`WorkflowModule: ${where}.maxMs (${maxMs}) is below baseMs (${baseMs}).`);
   return { baseMs, maxMs };
 }
 
-export function int(value: unknown, fallback: number, name: string, min: number): number {
+/** An integer option within [min, max] (max: what its column or timer holds; unbounded by default). */
+export function int(value: unknown, fallback: number, name: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
   if (value === undefined || value === null) return fallback;
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
-    throw new WorkflowConfigError(`WorkflowModule: ${name} must be an integer >= ${min}, got ${JSON.stringify(value)}.`);
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min || value > max) {
+    throw new WorkflowConfigError(`WorkflowModule: ${name} must be an integer ${range(min, max)}, got ${show(value)}.`);
   }
   return value;
+}
+
+/** "from a to b", or ">= a" when only the safe-integer bound applies. */
+export function range(min: number, max: number): string {
+  return max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `from ${min} to ${max}`;
+}
+
+/** A value as a message shows it: JSON.stringify turns NaN and Infinity into "null". */
+export function show(value: unknown): string {
+  return typeof value === 'number' || typeof value === 'bigint' ? String(value) : (JSON.stringify(value) ?? String(value));
 }
 
 function names(list: unknown, option: string): string[] {

@@ -5,7 +5,7 @@ import { WorkflowConfigError } from './errors/workflow-config.error.js';
 import type { StepRunner } from './interfaces/step-runner.interface.js';
 import type { RunOutcome } from './interfaces/run.interface.js';
 import { assertWorkflowName, backoff, int, type ResolvedWorkflowConfig } from './workflow.config.js';
-import { WORKFLOW_CONFIG } from './workflow.constants.js';
+import { LIMITS, WORKFLOW_CONFIG } from './workflow.constants.js';
 import { WorkflowMetadataAccessor } from './workflow-metadata.accessor.js';
 import { WorkflowRegistry } from './workflow.registry.js';
 import { terminalQueue } from './storage/storage.types.js';
@@ -127,16 +127,17 @@ export class WorkflowExplorer implements OnModuleInit {
     this.registry.runners.set(name, {
       name,
       label: `${cls.name}#runStep`,
-      maxAttempts: int(options.maxAttempts, d.maxAttempts, `${where}: maxAttempts`, 1),
+      maxAttempts: int(options.maxAttempts, d.maxAttempts, `${where}: maxAttempts`, 1, LIMITS.maxAttempts),
       backoff: backoff(options.backoff, `${where}: backoff`, d.backoff),
-      priority: int(options.priority, d.priority, `${where}: priority`, -2_000_000_000),
+      priority: int(options.priority, d.priority, `${where}: priority`, LIMITS.minPriority, LIMITS.maxPriority),
       concurrency: int(
         options.concurrency,
         this.config.worker ? this.config.worker.concurrency : 1,
         `${where}: concurrency`,
         1,
+        LIMITS.maxConcurrency,
       ),
-      timeoutMs: options.timeoutMs === undefined ? undefined : int(options.timeoutMs, 0, `${where}: timeoutMs`, 1),
+      timeoutMs: options.timeoutMs === undefined ? undefined : int(options.timeoutMs, 0, `${where}: timeoutMs`, 1, LIMITS.maxTimerMs),
       resolve: this.resolver<StepRunner>(wrapper),
     });
     this.registry.submittable.add(name);

@@ -2,6 +2,7 @@ import { Inject, Injectable, Logger } from '@nestjs/common';
 import { InputMismatchError } from './errors/input-mismatch.error.js';
 import { InvalidRunIdError } from './errors/invalid-run-id.error.js';
 import { InvalidRunSpecError } from './errors/invalid-run-spec.error.js';
+import { PacketTooLargeError } from './errors/packet-too-large.error.js';
 import { ReservedHeaderError } from './errors/reserved-header.error.js';
 import { RunNotFoundError } from './errors/run-not-found.error.js';
 import { UnknownWorkflowError } from './errors/unknown-workflow.error.js';
@@ -23,9 +24,10 @@ import { WorkflowConnection } from './storage/workflow-connection.js';
 import { handlerOf, JobKind, JobState, type NewRun, parseJobId, publicJobId, type RunRow, RunRowState } from './storage/storage.types.js';
 import { hashJson, parseJson, serializeJson } from './utils/json.js';
 import { ulid } from './utils/ulid.js';
-import type { ResolvedWorkflowConfig } from './workflow.config.js';
-import { RESERVED_HEADER_PREFIX, RUN_ID_PATTERN, WORKFLOW_CONFIG, WORKFLOW_NAME_PATTERN } from './workflow.constants.js';
+import { range, type ResolvedWorkflowConfig, show } from './workflow.config.js';
+import { LIMITS, RESERVED_HEADER_PREFIX, RUN_ID_PATTERN, WORKFLOW_CONFIG, WORKFLOW_NAME_PATTERN } from './workflow.constants.js';
 import { WorkflowRegistry } from './workflow.registry.js';
+import { escapedBytes, packetBudget } from './worker/settle-batcher.js';
 import { WorkflowNotifier } from './workflow.notifier.js';
 
 const TERMINAL = new Set<string>(['succeeded', 'failed', 'cancelled']);
@@ -69,6 +71,7 @@ export class WorkflowService {
     }
 
     const storage = await this.connection.ready();
+    for (const run of unique.values()) assertFitsPacket(run, storage.maxAllowedPacket);
     // An existing id with another workflow or input refuses the whole call, before anything is written.
     const check = (existing: Map<string, { workflow: string; inputHash: string }>) => {
       for (const [id, run] of existing) {
@@ -106,9 +109,10 @@ export class WorkflowService {
       }
     }
     const runner = this.registry.runners.get(workflow);
-    const priority = optionalInt(spec.priority, 'priority', -2_000_000_000) ?? runner?.priority ?? this.config.defaults.priority;
-    const maxAttempts = optionalInt(spec.maxAttemptsPerStep, 'maxAttemptsPerStep', 1);
-    const delayMs = optionalInt(spec.delayMs, 'delayMs', 0) ?? 0;
+    const priority =
+      optionalInt(spec.priority, 'priority', LIMITS.minPriority, LIMITS.maxPriority) ?? runner?.priority ?? this.config.defaults.priority;
+    const maxAttempts = optionalInt(spec.maxAttemptsPerStep, 'maxAttemptsPerStep', 1, LIMITS.maxAttempts);
+    const delayMs = optionalInt(spec.delayMs, 'delayMs', 0, LIMITS.maxDelayMs) ?? 0;
     const max = this.config.maxPayloadBytes;
     const input = serializeJson(spec.input, 'run input', max);
     const headersJson = serializeJson(headers, 'run headers', max);
@@ -271,12 +275,25 @@ export class WorkflowService {
   }
 }
 
-function optionalInt(value: unknown, name: string, min: number): number | undefined {
+function optionalInt(value: unknown, name: string, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
   if (value === undefined || value === null) return undefined;
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
-    throw new InvalidRunSpecError(`${name} must be an integer >= ${min}, got ${JSON.stringify(value)}.`);
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min || value > max) {
+    throw new InvalidRunSpecError(`${name} must be an integer ${range(min, max)}, got ${show(value)}.`);
   }
   return value;
+}
+
+/**
+ * Refuses a run whose step 0 row (input and headers, escaped on the client) could not
+ * go to the server in one packet: the server would drop the connection, which looks
+ * like an outage. The O(1) bound first; only a large input is measured.
+ */
+function assertFitsPacket(run: NewRun, maxAllowedPacket: number): void {
+  const budget = packetBudget(maxAllowedPacket);
+  const size = (exact: boolean) => escapedBytes(run.firstJob.payload, exact) + 2 * escapedBytes(run.headers, exact);
+  if (size(false) <= budget) return;
+  const bytes = size(true);
+  if (bytes > budget) throw new PacketTooLargeError(`run input (with its headers) of run ${run.id}`, bytes, budget);
 }
 
 function toStatus(row: RunRow): RunStatus {

@@ -14,3 +14,4 @@ export * from './unsupported-database.error.js';
 export * from './database-unreachable.error.js';
 export * from './tls-required.error.js';
 export * from './unsafe-sql-mode.error.js';
+export * from './packet-too-large.error.js';

@@ -5,6 +5,7 @@ import { ulid } from '../utils/ulid.js';
 import { type NewRun, RunRowState } from './storage.types.js';
 import type { StorageContext } from './tables.js';
 import { insertJobs } from './transitions.js';
+import { escapedBytes, packetBudget } from '../worker/settle-batcher.js';
 
 export interface ExistingRun {
   id: string;
@@ -35,6 +36,7 @@ export async function submitRuns(
   runs: NewRun[],
   check: (existing: Map<string, ExistingRun>) => void,
   manager?: EntityManager,
+  maxAllowedPacket = Number.POSITIVE_INFINITY,
 ): Promise<Set<string>> {
   // Keys of this call's earlier tries: a try whose COMMIT reply was lost may have committed.
   const tries: string[] = [];
@@ -45,11 +47,11 @@ export async function submitRuns(
           'WorkflowModule.forRoot({ dataSource }) with that DataSource (or its @nestjs/typeorm name).',
       );
     }
-    return ctx.client.inManager(manager, (sql) => insertRuns(ctx, sql, runs, check, false, tries));
+    return ctx.client.inManager(manager, (sql) => insertRuns(ctx, sql, runs, check, false, tries, maxAllowedPacket));
   }
   for (let lost = 0; ; lost++) {
     try {
-      return await ctx.client.transaction((sql) => insertRuns(ctx, sql, runs, check, true, tries));
+      return await ctx.client.transaction((sql) => insertRuns(ctx, sql, runs, check, true, tries, maxAllowedPacket));
     } catch (err) {
       // The next try finds what an unanswered COMMIT did by its submit key.
       if (!(err instanceof CommitUnknownError) || lost >= 3) throw err;
@@ -64,6 +66,7 @@ async function insertRuns(
   check: (existing: Map<string, ExistingRun>) => void,
   commit: boolean,
   tries: string[],
+  maxAllowedPacket: number,
 ): Promise<Set<string>> {
   const { t } = ctx;
   const now = ctx.now();
@@ -103,6 +106,29 @@ async function insertRuns(
     await sql.query('ROLLBACK TO SAVEPOINT wf_submit');
     throw err;
   }
-  if (fresh.length) await runBatch(sql, [insertJobs(t, fresh.map((r) => r.firstJob), now)], commit);
+  // Inputs that fit one by one may not fit together: one INSERT per packet's worth.
+  const chunks = packetChunks(fresh, packetBudget(maxAllowedPacket));
+  for (let i = 0; i < chunks.length; i++) {
+    await runBatch(sql, [insertJobs(t, chunks[i].map((r) => r.firstJob), now)], commit && i === chunks.length - 1);
+  }
   return created;
+}
+
+function packetChunks(runs: NewRun[], budget: number): NewRun[][] {
+  if (budget === Number.POSITIVE_INFINITY) return runs.length ? [runs] : [];
+  const chunks: NewRun[][] = [];
+  let total = Number.POSITIVE_INFINITY;
+  for (const r of runs) {
+    const size = (exact: boolean) => 512 + escapedBytes(r.firstJob.payload, exact) + escapedBytes(r.firstJob.headers, exact);
+    // Measured only when it could matter.
+    let bytes = size(false);
+    if (bytes * 64 > budget) bytes = size(true);
+    if (total + bytes > budget) {
+      chunks.push([]);
+      total = 0;
+    }
+    chunks[chunks.length - 1].push(r);
+    total += bytes;
+  }
+  return chunks;
 }

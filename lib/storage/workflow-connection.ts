@@ -114,7 +114,7 @@ export class WorkflowConnection implements OnModuleInit, OnApplicationShutdown {
 
   private async prepare(dataSource: DataSource): Promise<WorkflowStorage> {
     const client = new SqlClient(dataSource, dataSource === this.ownDataSource);
-    await this.checkServer(client, dataSource === this.ownDataSource);
+    const packet = await this.checkServer(client, dataSource === this.ownDataSource);
     const prefix = this.config.tablePrefix;
     const now = () => this.config.clock.now();
     if (this.config.autoMigrate) {
@@ -139,6 +139,7 @@ export class WorkflowConnection implements OnModuleInit, OnApplicationShutdown {
       }
     }
     const storage = new WorkflowStorage(client, prefix, now, this.config.defaults.maxAttempts);
+    storage.maxAllowedPacket = packet;
     await storage.loadHandlers();
     this.storage = storage;
     return this.storage;
@@ -225,8 +226,11 @@ export class WorkflowConnection implements OnModuleInit, OnApplicationShutdown {
     return ds;
   }
 
-  /** Needs FOR UPDATE SKIP LOCKED: MySQL 8.0.1+, MariaDB 10.6+; a database; a session whose escaping is right. */
-  private async checkServer(client: SqlClient, own: boolean): Promise<void> {
+  /**
+   * Needs FOR UPDATE SKIP LOCKED: MySQL 8.0.1+, MariaDB 10.6+; a database; a session whose escaping is right.
+   * Returns max_allowed_packet.
+   */
+  private async checkServer(client: SqlClient, own: boolean): Promise<number> {
     const [{ version, packet, sqlMode, db }] = await client.query<
       Array<{ version: string; packet: number | string; sqlMode: string; db: string | null }>
     >('SELECT VERSION() AS version, @@max_allowed_packet AS packet, @@SESSION.sql_mode AS sqlMode, DATABASE() AS db');
@@ -266,6 +270,7 @@ export class WorkflowConnection implements OnModuleInit, OnApplicationShutdown {
           'payloads near the limit will be refused by the server. Raise max_allowed_packet or lower maxPayloadBytes.',
       );
     }
+    return Number(packet);
   }
 
   async onApplicationShutdown(): Promise<void> {

@@ -21,6 +21,8 @@ export type { CancelResult, ExistingRun, HostedHandler, SettleItem };
  */
 export class WorkflowStorage {
   private readonly ctx: StorageContext;
+  /** The server's max_allowed_packet in bytes, read at startup: settlements and submits are sized to fit it. */
+  maxAllowedPacket = Number.POSITIVE_INFINITY;
 
   constructor(
     readonly client: SqlClient,
@@ -56,12 +58,17 @@ export class WorkflowStorage {
     this.ctx.handlers.remember(rows);
   }
 
+  /** Terminal deliveries a run of `workflow` ending now would get, as the handler cache knows them (a hint). */
+  handlersFor(workflow: string): number {
+    return this.ctx.handlers.cachedFor(workflow);
+  }
+
   get settleStats(): Readonly<StorageContext['stats']> {
     return this.ctx.stats;
   }
 
   submitRuns(runs: NewRun[], check: (existing: Map<string, ExistingRun>) => void, manager?: EntityManager): Promise<Set<string>> {
-    return submitRuns(this.ctx, runs, check, manager);
+    return submitRuns(this.ctx, runs, check, manager, this.maxAllowedPacket);
   }
 
   claimBatch(queue: string, limit: number, token: string, leaseMs: number, maxAttempts: number) {

@@ -9,11 +9,11 @@ import { endsRun, Settle, type Settlement } from '../storage/settlements.js';
 import { CommitUnknownError, isConnectionError } from '../storage/sql-client.js';
 import { serializeJson } from '../utils/json.js';
 import type { ResolvedWorkflowConfig } from '../workflow.config.js';
-import { WORKFLOW_CONFIG } from '../workflow.constants.js';
+import { LIMITS, WORKFLOW_CONFIG } from '../workflow.constants.js';
 import { WorkflowRegistry, type RunnerBinding } from '../workflow.registry.js';
 import { backoffDelay, type BackoffPolicy } from './backoff.js';
 import { Execution } from './execution.js';
-import { SettleBatcher } from './settle-batcher.js';
+import { packetBudget, SettleBatcher, settlementSize } from './settle-batcher.js';
 import { WorkflowNotifier } from '../workflow.notifier.js';
 
 const OUTCOME_KINDS = new Set(['continue', 'succeed', 'fail', 'cancel']);
@@ -193,41 +193,12 @@ export class StepExecutor {
     }
     const max = this.config.maxPayloadBytes;
     try {
-      switch (o.kind) {
-        case 'continue': {
-          const delay = o.delayMs ?? 0;
-          if (typeof delay !== 'number' || !Number.isFinite(delay) || delay < 0) {
-            throw new Error(`continueAfter delay must be a finite number of ms >= 0, got ${describe(delay)}`);
-          }
-          const payload = serializeJson(o.payload, `payload returned by step ${job.stepNumber}`, max);
-          const now = this.now();
-          const token = delay === 0 ? exec.inPlaceToken() : undefined;
-          return Settle.continueWith({
-            // The successor takes over its predecessor's job row (rewriteAsSuccessors).
-            id: job.id,
-            queue: job.queue,
-            kind: JobKind.Step,
-            runId: job.runId,
-            stepNumber: job.stepNumber + 1,
-            priority: job.priority,
-            runAt: now + delay,
-            scheduled: delay > 0,
-            maxAttempts: job.maxAttempts,
-            payload,
-            headers: job.headers,
-            leaseToken: token,
-            leaseMs: token ? this.leaseMs : undefined,
-          });
-        }
-        case 'succeed':
-          return Settle.finish('succeeded', {
-            result: o.result === undefined ? undefined : serializeJson(o.result, 'run result', max),
-          });
-        case 'fail':
-          return Settle.finish('failed', { error: String(o.reason ?? '') });
-        default:
-          return Settle.finish('cancelled', { error: String(o.reason ?? '') });
-      }
+      const settlement = this.verdict(exec, o, max);
+      const tooBig = this.overPacket(exec, settlement);
+      if (!tooBig) return settlement;
+      const error = `${binding.label} returned a ${o.kind} outcome too large to store: ${tooBig}`;
+      this.logger.error(`${this.where(exec)}: ${error}`);
+      return Settle.deadLetter(error);
     } catch (err) {
       const error = `${binding.label} returned an invalid ${o.kind} outcome: ${(err as Error).message}`;
       this.logger.error(`${this.where(exec)}: ${error}`);
@@ -235,11 +206,86 @@ export class StepExecutor {
     }
   }
 
+  /** The settlement a well-formed outcome asks for; throws, naming the limit, for one that cannot be stored. */
+  private verdict(exec: Execution, o: Record<string, any>, max: number): Settlement {
+    const job = exec.job;
+    switch (o.kind) {
+      case 'continue': {
+        const raw = o.delayMs ?? 0;
+        if (typeof raw !== 'number' || !(raw >= 0 && raw <= LIMITS.maxDelayMs)) {
+          throw new Error(
+            `continueAfter(payload, delayMs) needs delayMs from 0 to ${LIMITS.maxDelayMs} ms (LIMITS.maxDelayMs, 10 years), got ${describe(raw)}`,
+          );
+        }
+        const delay = Math.round(raw);
+        const payload = serializeJson(o.payload, `payload returned by step ${job.stepNumber}`, max);
+        const now = this.now();
+        const token = delay === 0 ? exec.inPlaceToken() : undefined;
+        return Settle.continueWith({
+          // The successor takes over its predecessor's job row (rewriteAsSuccessors).
+          id: job.id,
+          queue: job.queue,
+          kind: JobKind.Step,
+          runId: job.runId,
+          stepNumber: job.stepNumber + 1,
+          priority: job.priority,
+          runAt: now + delay,
+          scheduled: delay > 0,
+          maxAttempts: job.maxAttempts,
+          payload,
+          headers: job.headers,
+          leaseToken: token,
+          leaseMs: token ? this.leaseMs : undefined,
+        });
+      }
+      case 'succeed':
+        return Settle.finish('succeeded', {
+          result: o.result === undefined ? undefined : serializeJson(o.result, 'run result', max),
+        });
+      default: {
+        const reason = String(o.reason ?? '');
+        const bytes = textBytes(reason);
+        if (bytes > LIMITS.maxReasonBytes) {
+          throw new Error(
+            `${o.kind}(reason) got a reason of ${bytes} bytes, over the ${LIMITS.maxReasonBytes}-byte limit (LIMITS.maxReasonBytes); ` +
+              `it began: ${JSON.stringify(reason.slice(0, 200))}`,
+          );
+        }
+        return Settle.finish(o.kind === 'fail' ? 'failed' : 'cancelled', { error: reason });
+      }
+    }
+  }
+
+  /**
+   * Why the settlement's statements cannot fit the server's max_allowed_packet, or
+   * undefined. A refused packet looks like an outage (the connection drops), so the step
+   * would run again at every lease expiry; failing it here, permanently, says what is wrong.
+   */
+  private overPacket(exec: Execution, s: Settlement): string | undefined {
+    const storage = this.connection.storage;
+    if (!storage || storage.maxAllowedPacket === Number.POSITIVE_INFINITY) return undefined;
+    const budget = packetBudget(storage.maxAllowedPacket);
+    const handlers = Math.max(storage.handlersFor(exec.workflow), this.registry.queuesFor(exec.workflow).length);
+    // The O(1) bound first: only a settlement that could be near the packet is measured.
+    if (settlementSize(exec.job, s, handlers, false).bytes <= budget) return undefined;
+    const { bytes, copies } = settlementSize(exec.job, s, handlers, true);
+    if (bytes <= budget) return undefined;
+    const what =
+      s.type === 'continue'
+        ? "the next step's payload takes"
+        : `the run's result and error are written ${copies} times (the run and ${copies - 1} @OnTerminal deliveries), taking`;
+    return (
+      `${what} about ${bytes} bytes after escaping, over the server's max_allowed_packet ` +
+      `(${storage.maxAllowedPacket} bytes, ${budget} usable). Store large data elsewhere and return a reference, or raise max_allowed_packet.`
+    );
+  }
+
   private failure(job: ClaimedJob, err: unknown, policy: BackoffPolicy | undefined): Settlement {
     const text = errorText(err);
     const permanent = err instanceof StepError && err.kind === 'permanent';
     if (permanent || job.attempts >= job.maxAttempts) {
-      const reason = err instanceof Error ? err.message : text;
+      // Room for the "gave up" note, so the run's error stays within the limit too.
+      const reason = err instanceof Error ? truncated(String(err.message), LIMITS.maxReasonBytes - 100) : text;
       return Settle.deadLetter(text, permanent ? reason : `${reason} (gave up after ${job.attempts} of ${job.maxAttempts} attempts)`);
     }
     const delay = backoffDelay(policy ?? this.config.defaults.backoff, job.attempts);
@@ -346,13 +392,28 @@ export class StepExecutor {
   }
 }
 
+/** The stored text of a thrown value, cut to LIMITS.maxReasonBytes: a huge exception must not make a failure worse. */
 function errorText(err: unknown): string {
-  if (err instanceof Error) return err.stack && err.stack.includes(err.message) ? err.stack : `${err.name}: ${err.message}`;
+  if (err instanceof Error) return truncated(err.stack && err.stack.includes(err.message) ? err.stack : `${err.name}: ${err.message}`);
   try {
-    return `non-Error thrown: ${typeof err === 'string' ? err : JSON.stringify(err)}`;
+    return truncated(`non-Error thrown: ${typeof err === 'string' ? err : JSON.stringify(err)}`);
   } catch {
-    return `non-Error thrown: ${String(err)}`;
+    return truncated(`non-Error thrown: ${String(err)}`);
   }
+}
+
+/** UTF-8 bytes of `text`, or its length when that is too short to matter (at most 3 bytes per UTF-16 unit). */
+function textBytes(text: string): number {
+  return text.length * 3 <= LIMITS.maxReasonBytes ? text.length : Buffer.byteLength(text, 'utf8');
+}
+
+function truncated(text: string, limit: number = LIMITS.maxReasonBytes): string {
+  const bytes = text.length * 3 <= limit ? 0 : Buffer.byteLength(text, 'utf8');
+  if (bytes <= limit) return text;
+  const marker = ` … [truncated: ${bytes} bytes, over the ${LIMITS.maxReasonBytes}-byte limit]`;
+  const keep = Buffer.from(text, 'utf8').subarray(0, limit - Buffer.byteLength(marker));
+  // A character cut in two decodes as U+FFFD: dropped, so the text stays within the limit.
+  return keep.toString('utf8').replace(/\uFFFD$/, '') + marker;
 }
 
 function describe(value: unknown): string {
