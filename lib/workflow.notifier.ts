@@ -23,6 +23,8 @@ export class WorkflowNotifier {
 
   /** A scheduled job becomes due in `ms`: promote and claim then instead of at the next poll. */
   dueIn(ms: number): void {
+    // Node fires a timer over 2^31 - 1 ms at once; a due time that far out is the poll's to find.
+    if (ms > 2_147_483_000) return;
     const at = Date.now() + Math.max(0, ms);
     if (this.dueTimer && this.dueAt <= at) return;
     if (this.dueTimer) clearTimeout(this.dueTimer);
