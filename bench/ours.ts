@@ -4,7 +4,7 @@
  *
  * Two things reach past the public API, for measurement only, and say so:
  * - the SqlClient's `conflictRetries` counter, through WorkflowService's private
- *   `connection` field (WorkflowConnection is not exported);
+ *   `storage` field (WorkflowStorage is not exported);
  * - in the backlog section, a wrapper around the storage instance's `claimBatch`
  *   that times each claim transaction.
  */
@@ -110,15 +110,18 @@ async function createApp(options: WorkflowModuleOptions, providers: Provider[]) 
 }
 
 interface Internals {
-  connection?: { ready(): Promise<{ client: { conflictRetries: number }; claimBatch: (...a: any[]) => Promise<{ jobs: any[]; more: boolean }> }> };
+  storage?: {
+    ready(): Promise<{ client: { conflictRetries: number } }>;
+    claimBatch: (...a: any[]) => Promise<{ jobs: any[]; more: boolean }>;
+  };
 }
 
-/** The SqlClient's deadlock/lock-wait retry counter, read through WorkflowService's private `connection`. */
+/** The SqlClient's deadlock/lock-wait retry counter, read through WorkflowService's private `storage`. */
 async function conflictRetries(svc: WorkflowService): Promise<number | null> {
-  const conn = (svc as unknown as Internals).connection;
-  if (!conn) return null;
-  const storage = await conn.ready();
-  return typeof storage.client?.conflictRetries === 'number' ? storage.client.conflictRetries : null;
+  const storage = (svc as unknown as Internals).storage;
+  if (!storage) return null;
+  const ctx = await storage.ready();
+  return typeof ctx.client?.conflictRetries === 'number' ? ctx.client.conflictRetries : null;
 }
 
 function specs(tr: ChainTracker, from: number, to: number) {
@@ -365,9 +368,8 @@ class ClaimProbe implements OnModuleInit {
   constructor(@Inject(WorkflowService) private readonly svc: WorkflowService) {}
 
   async onModuleInit(): Promise<void> {
-    const conn = (this.svc as unknown as Internals).connection;
-    if (!conn) throw new Error('bench: WorkflowService has no `connection` field any more; update bench/ours.ts ClaimProbe');
-    const storage = await conn.ready();
+    const storage = (this.svc as unknown as Internals).storage;
+    if (!storage) throw new Error('bench: WorkflowService has no `storage` field any more; update bench/ours.ts ClaimProbe');
     const original = storage.claimBatch.bind(storage);
     storage.claimBatch = async (...args: any[]) => {
       const s = wallNow();

@@ -8,7 +8,9 @@ import { ConfigurableWorkflowModule, WORKFLOW_MODULE_OPTIONS } from './workflow.
 import { WorkflowRegistry } from './workflow.registry.js';
 import { WorkflowService } from './workflow.service.js';
 import { WorkflowConnection } from './storage/workflow-connection.js';
-import { StepExecutor } from './worker/step-executor.js';
+import { WorkflowStorage } from './storage/workflow.storage.js';
+import { SettleBatcher } from './worker/settle-batcher.js';
+import { JobExecutor } from './worker/job-executor.js';
 import { WorkflowNotifier } from './workflow.notifier.js';
 import { WorkflowWorker } from './worker/workflow.worker.js';
 import type { WorkflowModuleOptions } from './interfaces/workflow-module-options.interface.js';
@@ -31,7 +33,9 @@ import type { WorkflowModuleOptions } from './interfaces/workflow-module-options
     WorkflowExplorer,
     WorkflowNotifier,
     WorkflowConnection,
-    StepExecutor,
+    WorkflowStorage,
+    SettleBatcher,
+    JobExecutor,
     WorkflowWorker,
     WorkflowService,
   ],

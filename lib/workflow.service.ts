@@ -20,14 +20,14 @@ import type {
   WaitOptions,
 } from './interfaces/run.interface.js';
 import { isConnectionError } from './storage/sql-client.js';
-import { WorkflowConnection } from './storage/workflow-connection.js';
+import { WorkflowStorage } from './storage/workflow.storage.js';
 import { handlerOf, JobKind, JobState, type NewRun, parseJobId, publicJobId, type RunRow, RunRowState } from './storage/storage.types.js';
 import { hashJson, parseJson, serializeJson } from './utils/json.js';
 import { ulid } from './utils/ulid.js';
 import { range, type ResolvedWorkflowConfig, show } from './workflow.config.js';
 import { LIMITS, RESERVED_HEADER_PREFIX, RUN_ID_PATTERN, WORKFLOW_CONFIG, WORKFLOW_NAME_PATTERN } from './workflow.constants.js';
 import { WorkflowRegistry } from './workflow.registry.js';
-import { escapedBytes, packetBudget } from './worker/settle-batcher.js';
+import { escapedBytes, packetBudget } from './storage/packet.js';
 import { WorkflowNotifier } from './workflow.notifier.js';
 
 const TERMINAL = new Set<string>(['succeeded', 'failed', 'cancelled']);
@@ -38,7 +38,7 @@ export class WorkflowService {
   constructor(
     @Inject(WORKFLOW_CONFIG) private readonly config: ResolvedWorkflowConfig,
     private readonly registry: WorkflowRegistry,
-    private readonly connection: WorkflowConnection,
+    private readonly storage: WorkflowStorage,
     private readonly notifier: WorkflowNotifier,
   ) {}
 
@@ -69,9 +69,8 @@ export class WorkflowService {
       if (!prior) unique.set(run.id, run);
       else if (prior.inputHash !== run.inputHash) throw new InputMismatchError(run.id, 'a different input in the same call');
     }
-
-    const storage = await this.connection.ready();
-    for (const run of unique.values()) assertFitsPacket(run, storage.maxAllowedPacket);
+    await this.storage.ready();
+    for (const run of unique.values()) assertFitsPacket(run, this.storage.maxAllowedPacket);
     // An existing id with another workflow or input refuses the whole call, before anything is written.
     const check = (existing: Map<string, { workflow: string; inputHash: string }>) => {
       for (const [id, run] of existing) {
@@ -81,7 +80,7 @@ export class WorkflowService {
         if (run.inputHash !== unique.get(id)!.inputHash) throw new InputMismatchError(id, 'a different input');
       }
     };
-    const inserted = await storage.submitRuns([...unique.values()], check, options?.manager);
+    const inserted = await this.storage.submitRuns([...unique.values()], check, options?.manager);
     if (inserted.size) this.notifier.wake();
     const reported = new Set<string>();
     return runs.map((r) => {
@@ -149,8 +148,7 @@ export class WorkflowService {
   async cancel(runId: string): Promise<boolean> {
     // Refused like submit, so a caller's bug (an id from the wrong field) is not taken for an unknown run.
     if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId)) throw new InvalidRunIdError(runId);
-    const storage = await this.connection.ready();
-    const result = await storage.cancelRun(runId);
+    const result = await this.storage.cancelRun(runId);
     if (result === 'cancelled') {
       this.notifier.runFinished(runId);
       this.notifier.wake();
@@ -167,8 +165,7 @@ export class WorkflowService {
 
   private async lookup(runId: string): Promise<{ status: RunStatus; ending: number } | null> {
     if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId)) throw new InvalidRunIdError(runId);
-    const storage = await this.connection.ready();
-    const row = await storage.getRun(runId);
+    const row = await this.storage.getRun(runId);
     return row ? { status: toStatus(row), ending: Number(row.ending) } : null;
   }
 
@@ -242,8 +239,7 @@ export class WorkflowService {
     if (filter.workflow !== undefined && (typeof filter.workflow !== 'string' || !WORKFLOW_NAME_PATTERN.test(filter.workflow))) {
       return []; // no workflow can have that name
     }
-    const storage = await this.connection.ready();
-    const rows = await storage.deadSteps({
+    const rows = await this.storage.deadSteps({
       workflow: filter.workflow,
       limit: Math.min(limit, 10_000),
       before: filter.before ? filter.before.getTime() : undefined,
@@ -268,8 +264,7 @@ export class WorkflowService {
   async retryDead(jobId: string): Promise<boolean> {
     const id = parseJobId(jobId);
     if (!id) return false;
-    const storage = await this.connection.ready();
-    const ok = await storage.retryDead(id.rowId, id.stepNumber);
+    const ok = await this.storage.retryDead(id.rowId, id.stepNumber);
     if (ok) this.notifier.wake();
     return ok;
   }

@@ -5,7 +5,7 @@ import { ulid } from '../utils/ulid.js';
 import { type NewRun, RunRowState } from './storage.types.js';
 import type { StorageContext } from './tables.js';
 import { insertJobs } from './transitions.js';
-import { escapedBytes, packetBudget } from '../worker/settle-batcher.js';
+import { escapedBytes, packetBudget } from './packet.js';
 
 export interface ExistingRun {
   id: string;

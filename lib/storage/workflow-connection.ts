@@ -15,7 +15,6 @@ import { type ConnectionTarget, connectionTarget } from './connection-target.js'
 import { WORKFLOW_SCHEMA } from './schema/migrations.js';
 import { migrate } from './schema/migrator.js';
 import { SqlClient } from './sql-client.js';
-import { WorkflowStorage } from './workflow.storage.js';
 
 /**
  * The sql_mode of every session of the module's own pool, set before its first statement.
@@ -42,20 +41,27 @@ const NOT_TRANSIENT_ERRNOS = new Set([
   3159, // insecure transport refused (MySQL)
 ]);
 
+/** A connected, checked and migrated database. */
+export interface Database {
+  client: SqlClient;
+  /** The server's max_allowed_packet, bytes. */
+  maxAllowedPacket: number;
+}
+
 /**
  * Owns the way to the database: resolves or creates the DataSource, checks the server,
- * migrates, and hands out the storage. Started lazily and at onModuleInit, so a
+ * migrates, and hands the ready client to WorkflowStorage. Started lazily and at onModuleInit, so a
  * user's own onModuleInit may already submit. Destroys only a DataSource it created.
  */
 @Injectable()
 export class WorkflowConnection implements OnModuleInit, OnApplicationShutdown {
   private readonly logger = new Logger(WorkflowConnection.name);
-  private starting?: Promise<WorkflowStorage>;
+  private starting?: Promise<Database>;
   private ownDataSource?: DataSource;
   /** A shared DataSource this module had to initialize: closed again if startup fails. */
   private initializedShared?: DataSource;
   private closed = false;
-  storage?: WorkflowStorage;
+  database?: Database;
 
   constructor(
     @Inject(WORKFLOW_CONFIG) private readonly config: ResolvedWorkflowConfig,
@@ -68,16 +74,16 @@ export class WorkflowConnection implements OnModuleInit, OnApplicationShutdown {
     await this.ready();
   }
 
-  ready(): Promise<WorkflowStorage> {
+  ready(): Promise<Database> {
     this.starting ??= this.start();
     return this.starting;
   }
 
   get dataSource(): DataSource | undefined {
-    return this.storage?.client.dataSource;
+    return this.database?.client.dataSource;
   }
 
-  private async start(): Promise<WorkflowStorage> {
+  private async start(): Promise<Database> {
     // Started lazily by a submit after shutdown, it would open a pool nobody closes.
     if (this.closed) throw new WorkflowError('WorkflowModule has shut down; it does not connect again.');
     this.assertImportedOnce();
@@ -112,7 +118,7 @@ export class WorkflowConnection implements OnModuleInit, OnApplicationShutdown {
     }
   }
 
-  private async prepare(dataSource: DataSource): Promise<WorkflowStorage> {
+  private async prepare(dataSource: DataSource): Promise<Database> {
     const client = new SqlClient(dataSource, dataSource === this.ownDataSource);
     const packet = await this.checkServer(client, dataSource === this.ownDataSource);
     const prefix = this.config.tablePrefix;
@@ -138,11 +144,8 @@ export class WorkflowConnection implements OnModuleInit, OnApplicationShutdown {
         );
       }
     }
-    const storage = new WorkflowStorage(client, prefix, now, this.config.defaults.maxAttempts);
-    storage.maxAllowedPacket = packet;
-    await storage.loadHandlers();
-    this.storage = storage;
-    return this.storage;
+    this.database = { client, maxAllowedPacket: packet };
+    return this.database;
   }
 
   private async resolveDataSource(): Promise<DataSource> {

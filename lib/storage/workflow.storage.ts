@@ -1,123 +1,142 @@
+import { Inject, Injectable } from '@nestjs/common';
 import type { EntityManager } from 'typeorm';
+import type { ResolvedWorkflowConfig } from '../workflow.config.js';
+import { WORKFLOW_CONFIG } from '../workflow.constants.js';
 import { type CancelResult, cancelRun } from './cancel.js';
 import { claimBatch, promoteDue, readyQueues } from './claim.js';
 import { deadSteps, retryDead } from './dead-letters.js';
+import { expireHandlers, HandlerDirectory, type HostedHandler, registerHandlers } from './handlers.js';
 import { cancellingAmong, renewLeases } from './leases.js';
 import { reapExpired, sweepRetention } from './maintenance.js';
 import { getRun } from './queries.js';
 import { type SettleItem, settleMany } from './settle.js';
-import type { SqlClient } from './sql-client.js';
-import { expireHandlers, HandlerDirectory, type HostedHandler, registerHandlers } from './handlers.js';
 import type { ClaimedJob, DeadRow, NewRun, RunRow, SettleResult } from './storage.types.js';
 import { type ExistingRun, submitRuns } from './submit.js';
 import { type StorageContext, tablesOf } from './tables.js';
+import { WorkflowConnection } from './workflow-connection.js';
 
-export type { CancelResult, ExistingRun, HostedHandler, SettleItem };
+export type { CancelResult, ClaimedJob, ExistingRun, HostedHandler, SettleItem };
 
 /**
  * The module's one door to its tables. Each method is one transaction (or one read),
  * kept in a file of its own named for what it commits; the statements they share, and
  * the lock order they all follow, are in transitions.ts.
+ *
+ * A provider like any other, so a unit test swaps it (`overrideProvider(WorkflowStorage)`).
+ * It reaches the database through WorkflowConnection on first use, never at compile().
  */
+@Injectable()
 export class WorkflowStorage {
-  private readonly ctx: StorageContext;
-  /** The server's max_allowed_packet in bytes, read at startup: settlements and submits are sized to fit it. */
-  maxAllowedPacket = Number.POSITIVE_INFINITY;
+  private ctx?: StorageContext;
+  private starting?: Promise<StorageContext>;
 
   constructor(
-    readonly client: SqlClient,
-    private readonly prefix: string,
-    now: () => number,
-    deliveryAttempts: number,
-  ) {
-    this.ctx = {
-      client,
-      t: tablesOf(prefix),
-      now,
-      handlers: new HandlerDirectory(),
-      deliveryAttempts,
-      stats: { fastBatches: 0, carefulBatches: 0 },
-    };
+    private readonly connection: WorkflowConnection,
+    @Inject(WORKFLOW_CONFIG) private readonly config: ResolvedWorkflowConfig,
+  ) {}
+
+  /** Connects (once), reads which handlers exist; every method waits for it. */
+  ready(): Promise<StorageContext> {
+    this.starting ??= (async () => {
+      const db = await this.connection.ready();
+      const ctx: StorageContext = {
+        client: db.client,
+        t: tablesOf(this.config.tablePrefix),
+        now: () => this.config.clock.now(),
+        handlers: new HandlerDirectory(),
+        deliveryAttempts: this.config.defaults.maxAttempts,
+        stats: { fastBatches: 0, carefulBatches: 0 },
+      };
+      const rows = await db.client.query<Array<{ workflow: string; queue: string }>>(
+        `SELECT \`workflow\`, \`queue\` FROM ${ctx.t.handlers}`,
+      );
+      ctx.handlers.remember(rows);
+      this.ctx = ctx;
+      return ctx;
+    })();
+    // A failed start may be tried again (the connection decides whether it can be).
+    this.starting.catch(() => (this.starting = undefined));
+    return this.starting;
   }
 
-  /** Announces (and, called again, keeps alive) the @OnTerminal handlers this process hosts. */
-  registerHandlers(hosted: HostedHandler[]): Promise<void> {
-    return registerHandlers(this.ctx, hosted);
+  private async c(): Promise<StorageContext> {
+    return this.ctx ?? this.ready();
   }
 
-  /** Dead-letters the deliveries of handlers no live process hosts any more. */
-  expireHandlers(): Promise<number> {
-    return expireHandlers(this.ctx);
-  }
-
-  /** Reads which workflows have handlers, so settlements of the others keep their one round trip. */
-  async loadHandlers(): Promise<void> {
-    const rows = await this.client.query<Array<{ workflow: string; queue: string }>>(
-      `SELECT \`workflow\`, \`queue\` FROM ${this.ctx.t.handlers}`,
-    );
-    this.ctx.handlers.remember(rows);
+  /** The server's max_allowed_packet in bytes, once connected: settlements and submits are sized to fit it. */
+  get maxAllowedPacket(): number {
+    return this.connection.database?.maxAllowedPacket ?? Number.POSITIVE_INFINITY;
   }
 
   /** Terminal deliveries a run of `workflow` ending now would get, as the handler cache knows them (a hint). */
   handlersFor(workflow: string): number {
-    return this.ctx.handlers.cachedFor(workflow);
+    return this.ctx?.handlers.cachedFor(workflow) ?? 0;
   }
 
   get settleStats(): Readonly<StorageContext['stats']> {
-    return this.ctx.stats;
+    return this.ctx?.stats ?? { fastBatches: 0, carefulBatches: 0 };
   }
 
-  submitRuns(runs: NewRun[], check: (existing: Map<string, ExistingRun>) => void, manager?: EntityManager): Promise<Set<string>> {
-    return submitRuns(this.ctx, runs, check, manager, this.maxAllowedPacket);
+  /** Announces (and, called again, keeps alive) the @OnTerminal handlers this process hosts. */
+  async registerHandlers(hosted: HostedHandler[]): Promise<void> {
+    return registerHandlers(await this.c(), hosted);
   }
 
-  claimBatch(queue: string, limit: number, token: string, leaseMs: number, maxAttempts: number) {
-    return claimBatch(this.ctx, queue, limit, token, leaseMs, maxAttempts);
+  /** Dead-letters the deliveries of handlers no live process hosts any more. */
+  async expireHandlers(): Promise<number> {
+    return expireHandlers(await this.c());
   }
 
-  readyQueues(queues: readonly string[]): Promise<Set<string>> {
-    return readyQueues(this.ctx, queues);
+  async submitRuns(runs: NewRun[], check: (existing: Map<string, ExistingRun>) => void, manager?: EntityManager): Promise<Set<string>> {
+    const ctx = await this.c();
+    return submitRuns(ctx, runs, check, manager, this.maxAllowedPacket);
   }
 
-  promoteDue(limit?: number): Promise<number> {
-    return promoteDue(this.ctx, limit);
+  async claimBatch(queue: string, limit: number, token: string, leaseMs: number, maxAttempts: number) {
+    return claimBatch(await this.c(), queue, limit, token, leaseMs, maxAttempts);
   }
 
-  renewLeases(jobs: Array<{ id: string; token: string }>, ms: number): Promise<string[]> {
-    return renewLeases(this.ctx, jobs, ms);
+  async readyQueues(queues: readonly string[]): Promise<Set<string>> {
+    return readyQueues(await this.c(), queues);
   }
 
-  cancellingAmong(runIds: string[]): Promise<string[]> {
-    return cancellingAmong(this.ctx, runIds);
+  async promoteDue(limit?: number): Promise<number> {
+    return promoteDue(await this.c(), limit);
   }
 
-  settleMany(items: SettleItem[]): Promise<SettleResult[]> {
-    return settleMany(this.ctx, items);
+  async renewLeases(jobs: Array<{ id: string; token: string }>, ms: number): Promise<string[]> {
+    return renewLeases(await this.c(), jobs, ms);
   }
 
-  reapExpired(limit?: number) {
-    return reapExpired(this.ctx, limit);
+  async cancellingAmong(runIds: string[]): Promise<string[]> {
+    return cancellingAmong(await this.c(), runIds);
   }
 
-  cancelRun(runId: string): Promise<CancelResult> {
-    return cancelRun(this.ctx, runId);
+  async settleMany(items: SettleItem[]): Promise<SettleResult[]> {
+    return settleMany(await this.c(), items);
   }
 
-  getRun(runId: string): Promise<RunRow | null> {
-    return getRun(this.ctx, runId);
+  async reapExpired(limit?: number) {
+    return reapExpired(await this.c(), limit);
   }
 
-  deadSteps(filter: { workflow?: string; limit: number; before?: number }): Promise<DeadRow[]> {
-    return deadSteps(this.ctx, filter);
+  async cancelRun(runId: string): Promise<CancelResult> {
+    return cancelRun(await this.c(), runId);
   }
 
-  retryDead(jobId: string, stepNumber?: number): Promise<boolean> {
-    return retryDead(this.ctx, jobId, stepNumber);
+  async getRun(runId: string): Promise<RunRow | null> {
+    return getRun(await this.c(), runId);
   }
 
-  sweepRetention(runsBefore: number, deadBefore: number, batch?: number) {
-    return sweepRetention(this.ctx, this.prefix, runsBefore, deadBefore, batch);
+  async deadSteps(filter: { workflow?: string; limit: number; before?: number }): Promise<DeadRow[]> {
+    return deadSteps(await this.c(), filter);
+  }
+
+  async retryDead(jobId: string, stepNumber?: number): Promise<boolean> {
+    return retryDead(await this.c(), jobId, stepNumber);
+  }
+
+  async sweepRetention(runsBefore: number, deadBefore: number, batch?: number) {
+    return sweepRetention(await this.c(), this.config.tablePrefix, runsBefore, deadBefore, batch);
   }
 }
-
-export type { ClaimedJob };

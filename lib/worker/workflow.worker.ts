@@ -9,13 +9,12 @@ import { randomBytes } from 'node:crypto';
 import type { ResolvedWorkerConfig, ResolvedWorkflowConfig } from '../workflow.config.js';
 import { WORKFLOW_CONFIG } from '../workflow.constants.js';
 import { WorkflowRegistry } from '../workflow.registry.js';
-import { WorkflowConnection } from '../storage/workflow-connection.js';
-import type { WorkflowStorage } from '../storage/workflow.storage.js';
+import { WorkflowStorage } from '../storage/workflow.storage.js';
 import { type ClaimedJob, JobKind } from '../storage/storage.types.js';
 import { Execution } from './execution.js';
 import { LeaseKeeper } from './lease-keeper.js';
 import { Maintenance } from './maintenance.js';
-import { StepExecutor } from './step-executor.js';
+import { JobExecutor } from './job-executor.js';
 import { WorkflowNotifier } from '../workflow.notifier.js';
 
 /** Most jobs one claim transaction takes; deep queues are drained in batches of this. */
@@ -68,8 +67,8 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
   constructor(
     @Inject(WORKFLOW_CONFIG) private readonly config: ResolvedWorkflowConfig,
     private readonly registry: WorkflowRegistry,
-    private readonly connection: WorkflowConnection,
-    private readonly executor: StepExecutor,
+    private readonly storage: WorkflowStorage,
+    private readonly executor: JobExecutor,
     private readonly notifier: WorkflowNotifier,
   ) {}
 
@@ -89,7 +88,8 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
 
   async start(): Promise<void> {
     if (this.running || this.stopping || !this.config.worker) return;
-    const storage = await this.connection.ready();
+    const storage = this.storage;
+    await storage.ready();
     const opts = this.options;
     this.queues = [];
     for (const [name, runner] of this.registry.runners) {

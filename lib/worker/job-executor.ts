@@ -3,7 +3,7 @@ import { StepError } from '../outcomes/step-error.js';
 import type { StepOutcome } from '../outcomes/step-outcome.js';
 import type { Step } from '../interfaces/step.interface.js';
 import type { RunOutcome } from '../interfaces/run.interface.js';
-import { WorkflowConnection } from '../storage/workflow-connection.js';
+import { WorkflowStorage } from '../storage/workflow.storage.js';
 import { type ClaimedJob, JobKind, publicJobId } from '../storage/storage.types.js';
 import { endsRun, Settle, type Settlement } from '../storage/settlements.js';
 import { CommitUnknownError, isConnectionError } from '../storage/sql-client.js';
@@ -13,7 +13,8 @@ import { LIMITS, WORKFLOW_CONFIG } from '../workflow.constants.js';
 import { WorkflowRegistry, type RunnerBinding } from '../workflow.registry.js';
 import { backoffDelay, type BackoffPolicy } from './backoff.js';
 import { Execution } from './execution.js';
-import { packetBudget, SettleBatcher, settlementSize } from './settle-batcher.js';
+import { packetBudget, settlementSize } from '../storage/packet.js';
+import { SettleBatcher } from './settle-batcher.js';
 import { WorkflowNotifier } from '../workflow.notifier.js';
 
 const OUTCOME_KINDS = new Set(['continue', 'succeed', 'fail', 'cancel']);
@@ -24,14 +25,14 @@ const OUTCOME_KINDS = new Set(['continue', 'succeed', 'fail', 'cancel']);
  * code is wrapped: a throw becomes a stored attempt, never an unhandled rejection.
  */
 @Injectable()
-export class StepExecutor {
-  private readonly logger = new Logger('WorkflowWorker');
-  private readonly batcher = new SettleBatcher(() => this.connection.ready());
+export class JobExecutor {
+  private readonly logger = new Logger(JobExecutor.name);
 
   constructor(
     @Inject(WORKFLOW_CONFIG) private readonly config: ResolvedWorkflowConfig,
     private readonly registry: WorkflowRegistry,
-    private readonly connection: WorkflowConnection,
+    private readonly storage: WorkflowStorage,
+    private readonly batcher: SettleBatcher,
     private readonly notifier: WorkflowNotifier,
   ) {}
 
@@ -262,8 +263,8 @@ export class StepExecutor {
    * would run again at every lease expiry; failing it here, permanently, says what is wrong.
    */
   private overPacket(exec: Execution, s: Settlement): string | undefined {
-    const storage = this.connection.storage;
-    if (!storage || storage.maxAllowedPacket === Number.POSITIVE_INFINITY) return undefined;
+    const storage = this.storage;
+    if (storage.maxAllowedPacket === Number.POSITIVE_INFINITY) return undefined;
     const budget = packetBudget(storage.maxAllowedPacket);
     const handlers = Math.max(storage.handlersFor(exec.workflow), this.registry.queuesFor(exec.workflow).length);
     // The O(1) bound first: only a settlement that could be near the packet is measured.
@@ -351,7 +352,7 @@ export class StepExecutor {
    */
   private async settledEarlier(exec: Execution, s: Settlement): Promise<'settled' | 'lost'> {
     if (s.type !== 'continue' || !s.next.leaseToken) return 'settled';
-    const storage = await this.connection.ready();
+    const storage = this.storage;
     const lost = await storage.renewLeases([{ id: s.next.id, token: s.next.leaseToken }], this.leaseMs);
     return lost.length ? 'lost' : 'settled';
   }
@@ -372,7 +373,7 @@ export class StepExecutor {
 
   private async extendLease(exec: Execution, ms: number): Promise<void> {
     if (!Number.isFinite(ms) || ms <= 0) throw new RangeError(`extendLease(ms) needs a positive number, got ${ms}`);
-    const storage = await this.connection.ready();
+    const storage = this.storage;
     const lost = await storage.renewLeases([{ id: exec.job.id, token: exec.job.token }], Math.round(ms));
     if (lost.length) await this.takeOver(exec, 'lease-lost');
   }
