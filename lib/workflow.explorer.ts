@@ -1,7 +1,10 @@
 import { Inject, Injectable, Logger, type OnModuleInit } from '@nestjs/common';
 import { ContextIdFactory, DiscoveryService, MetadataScanner, ModuleRef } from '@nestjs/core';
 import type { InstanceWrapper } from '@nestjs/core/injector/instance-wrapper.js';
+import { DuplicateWorkflowError } from './errors/duplicate-workflow.error.js';
+import { InvalidStepRunnerClassError } from './errors/invalid-step-runner-class.error.js';
 import { WorkflowConfigError } from './errors/workflow-config.error.js';
+import { MESSAGES } from './workflow.messages.js';
 import type { StepRunner } from './interfaces/step-runner.interface.js';
 import type { RunOutcome } from './interfaces/run.interface.js';
 import { assertWorkflowName, backoff, int, type ResolvedWorkflowConfig } from './workflow.config.js';
@@ -60,9 +63,7 @@ export class WorkflowExplorer implements OnModuleInit {
     if (hosted) {
       for (const name of hosted) {
         if (!registry.runners.has(name)) {
-          throw new WorkflowConfigError(
-            `worker.workflows lists "${name}", but no provider has @StepRunner('${name}'). Known runners: ${[...registry.runners.keys()].join(', ') || '(none)'}.`,
-          );
+          throw new WorkflowConfigError(MESSAGES.unknownWorkerWorkflow(name, [...registry.runners.keys()]));
         }
       }
     }
@@ -111,15 +112,11 @@ export class WorkflowExplorer implements OnModuleInit {
         this.logger.warn(`${cls.name} is provided in more than one module; workflow "${name}" uses the first instance.`);
         return;
       }
-      throw new WorkflowConfigError(
-        `Workflow "${name}" is claimed by two classes: ${previous.cls.name} and ${cls.name}. Give each @StepRunner a unique name.`,
-      );
+      throw new DuplicateWorkflowError(MESSAGES.duplicateWorkflow(name, previous.cls.name, cls.name));
     }
     const target = wrapper.isDependencyTreeStatic() ? wrapper.instance : cls.prototype;
     if (typeof target?.runStep !== 'function') {
-      throw new WorkflowConfigError(
-        `${cls.name} has @StepRunner('${name}') but no runStep(step) method. Implement StepRunner: runStep(step) returns a StepOutcome.`,
-      );
+      throw new InvalidStepRunnerClassError(MESSAGES.missingRunStep(cls.name, name));
     }
     owners.set(name, { cls, wrapper });
     const where = `@StepRunner('${name}') on ${cls.name}`;

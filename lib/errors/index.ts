@@ -15,3 +15,6 @@ export * from './database-unreachable.error.js';
 export * from './tls-required.error.js';
 export * from './unsafe-sql-mode.error.js';
 export * from './packet-too-large.error.js';
+export * from './duplicate-workflow.error.js';
+export * from './invalid-step-runner-class.error.js';
+export * from './foreign-entity-manager.error.js';

@@ -1,5 +1,6 @@
 import type { EntityManager } from 'typeorm';
-import { WorkflowConfigError } from '../errors/workflow-config.error.js';
+import { ForeignEntityManagerError } from '../errors/foreign-entity-manager.error.js';
+import { MESSAGES } from '../workflow.messages.js';
 import { CommitUnknownError, runBatch, type Sql } from './sql-client.js';
 import { ulid } from '../utils/ulid.js';
 import { type NewRun, RunRowState } from './storage.types.js';
@@ -42,10 +43,7 @@ export async function submitRuns(
   const tries: string[] = [];
   if (manager) {
     if (manager.dataSource !== ctx.client.dataSource) {
-      throw new WorkflowConfigError(
-        'submit({ manager }) needs an EntityManager of the DataSource WorkflowModule uses. Configure ' +
-          'WorkflowModule.forRoot({ dataSource }) with that DataSource (or its @nestjs/typeorm name).',
-      );
+      throw new ForeignEntityManagerError(MESSAGES.foreignEntityManager('submit'));
     }
     return ctx.client.inManager(manager, (sql) => insertRuns(ctx, sql, runs, check, false, tries, maxAllowedPacket));
   }

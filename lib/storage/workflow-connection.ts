@@ -7,6 +7,7 @@ import { TlsRequiredError } from '../errors/tls-required.error.js';
 import { UnsafeSqlModeError } from '../errors/unsafe-sql-mode.error.js';
 import { UnsupportedDatabaseError } from '../errors/unsupported-database.error.js';
 import { WorkflowConfigError } from '../errors/workflow-config.error.js';
+import { MESSAGES } from '../workflow.messages.js';
 import { WorkflowError } from '../errors/workflow.error.js';
 import type { ResolvedWorkflowConfig } from '../workflow.config.js';
 import { WORKFLOW_CONFIG } from '../workflow.constants.js';
@@ -111,10 +112,7 @@ export class WorkflowConnection implements OnModuleInit, OnApplicationShutdown {
     let count = 0;
     for (const module of this.modules.values()) if (module.providers.has(WorkflowConnection)) count++;
     if (count > 1) {
-      throw new WorkflowConfigError(
-        `WorkflowModule is imported ${count} times in this app (forRoot/forRootAsync). Import it once, ` +
-          'e.g. in the root module: it is global, so every module can inject WorkflowService.',
-      );
+      throw new WorkflowConfigError(MESSAGES.importedTwice(count));
     }
   }
 
@@ -129,19 +127,13 @@ export class WorkflowConnection implements OnModuleInit, OnApplicationShutdown {
       const rows = await client
         .query<Array<{ version: number | string }>>(`SELECT \`version\` FROM \`${prefix}migrations\``)
         .catch((err) => {
-          throw new WorkflowConfigError(
-            `autoMigrate is off and the workflow tables ("${prefix}migrations"...) are missing (${(err as Error).message}). ` +
-              'Run the migrations from createWorkflowMigrations(tablePrefix) / WORKFLOW_MIGRATIONS, or set autoMigrate: true.',
-          );
+          throw new WorkflowConfigError(MESSAGES.missingTables(prefix, (err as Error).message));
         });
       // An older schema would fail at the first statement that needs a newer column.
       const applied = new Set(rows.map((r) => Number(r.version)));
       const missing = WORKFLOW_SCHEMA.filter((m) => !applied.has(m.version)).map((m) => m.version);
       if (missing.length) {
-        throw new WorkflowConfigError(
-          `autoMigrate is off and the workflow schema ("${prefix}...") lacks version(s) ${missing.join(', ')}. ` +
-            'Run the migrations from createWorkflowMigrations(tablePrefix) / WORKFLOW_MIGRATIONS, or set autoMigrate: true.',
-        );
+        throw new WorkflowConfigError(MESSAGES.schemaBehind(prefix, missing));
       }
     }
     this.database = { client, maxAllowedPacket: packet };
@@ -159,10 +151,7 @@ export class WorkflowConnection implements OnModuleInit, OnApplicationShutdown {
         found = undefined;
       }
       if (!found) {
-        throw new WorkflowConfigError(
-          `WorkflowModule: no TypeORM DataSource named "${dataSource}". Register it with TypeOrmModule.forRoot({ name: '${dataSource}', ... }) ` +
-            'or pass the DataSource object.',
-        );
+        throw new WorkflowConfigError(MESSAGES.noNamedDataSource(dataSource));
       }
       return this.initialized(found);
     }
@@ -211,7 +200,7 @@ export class WorkflowConnection implements OnModuleInit, OnApplicationShutdown {
 
   private async initialized(ds: DataSource): Promise<DataSource> {
     if (!(ds instanceof DataSource) && typeof (ds as any)?.initialize !== 'function') {
-      throw new WorkflowConfigError('WorkflowModule: `dataSource` must be a TypeORM DataSource or the name of one.');
+      throw new WorkflowConfigError(MESSAGES.notADataSource());
     }
     // Before initializing it: no reason to connect to a database we cannot use.
     const type = (ds.options as { type?: string }).type;

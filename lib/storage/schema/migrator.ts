@@ -1,5 +1,6 @@
 import { Logger } from '@nestjs/common';
 import { WorkflowConfigError } from '../../errors/workflow-config.error.js';
+import { MESSAGES } from '../../workflow.messages.js';
 import { withNamedLock } from '../named-lock.js';
 import type { SqlClient } from '../sql-client.js';
 import { applyStatement, migrationsTableDdl, WORKFLOW_SCHEMA } from './migrations.js';
@@ -27,6 +28,6 @@ export async function migrate(client: SqlClient, prefix: string, now: () => numb
     }
     return done;
   });
-  if (!applied) throw new WorkflowConfigError('Timed out after 120 s waiting for the schema migration lock held by another process.');
+  if (!applied) throw new WorkflowConfigError(MESSAGES.migrationLockTimeout(120));
   return applied;
 }
