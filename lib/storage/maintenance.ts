@@ -2,7 +2,7 @@ import { withNamedLock } from './named-lock.js';
 import type { WriteResult } from './sql-client.js';
 import { settleOne } from './settle.js';
 import { Settle } from './settlements.js';
-import { JobKind, JobState, RunRowState } from './storage.types.js';
+import { countedAttempts, JobKind, JobState, RunRowState } from './storage.types.js';
 import { CLAIM_COLUMNS, type JobRow, type StorageContext, toClaimed } from './tables.js';
 
 /**
@@ -45,8 +45,8 @@ export async function reapExpired(
       if (job.kind === JobKind.Step && cancelling.has(job.runId)) {
         await settleOne(ctx, sql, { job, settlement: Settle.observeCancel() });
         counts.cancelled++;
-      } else if (job.attempts >= job.maxAttempts) {
-        const error = `lease expired ${job.attempts} times: the worker running it died or stalled (last delivery cut off)`;
+      } else if (countedAttempts(job) >= job.maxAttempts) {
+        const error = `lease expired ${countedAttempts(job)} times: the worker running it died or stalled (last delivery cut off)`;
         await settleOne(ctx, sql, { job, settlement: Settle.deadLetter(error) });
         counts.dead++;
       } else {

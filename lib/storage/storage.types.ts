@@ -39,6 +39,9 @@ export function parseJobId(jobId: unknown): { rowId: string; stepNumber?: number
   return m[2] === undefined ? { rowId: m[1] } : { rowId: m[1], stepNumber: Number(m[2]) };
 }
 
+/** Deliveries that count against maxAttempts: a hand-back at shutdown was not the step's fault. */
+export const countedAttempts = (job: { attempts: number; handbacks: number }): number => job.attempts - job.handbacks;
+
 /** A job a worker holds; `token` fences every write it makes. */
 export interface ClaimedJob {
   id: string;
@@ -46,7 +49,10 @@ export interface ClaimedJob {
   kind: JobKind;
   runId: string;
   stepNumber: number;
+  /** Deliveries so far, this one included. */
   attempts: number;
+  /** Of those, handed back at shutdown: they do not count against maxAttempts. */
+  handbacks: number;
   maxAttempts: number;
   priority: number;
   payload: string;

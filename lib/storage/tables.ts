@@ -30,7 +30,7 @@ export interface StorageContext {
 export const JOB_COLUMNS =
   '`id`, `queue`, `kind`, `state`, `priority`, `run_at`, `run_id`, `step_number`, `attempts`, `max_attempts`, `lease_token`, `lease_until`, `payload`, `headers`, `created_at`';
 export const CLAIM_COLUMNS =
-  '`id`, `queue`, `kind`, `run_id`, `step_number`, `attempts`, `max_attempts`, `priority`, `payload`, `headers`';
+  '`id`, `queue`, `kind`, `run_id`, `step_number`, `attempts`, `handbacks`, `max_attempts`, `priority`, `payload`, `headers`';
 
 /** A job row as `CLAIM_COLUMNS` reads it. */
 export interface JobRow {
@@ -40,6 +40,7 @@ export interface JobRow {
   run_id: string;
   step_number: number | string;
   attempts: number | string;
+  handbacks: number | string;
   max_attempts: number | string | null;
   priority: number | string;
   payload: string;
@@ -54,6 +55,7 @@ export function toClaimed(r: JobRow, token: string, attempts: number): ClaimedJo
     runId: r.run_id,
     stepNumber: Number(r.step_number),
     attempts,
+    handbacks: Number(r.handbacks ?? 0),
     maxAttempts: Number(r.max_attempts),
     priority: Number(r.priority),
     payload: r.payload,

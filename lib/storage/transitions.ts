@@ -66,6 +66,7 @@ export function rewriteAsSuccessors(t: Tables, moves: Array<{ job: ClaimedJob; n
     caseById(params, 'lease_token', leased, id, '?', (m) => [m.next.leaseToken], 'NULL'),
     caseById(params, 'lease_until', leased, id, 'DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND)', (m) => [leaseMicros(m.next.leaseMs)], 'NULL'),
     caseById(params, 'attempts', leased, id, '1', () => [], '0'),
+    `\`handbacks\` = 0`,
     caseById(params, 'state', waiting, id, '?', (m) => [m.next.scheduled ? JobState.Scheduled : JobState.Ready], '`state`'),
     caseById(params, 'run_at', waiting, id, '?', (m) => [m.next.runAt], '`run_at`'),
   ];
@@ -101,10 +102,13 @@ export function rescheduleHeld(t: Tables, items: Array<{ job: ClaimedJob; runAt:
   ];
 }
 
-/** Held jobs handed back, claimable at once. A hand-back at shutdown is not the step's fault: that delivery does not count. */
+/**
+ * Held jobs handed back, claimable at once. The delivery counts in `attempts` (it
+ * happened) and in `handbacks`, so it does not use up maxAttempts: not the step's fault.
+ */
 export function releaseHeld(t: Tables, jobs: ClaimedJob[]): Statement {
   return [
-    `UPDATE ${t.jobs} FORCE INDEX (PRIMARY) SET \`state\` = ${JobState.Ready}, \`attempts\` = GREATEST(\`attempts\`, 1) - 1,
+    `UPDATE ${t.jobs} FORCE INDEX (PRIMARY) SET \`state\` = ${JobState.Ready}, \`handbacks\` = \`handbacks\` + 1,
       \`lease_token\` = NULL, \`lease_until\` = NULL WHERE \`id\` IN (?) AND \`lease_token\` IN (?)`,
     [jobs.map((j) => j.id), jobs.map((j) => j.token)],
   ];

@@ -4,7 +4,7 @@ import type { StepOutcome } from '../outcomes/step-outcome.js';
 import type { Step } from '../interfaces/step.interface.js';
 import type { RunOutcome } from '../interfaces/run.interface.js';
 import { WorkflowStorage } from '../storage/workflow.storage.js';
-import { type ClaimedJob, JobKind, publicJobId } from '../storage/storage.types.js';
+import { type ClaimedJob, countedAttempts, JobKind, publicJobId } from '../storage/storage.types.js';
 import { endsRun, Settle, type Settlement } from '../storage/settlements.js';
 import { CommitUnknownError, isConnectionError } from '../storage/sql-client.js';
 import { serializeJson } from '../utils/json.js';
@@ -284,10 +284,10 @@ export class JobExecutor {
   private failure(job: ClaimedJob, err: unknown, policy: BackoffPolicy | undefined): Settlement {
     const text = errorText(err);
     const permanent = err instanceof StepError && err.kind === 'permanent';
-    if (permanent || job.attempts >= job.maxAttempts) {
+    if (permanent || countedAttempts(job) >= job.maxAttempts) {
       // Room for the "gave up" note, so the run's error stays within the limit too.
       const reason = err instanceof Error ? truncated(String(err.message), LIMITS.maxReasonBytes - 100) : text;
-      return Settle.deadLetter(text, permanent ? reason : `${reason} (gave up after ${job.attempts} of ${job.maxAttempts} attempts)`);
+      return Settle.deadLetter(text, permanent ? reason : `${reason} (gave up after ${countedAttempts(job)} of ${job.maxAttempts} attempts)`);
     }
     const delay = backoffDelay(policy ?? this.config.defaults.backoff, job.attempts);
     return Settle.retryAt(this.now() + delay, text);
@@ -321,6 +321,7 @@ export class JobExecutor {
             runId: n.runId,
             stepNumber: n.stepNumber,
             attempts: 1,
+            handbacks: 0,
             maxAttempts: n.maxAttempts ?? exec.job.maxAttempts,
             priority: n.priority,
             payload: n.payload,

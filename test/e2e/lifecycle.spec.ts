@@ -291,7 +291,7 @@ describe('graceful shutdown', () => {
     }
   });
 
-  it('a step that outlasts shutdownTimeoutMs is aborted (reason shutdown) and handed back: another app resumes it at once, attempt not counted', async () => {
+  it('a step that outlasts shutdownTimeoutMs is aborted (reason shutdown) and handed back: another app resumes it at once; the delivery counts in attempts, not against maxAttempts', async () => {
     const prefix = prefixes.next();
     HangRunner.hang = true;
     const worker = { pollIntervalMs: 50, leaseMs: 30_000, shutdownTimeoutMs: 300 };
@@ -311,17 +311,18 @@ describe('graceful shutdown', () => {
       expect((delivery.signal.reason as StepAbortedError).reason).toBe('shutdown');
       expect(delivery.abortedAt! - closeCalledAt).toBeGreaterThanOrEqual(280); // waited shutdownTimeoutMs first
 
-      // Handed back: claimable now, lease cleared, the cut-off delivery not counted.
+      // Handed back: claimable now, lease cleared; the cut-off delivery happened, so it is counted as one.
       const rows = (await jobRows(prefix, runId)).filter((j) => j.kind === 0);
       expect(rows).toHaveLength(1);
-      expect(rows[0]).toMatchObject({ step_number: 0, attempts: 0, lease_token: null });
+      expect(rows[0]).toMatchObject({ step_number: 0, attempts: 1, lease_token: null });
 
       HangRunner.hang = false;
       second = await startApp({ prefix, providers: [HangRunner], worker });
       const resumed = second.get(HangRunner);
       const again = (await waitFor(() => resumed.deliveries.find((d) => d.runId === runId), 'the step to resume in the second app', 5_000))!;
       expect(again.startedAt - closedAt).toBeLessThan(3_000); // well before leaseMs (30 s)
-      expect(again.attempts).toBe(1); // maxAttempts is 1: a counted hand-back would have exhausted it
+      // The second delivery, and with maxAttempts 1 it still runs: the hand-back used up no attempt.
+      expect(again.attempts).toBe(2);
 
       const outcome = await second.get(WorkflowService).waitForOutcome(runId, { timeoutMs: 5_000 });
       expect(outcome).toMatchObject({ status: 'succeeded', result: 'resumed elsewhere' });

@@ -85,7 +85,7 @@ describe('settlement paths', () => {
     for (const [i, c] of cases.entries()) {
       const id = `01JOB${String(i).padStart(21, '0')}`;
       const job: ClaimedJob = {
-        id, queue: c.workflow, kind: JobKind.Step, runId: c.run, stepNumber: 2, attempts: 1, maxAttempts: 3,
+        id, queue: c.workflow, kind: JobKind.Step, runId: c.run, stepNumber: 2, attempts: 1, handbacks: 0, maxAttempts: 3,
         priority: 0, payload: '{"step":2}', headers: '{"h":"1"}', token: `tok/${id}`,
       };
       const state = cancelling.includes(c.run) ? 'cancelling' : 'active';

@@ -102,11 +102,14 @@ export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
     // reply was lost recognizes its own rows. ending: how many times the run has ended
     // (retryDead re-opens it), so each outcome is told apart. handlers: the @OnTerminal
     // handlers live processes host, so deliveries do not depend on who ends a run.
+    // jobs.handbacks: deliveries handed back at shutdown, counted in attempts (deliveries)
+    // but not against maxAttempts.
     version: 3,
-    name: 'runs.submit_key, runs.ending, handlers',
+    name: 'runs.submit_key, runs.ending, jobs.handbacks, handlers',
     statements: (p) => [
       `ALTER TABLE \`${p}runs\` ADD COLUMN \`submit_key\` CHAR(26) ${ASCII} NULL`,
       `ALTER TABLE \`${p}runs\` ADD COLUMN \`ending\` INT UNSIGNED NOT NULL DEFAULT 0`,
+      `ALTER TABLE \`${p}jobs\` ADD COLUMN \`handbacks\` INT UNSIGNED NOT NULL DEFAULT 0`,
       `CREATE TABLE IF NOT EXISTS \`${p}handlers\` (
         \`queue\` VARCHAR(191) NOT NULL,
         \`workflow\` VARCHAR(128) ${ASCII} NOT NULL,
