@@ -28,7 +28,7 @@ export const DEFAULTS = {
 } as const;
 
 export const RUN_ID_PATTERN = /^[A-Za-z0-9_-]{1,128}$/;
-export const WORKFLOW_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.:\/-]{0,127}$/;
+export const WORKFLOW_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$/;
 export const TABLE_PREFIX_PATTERN = /^[A-Za-z_][A-Za-z0-9_]{0,40}$/;
 export const RESERVED_HEADER_PREFIX = 'workflow.';
 

@@ -183,7 +183,6 @@ export class JobExecutor {
 
   /** Maps what the runner returned to a settlement; anything that is not a valid StepOutcome fails the step permanently. */
   private toSettlement(exec: Execution, binding: RunnerBinding, outcome: StepOutcome | undefined): Settlement {
-    const job = exec.job;
     const o = outcome as Record<string, any> | undefined;
     if (!o || typeof o !== 'object' || !OUTCOME_KINDS.has(o.kind)) {
       const error =

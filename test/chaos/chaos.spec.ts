@@ -15,7 +15,7 @@ describe('chaos: SIGKILL a random worker every 2 s', () => {
       concurrency: 4,
       timeoutMs: 120_000,
     });
-    // eslint-disable-next-line no-console
+     
     console.log(`chaos: ${JSON.stringify(report)}`);
     expect(report.kills).toBeGreaterThanOrEqual(2);
     expect(report.runsLost).toBe(0);

@@ -46,7 +46,7 @@ describe('bounded storage under a steady stream of runs', () => {
       Math.max(...samples.filter((s) => s.at >= from && s.at < to).map((s) => s.runs));
     const middle = third(durationMs / 3, (2 * durationMs) / 3);
     const last = third((2 * durationMs) / 3, durationMs + 1);
-    // eslint-disable-next-line no-console
+     
     console.log(`bounded storage: ${submitted} runs submitted; peak runs table ${middle} (middle third), ${last} (last third)`);
     expect(submitted).toBeGreaterThan(1_500);
     expect(last).toBeLessThan(submitted / 2);

@@ -55,7 +55,7 @@ describe('database restart under load', () => {
     );
     expect(outcomes.filter((o) => o.status === 'succeeded')).toHaveLength(50);
     expect(outcomes.map((o) => o.result)).toEqual([...before, ...after].map((_, i) => (i < 40 ? i : 60 + i) + 10));
-    // eslint-disable-next-line no-console
+     
     console.log(`database down ${downtimeMs} ms; 50/50 runs succeeded after the restart`);
   }, 90_000);
 });

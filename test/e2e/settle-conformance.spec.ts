@@ -114,7 +114,7 @@ describe('settlement paths', () => {
       );
       return {
         runs: await read(`SELECT * FROM ${ctx.t.runs} ORDER BY id`),
-        jobs: jobs.map(({ id, lease_until, ...rest }) => ({ ...rest, id: Number(rest.kind) === JobKind.Terminal ? 'delivery' : id })),
+        jobs: jobs.map(({ id, lease_until: _leaseUntil, ...rest }) => ({ ...rest, id: Number(rest.kind) === JobKind.Terminal ? 'delivery' : id })),
         dead: await read(`SELECT * FROM ${ctx.t.dead} ORDER BY job_id`),
       };
     } finally {

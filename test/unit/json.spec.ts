@@ -15,6 +15,7 @@ describe('serializeJson', () => {
     ['undefined at top level', undefined, /undefined/],
     ['undefined as an array element', [1, undefined], /undefined/],
     ['undefined in a nested array', { a: [{ b: [undefined] }] }, /undefined/],
+    // eslint-disable-next-line no-sparse-arrays -- the hole is the point
     ['an array hole', [1, , 3], /undefined/],
     ['a property whose toJSON returns undefined', { a: { toJSON: () => undefined } }, /undefined/],
     ['a top-level toJSON that returns undefined', { toJSON: () => undefined }, /undefined/],

@@ -110,7 +110,7 @@ export class PrivateMariaDb {
         await conn.end();
         return;
       } catch (err) {
-        if (Date.now() > deadline) throw new Error(`private mariadbd on ${this.port} did not start: ${err}`);
+        if (Date.now() > deadline) throw new Error(`private mariadbd on ${this.port} did not start: ${err}`, { cause: err });
         await new Promise((r) => setTimeout(r, 100));
       }
     }
