@@ -19,7 +19,7 @@ describe('database restart under load', () => {
   let app: TestingModule;
 
   beforeAll(async () => {
-    db = await PrivateMariaDb.create(33000 + (process.pid % 1000));
+    db = await PrivateMariaDb.create(0);
     app = await startApp({
       prefix: 'outage_',
       providers: [Ticker],

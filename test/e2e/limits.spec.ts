@@ -268,7 +268,7 @@ describe('limits: max_allowed_packet (private MariaDB, --max-allowed-packet=1M)'
   let workflows: WorkflowService;
 
   beforeAll(async () => {
-    db = await PrivateMariaDb.create(38000 + (process.pid % 1000), { args: ['--max-allowed-packet=1M'] });
+    db = await PrivateMariaDb.create(0, { args: ['--max-allowed-packet=1M'] });
     app = await startApp({
       prefix,
       providers: [SinkRunner, BigResultRunner, BigAudit, FatRunner],

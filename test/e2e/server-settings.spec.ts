@@ -41,7 +41,7 @@ describe('a server whose sql_mode has NO_BACKSLASH_ESCAPES', () => {
   let admin: mysql.Connection;
 
   beforeAll(async () => {
-    db = await PrivateMariaDb.create(35000 + (process.pid % 1000), { args: ['--sql-mode=NO_BACKSLASH_ESCAPES'] });
+    db = await PrivateMariaDb.create(0, { args: ['--sql-mode=NO_BACKSLASH_ESCAPES'] });
     admin = await db.adminConnection();
     await admin.query('CREATE TABLE test.victim (id INT PRIMARY KEY)');
   }, 60_000);
@@ -116,7 +116,7 @@ describe('a server that requires TLS (require_secure_transport, self-signed CA)'
   const tcp = () => ({ host: '127.0.0.1', port: db.port, username: 'root', database: 'test' });
 
   beforeAll(async () => {
-    db = await PrivateMariaDb.create(36000 + (process.pid % 1000), { tls: true });
+    db = await PrivateMariaDb.create(0, { tls: true });
     ca = db.ca!;
   }, 60_000);
   afterAll(async () => {

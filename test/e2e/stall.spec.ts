@@ -79,7 +79,7 @@ describe('lease renewal while the database is briefly unreachable', () => {
   let b: TestingModule;
 
   beforeAll(async () => {
-    db = await PrivateMariaDb.create(34000 + (process.pid % 1000));
+    db = await PrivateMariaDb.create(0);
     const options = { connection: { url: db.url } };
     const worker = { pollIntervalMs: 50, leaseMs: 2_500, shutdownTimeoutMs: 1_000 };
     a = await startApp({ prefix: 'renew_', providers: [Slow], options, worker });

@@ -51,7 +51,7 @@ describe('startup errors', () => {
   }
 
   beforeAll(async () => {
-    db = await PrivateMariaDb.create(37000 + (process.pid % 1000));
+    db = await PrivateMariaDb.create(0);
     admin = await db.adminConnection();
   }, 60_000);
   afterAll(async () => {

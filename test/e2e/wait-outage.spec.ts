@@ -62,7 +62,7 @@ describe('waitForOutcome during a database outage', () => {
   const prefix = 'waitout_';
 
   beforeAll(async () => {
-    db = await PrivateMariaDb.create(37000 + (process.pid % 1000));
+    db = await PrivateMariaDb.create(0);
     app = await startApp({
       prefix,
       providers: [HeldRunner],

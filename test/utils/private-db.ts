@@ -3,6 +3,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { type AddressInfo, createServer } from 'node:net';
 import mysql from 'mysql2/promise';
 
 const run = promisify(execFile);
@@ -40,7 +41,9 @@ export class PrivateMariaDb {
     return join(this.dir, 's');
   }
 
+  /** `port` 0: a port the system says is free now (fixed from then on, across restarts). */
   static async create(port: number, options: PrivateMariaDbOptions = {}): Promise<PrivateMariaDb> {
+    if (port === 0) port = await freePort();
     const dir = mkdtempSync(join(tmpdir(), 'wf-mariadb-'));
     const args = [...(options.args ?? [])];
     let ca: string | undefined;
@@ -93,12 +96,15 @@ export class PrivateMariaDb {
         ...user,
         ...this.args,
       ],
-      { stdio: 'ignore' },
+      { stdio: ['ignore', 'ignore', 'pipe'] },
     );
     const child = this.child;
+    // The server's last words, for the error when it does not come up.
+    let stderr = '';
+    child.stderr?.on('data', (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-2000)));
     const deadline = Date.now() + 30_000;
     for (;;) {
-      if (child.exitCode !== null) throw new Error(`private mariadbd on ${this.port} exited with ${child.exitCode} (bad arguments?)`);
+      if (child.exitCode !== null) throw new Error(`private mariadbd on ${this.port} exited with ${child.exitCode}: ${stderr.trim().split('\n').slice(-5).join(' | ')}`);
       try {
         // TCP as well as the socket: clients of the tests connect over TCP.
         const conn = await mysql.createConnection({
@@ -143,4 +149,16 @@ async function makeCertificates(dir: string): Promise<string> {
   await run('openssl', ['x509', '-req', '-in', at('server.csr'), '-CA', at('ca.pem'), '-CAkey', at('ca-key.pem'),
     '-CAcreateserial', '-days', '2', '-extfile', at('san.cnf'), '-out', at('server.pem')]);
   return readFileSync(at('ca.pem'), 'utf8');
+}
+
+/** A TCP port nothing listens on right now. */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
 }
