@@ -10,10 +10,10 @@ import {
   StepRunner,
   WorkflowService,
 } from 'nestjs-durable-workflow';
-import { startApp } from '../utils/app.js';
+import { startApp } from '../utils/create-test-app.js';
 import { dropTables, uniquePrefix } from '../utils/db.js';
-import { deadRows, holdsFor, jobRows } from '../utils/e2e-kit.js';
-import { deferred, waitFor } from '../utils/wait.js';
+import { deadRows, jobRows } from '../utils/tables.js';
+import { deferred, holdsFor, waitFor } from '../utils/wait.js';
 
 const STEP = 0; // jobs.kind of a step (terminal deliveries are 1)
 

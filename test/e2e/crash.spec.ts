@@ -1,7 +1,7 @@
 import type { TestingModule } from '@nestjs/testing';
 import type { Connection } from 'mysql2/promise';
 import { WorkflowService } from 'nestjs-durable-workflow';
-import { startApp } from '../utils/app.js';
+import { startApp } from '../utils/create-test-app.js';
 import { dropTables, rawConnection, uniquePrefix } from '../utils/db.js';
 import { createJournal, startWorker, type WorkerProcess } from '../utils/processes.js';
 import { waitFor } from '../utils/wait.js';

@@ -1,7 +1,7 @@
 import { Injectable } from '@nestjs/common';
 import type { TestingModule } from '@nestjs/testing';
 import { type Step, StepOutcome, StepRunner, WorkflowService } from 'nestjs-durable-workflow';
-import { startApp } from '../utils/app.js';
+import { startApp } from '../utils/create-test-app.js';
 import { PrivateMariaDb } from '../utils/private-db.js';
 
 @Injectable()

@@ -33,7 +33,7 @@ import {
   WorkflowModule,
   WorkflowService,
 } from 'nestjs-durable-workflow';
-import { startApp } from '../utils/app.js';
+import { startApp } from '../utils/create-test-app.js';
 import { DB_URL, dropTables, rawConnection, uniquePrefix } from '../utils/db.js';
 import { countRows } from '../utils/tables.js';
 

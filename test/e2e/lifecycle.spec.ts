@@ -8,8 +8,9 @@ import {
   StepRunner,
   WorkflowService,
 } from 'nestjs-durable-workflow';
-import { startApp } from '../utils/app.js';
-import { Prefixes, deadRows, jobRows } from '../utils/e2e-kit.js';
+import { startApp } from '../utils/create-test-app.js';
+import { Prefixes } from '../utils/db.js';
+import { deadRows, jobRows } from '../utils/tables.js';
 import { deferred, waitFor } from '../utils/wait.js';
 
 const prefixes = new Prefixes('lifecycle');

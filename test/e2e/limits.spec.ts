@@ -20,7 +20,7 @@ import {
   WorkflowModule,
   WorkflowService,
 } from 'nestjs-durable-workflow';
-import { startApp } from '../utils/app.js';
+import { startApp } from '../utils/create-test-app.js';
 import { DB_URL, dropTables, uniquePrefix } from '../utils/db.js';
 import { PrivateMariaDb } from '../utils/private-db.js';
 import { snapshotRows } from '../utils/tables.js';

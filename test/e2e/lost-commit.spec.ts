@@ -8,7 +8,7 @@
 import { Injectable } from '@nestjs/common';
 import type { TestingModule } from '@nestjs/testing';
 import { type Step, StepError, StepOutcome, StepRunner, WorkflowService } from 'nestjs-durable-workflow';
-import { startApp } from '../utils/app.js';
+import { startApp } from '../utils/create-test-app.js';
 import { CuttingProxy, type CutWhen } from '../utils/cutting-proxy.js';
 import { dropTables, uniquePrefix } from '../utils/db.js';
 

@@ -13,10 +13,9 @@ import {
   WorkflowService,
 } from 'nestjs-durable-workflow';
 import { DataSource } from 'typeorm';
-import { startApp } from '../utils/app.js';
-import { DB_URL, rawConnection } from '../utils/db.js';
-import { Prefixes, holdsFor, kitBuilder, kitOptions, startupError } from '../utils/e2e-kit.js';
-import { waitFor } from '../utils/wait.js';
+import { startApp, startupError, testBuilder, testOptions } from '../utils/create-test-app.js';
+import { DB_URL, Prefixes, rawConnection } from '../utils/db.js';
+import { holdsFor, waitFor } from '../utils/wait.js';
 
 // ---------------------------------------------------------------- runners
 
@@ -135,7 +134,7 @@ function configModule(values: Record<string, string>) {
 }
 
 function optionsFrom(config: AppConfig): WorkflowModuleOptions {
-  return kitOptions({ prefix: config.get('WF_PREFIX'), options: { connection: { url: config.get('WF_DB_URL') } } });
+  return testOptions({ prefix: config.get('WF_PREFIX'), options: { connection: { url: config.get('WF_DB_URL') } } });
 }
 
 /** createWorkflowOptions() factory class for useClass / useExisting. */
@@ -273,7 +272,7 @@ describe('sharing the app’s DataSource', () => {
     const dataSource = new DataSource({ type: 'mysql', url: DB_URL } as any);
     await dataSource.initialize();
     try {
-      const app = await kitBuilder({ prefix, providers: [EchoRunner], options: { connection: undefined, dataSource } }).compile();
+      const app = await testBuilder({ prefix, providers: [EchoRunner], options: { connection: undefined, dataSource } }).compile();
       await app.init();
       await runsEcho(app, 5);
       await app.close();
@@ -291,7 +290,7 @@ describe('sharing the app’s DataSource', () => {
     const app = await Test.createTestingModule({
       imports: [
         TypeOrmModule.forRoot({ name: 'wf', type: 'mysql', url: DB_URL, entities: [], synchronize: false, retryAttempts: 0 }),
-        WorkflowModule.forRoot({ ...kitOptions({ prefix }), connection: undefined, dataSource: 'wf' }),
+        WorkflowModule.forRoot({ ...testOptions({ prefix }), connection: undefined, dataSource: 'wf' }),
       ],
       providers: [EchoRunner],
     }).compile();
@@ -314,7 +313,7 @@ describe('configuration errors at startup', () => {
   it('both `connection` and `dataSource`', async () => {
     const dataSource = new DataSource({ type: 'mysql', url: DB_URL } as any);
     const err = await startupError(() =>
-      kitBuilder({ prefix: prefixes.next(), options: { connection: { url: DB_URL }, dataSource } }),
+      testBuilder({ prefix: prefixes.next(), options: { connection: { url: DB_URL }, dataSource } }),
     );
     expect(err).toBeInstanceOf(WorkflowConfigError);
     expect(err.message).toMatch(/connection/);
@@ -324,7 +323,7 @@ describe('configuration errors at startup', () => {
   });
 
   it('neither `connection` nor `dataSource`', async () => {
-    const err = await startupError(() => kitBuilder({ prefix: prefixes.next(), options: { connection: undefined } }));
+    const err = await startupError(() => testBuilder({ prefix: prefixes.next(), options: { connection: undefined } }));
     expect(err).toBeInstanceOf(WorkflowConfigError);
     expect(err.message).toMatch(/connection/);
     expect(err.message).toMatch(/dataSource/);
@@ -332,7 +331,7 @@ describe('configuration errors at startup', () => {
 
   it('an unreachable database names where it tried to connect', async () => {
     const err = await startupError(() =>
-      kitBuilder({ prefix: prefixes.next(), options: { connection: { host: '127.0.0.1', port: 1, username: 'root' } } }),
+      testBuilder({ prefix: prefixes.next(), options: { connection: { host: '127.0.0.1', port: 1, username: 'root' } } }),
     );
     expect(err).toBeInstanceOf(WorkflowConfigError);
     expect(err.message).toMatch(/127\.0\.0\.1:1\b/);
@@ -340,14 +339,14 @@ describe('configuration errors at startup', () => {
   });
 
   it('a @StepRunner class without runStep is named in the error', async () => {
-    const err = await startupError(() => kitBuilder({ prefix: prefixes.next(), providers: [RunnerWithoutRunStep] }));
+    const err = await startupError(() => testBuilder({ prefix: prefixes.next(), providers: [RunnerWithoutRunStep] }));
     expect(err).toBeInstanceOf(WorkflowConfigError);
     expect(err.message).toContain('RunnerWithoutRunStep');
     expect(err.message).toContain('runStep');
   });
 
   it('two classes claiming one @StepRunner name are both named', async () => {
-    const err = await startupError(() => kitBuilder({ prefix: prefixes.next(), providers: [FirstClaimant, SecondClaimant] }));
+    const err = await startupError(() => testBuilder({ prefix: prefixes.next(), providers: [FirstClaimant, SecondClaimant] }));
     expect(err).toBeInstanceOf(WorkflowConfigError);
     expect(err.message).toContain('FirstClaimant');
     expect(err.message).toContain('SecondClaimant');
@@ -355,7 +354,7 @@ describe('configuration errors at startup', () => {
   });
 
   it('an invalid tablePrefix', async () => {
-    const err = await startupError(() => kitBuilder({ prefix: 'bad-prefix; DROP TABLE x' }));
+    const err = await startupError(() => testBuilder({ prefix: 'bad-prefix; DROP TABLE x' }));
     expect(err).toBeInstanceOf(WorkflowConfigError);
     expect(err.message).toMatch(/tablePrefix/);
     expect(err.message).toContain('bad-prefix; DROP TABLE x');
@@ -367,7 +366,7 @@ describe('configuration errors at startup', () => {
 describe('@nestjs/testing integration', () => {
   it('compile() alone claims nothing; init() starts the worker', async () => {
     const prefix = prefixes.next();
-    const compiledOnly = await kitBuilder({ prefix, providers: [EchoRunner] }).compile();
+    const compiledOnly = await testBuilder({ prefix, providers: [EchoRunner] }).compile();
     let submitter: TestingModule | undefined;
     try {
       submitter = await startApp({ prefix, worker: false, options: { workflows: ['echo'] } });
@@ -404,7 +403,7 @@ describe('@nestjs/testing integration', () => {
         return StepOutcome.succeed({ fake: true, input: step.payload });
       },
     };
-    const app = await kitBuilder({ prefix, providers: [RealRunner] }).overrideProvider(RealRunner).useValue(fake).compile();
+    const app = await testBuilder({ prefix, providers: [RealRunner] }).overrideProvider(RealRunner).useValue(fake).compile();
     await app.init();
     try {
       const service = app.get(WorkflowService);

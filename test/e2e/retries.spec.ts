@@ -9,7 +9,7 @@ import {
   StepRunner,
   WorkflowService,
 } from 'nestjs-durable-workflow';
-import { startApp } from '../utils/app.js';
+import { startApp } from '../utils/create-test-app.js';
 import { dropTables, uniquePrefix } from '../utils/db.js';
 import { jobsOfRun } from '../utils/tables.js';
 import { deferred, waitFor } from '../utils/wait.js';

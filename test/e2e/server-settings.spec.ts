@@ -17,8 +17,7 @@ import {
   WorkflowService,
 } from 'nestjs-durable-workflow';
 import { DataSource } from 'typeorm';
-import { startApp } from '../utils/app.js';
-import { kitBuilder, startupError } from '../utils/e2e-kit.js';
+import { startApp, startupError, testBuilder } from '../utils/create-test-app.js';
 import { PrivateMariaDb } from '../utils/private-db.js';
 
 /** Step 0 forwards its payload through a settlement; step 1 returns what it saw. */
@@ -93,7 +92,7 @@ describe('a server whose sql_mode has NO_BACKSLASH_ESCAPES', () => {
     await dataSource.initialize();
     try {
       const err = await startupError(() =>
-        kitBuilder({ prefix: 'nbeshared_', options: { connection: undefined, dataSource } }),
+        testBuilder({ prefix: 'nbeshared_', options: { connection: undefined, dataSource } }),
       );
       expect(err).toBeInstanceOf(UnsafeSqlModeError);
       expect(err).toBeInstanceOf(WorkflowConfigError);
@@ -146,7 +145,7 @@ describe('a server that requires TLS (require_secure_transport, self-signed CA)'
   // MariaDB refuses a login without TLS as a plain 'Access denied' (MySQL has its own
   // errno, which becomes TlsRequiredError), so the message has to name both causes.
   it('without ssl: startup fails with a WorkflowConfigError that says TLS may be required and names connection.ssl', async () => {
-    const err = await startupError(() => kitBuilder({ prefix: 'tlsnone_', options: { connection: tcp() } }));
+    const err = await startupError(() => testBuilder({ prefix: 'tlsnone_', options: { connection: tcp() } }));
     expect(err).toBeInstanceOf(DatabaseUnreachableError);
     expect(err).toBeInstanceOf(WorkflowConfigError);
     expect(err.message).toMatch(/requires TLS/);
@@ -156,7 +155,7 @@ describe('a server that requires TLS (require_secure_transport, self-signed CA)'
   });
 
   it('?ssl=true verifies the certificate: a CA Node does not trust is refused, clearly', async () => {
-    const err = await startupError(() => kitBuilder({ prefix: 'tlstrue_', options: { connection: { url: `${db.url}?ssl=true` } } }));
+    const err = await startupError(() => testBuilder({ prefix: 'tlstrue_', options: { connection: { url: `${db.url}?ssl=true` } } }));
     expect(err).toBeInstanceOf(DatabaseUnreachableError);
     expect(err.message).toMatch(/certificate/i);
     expect(err.message).toContain('connection.ssl.ca');

@@ -1,9 +1,9 @@
 import { ConsoleLogger, Injectable, Logger } from '@nestjs/common';
 import type { TestingModule } from '@nestjs/testing';
 import { type Step, StepOutcome, StepRunner, WorkflowService } from 'nestjs-durable-workflow';
-import { startApp } from '../utils/app.js';
-import { holdsFor, Prefixes } from '../utils/e2e-kit.js';
-import { deferred, waitFor } from '../utils/wait.js';
+import { startApp } from '../utils/create-test-app.js';
+import { Prefixes } from '../utils/db.js';
+import { deferred, holdsFor, waitFor } from '../utils/wait.js';
 
 /** Invocations of runner code running at once, process-wide, and the most seen. */
 @Injectable()

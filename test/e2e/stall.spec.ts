@@ -2,7 +2,7 @@ import { Injectable } from '@nestjs/common';
 import type { TestingModule } from '@nestjs/testing';
 import type { Connection } from 'mysql2/promise';
 import { type Step, StepOutcome, StepRunner, WorkflowService } from 'nestjs-durable-workflow';
-import { startApp } from '../utils/app.js';
+import { startApp } from '../utils/create-test-app.js';
 import { dropTables, rawConnection, uniquePrefix } from '../utils/db.js';
 import { PrivateMariaDb } from '../utils/private-db.js';
 import { createJournal, startWorker, type WorkerProcess } from '../utils/processes.js';

@@ -7,7 +7,7 @@ import { Test, type TestingModule, type TestingModuleBuilder } from '@nestjs/tes
 import type mysql from 'mysql2/promise';
 import { UnsupportedDatabaseError, WorkflowConfigError, WorkflowModule } from 'nestjs-durable-workflow';
 import { DataSource } from 'typeorm';
-import { kitBuilder, kitOptions, startupError } from '../utils/e2e-kit.js';
+import { startupError, testBuilder, testOptions } from '../utils/create-test-app.js';
 import { PrivateMariaDb } from '../utils/private-db.js';
 import { waitFor } from '../utils/wait.js';
 
@@ -63,7 +63,7 @@ describe('startup errors', () => {
   });
 
   it('connection.url unset (an unset environment variable) and no host: names connection.url', async () => {
-    const err = await startupError(() => kitBuilder({ prefix: 'se_', options: { connection: { url: process.env.WF_NO_SUCH_VAR } } }));
+    const err = await startupError(() => testBuilder({ prefix: 'se_', options: { connection: { url: process.env.WF_NO_SUCH_VAR } } }));
     expect(err).toBeInstanceOf(WorkflowConfigError);
     expect(err.message).toContain('connection.url');
     expect(err.message).toContain('connection.host');
@@ -72,7 +72,7 @@ describe('startup errors', () => {
 
   it('a URL without a database: names connection.database, and the pool it opened is closed', async () => {
     const err = await failedStartLeavesNothingOpen(() =>
-      kitBuilder({ prefix: 'se_', options: { connection: { url: `mysql://root@127.0.0.1:${db.port}` } } }),
+      testBuilder({ prefix: 'se_', options: { connection: { url: `mysql://root@127.0.0.1:${db.port}` } } }),
     );
     expect(err).toBeInstanceOf(WorkflowConfigError);
     expect(err.message).toContain('connection.database');
@@ -80,7 +80,7 @@ describe('startup errors', () => {
 
   it('a database that does not exist: names it and connection.database', async () => {
     const err = await startupError(() =>
-      kitBuilder({ prefix: 'se_', options: { connection: { url: `mysql://root@127.0.0.1:${db.port}/no_such_db` } } }),
+      testBuilder({ prefix: 'se_', options: { connection: { url: `mysql://root@127.0.0.1:${db.port}/no_such_db` } } }),
     );
     expect(err).toBeInstanceOf(WorkflowConfigError);
     expect(err.message).toContain('no_such_db');
@@ -91,7 +91,7 @@ describe('startup errors', () => {
     const dataSource = new DataSource({ type: 'mysql', url: db.url } as any);
     // autoMigrate off and no tables: a failure after the DataSource was opened.
     const err = await failedStartLeavesNothingOpen(() =>
-      kitBuilder({ prefix: 'se_missing_', options: { connection: undefined, dataSource, autoMigrate: false } }),
+      testBuilder({ prefix: 'se_missing_', options: { connection: undefined, dataSource, autoMigrate: false } }),
     );
     expect(err).toBeInstanceOf(WorkflowConfigError);
     expect(err.message).toMatch(/autoMigrate/);
@@ -100,7 +100,7 @@ describe('startup errors', () => {
 
   it('a DataSource of another type is refused without connecting anywhere', async () => {
     const dataSource = new DataSource({ type: 'postgres', host: '127.0.0.1', port: 1 } as any);
-    const err = await startupError(() => kitBuilder({ prefix: 'se_', options: { connection: undefined, dataSource } }));
+    const err = await startupError(() => testBuilder({ prefix: 'se_', options: { connection: undefined, dataSource } }));
     expect(err).toBeInstanceOf(UnsupportedDatabaseError);
     expect(err).toBeInstanceOf(WorkflowConfigError);
     expect(err.message).toContain("'postgres'");
@@ -112,8 +112,8 @@ describe('startup errors', () => {
     const err = await failedStartLeavesNothingOpen(() =>
       Test.createTestingModule({
         imports: [
-          WorkflowModule.forRoot(kitOptions({ prefix: 'se_one_', options: { connection } })),
-          WorkflowModule.forRoot(kitOptions({ prefix: 'se_two_', options: { connection } })),
+          WorkflowModule.forRoot(testOptions({ prefix: 'se_one_', options: { connection } })),
+          WorkflowModule.forRoot(testOptions({ prefix: 'se_two_', options: { connection } })),
         ],
       }),
     );

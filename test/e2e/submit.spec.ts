@@ -13,7 +13,7 @@ import {
   UnknownWorkflowError,
   WorkflowService,
 } from 'nestjs-durable-workflow';
-import { startApp } from '../utils/app.js';
+import { startApp } from '../utils/create-test-app.js';
 import { dropTables, uniquePrefix } from '../utils/db.js';
 import { countRows, snapshotRows } from '../utils/tables.js';
 import { deferred } from '../utils/wait.js';

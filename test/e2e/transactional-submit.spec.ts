@@ -8,7 +8,7 @@ import { Injectable } from '@nestjs/common';
 import type { TestingModule } from '@nestjs/testing';
 import { DataSource } from 'typeorm';
 import { type Step, StepOutcome, StepRunner, WorkflowService } from 'nestjs-durable-workflow';
-import { startApp } from '../utils/app.js';
+import { startApp } from '../utils/create-test-app.js';
 import { DB_URL, dropTables, rawConnection, uniquePrefix } from '../utils/db.js';
 import { deferred, waitFor } from '../utils/wait.js';
 

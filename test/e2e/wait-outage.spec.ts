@@ -1,11 +1,10 @@
 import { Injectable, Logger, type LoggerService } from '@nestjs/common';
 import type { TestingModule } from '@nestjs/testing';
 import { type RunOutcome, type Step, StepOutcome, StepRunner, WaitTimeoutError, WorkflowService } from 'nestjs-durable-workflow';
-import { startApp } from '../utils/app.js';
+import { startApp } from '../utils/create-test-app.js';
 import { rawConnection } from '../utils/db.js';
-import { holdsFor } from '../utils/e2e-kit.js';
 import { PrivateMariaDb } from '../utils/private-db.js';
-import { deferred, waitFor } from '../utils/wait.js';
+import { deferred, holdsFor, waitFor } from '../utils/wait.js';
 
 /** Step 0 continues; step 1 reports in and holds until the test opens the gate. */
 @Injectable()

@@ -22,3 +22,17 @@ export async function dropTables(prefix: string, url = DB_URL): Promise<void> {
     await conn.end();
   }
 }
+
+/** Every prefix a file used, so afterAll can drop them all. */
+export class Prefixes {
+  private readonly all: string[] = [];
+  constructor(private readonly name: string) {}
+  next(): string {
+    const p = uniquePrefix(this.name);
+    this.all.push(p);
+    return p;
+  }
+  async dropAll(): Promise<void> {
+    for (const p of this.all) await dropTables(p);
+  }
+}

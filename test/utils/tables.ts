@@ -43,3 +43,49 @@ export async function jobsOfRun(prefix: string, runId: string): Promise<number> 
     await conn.end();
   }
 }
+
+export interface JobRowView {
+  id: string;
+  queue: string;
+  kind: number;
+  state: number;
+  step_number: number;
+  attempts: number;
+  lease_token: string | null;
+  /** ms from now (database clock) until the lease ends; null when not leased. */
+  lease_left_ms: number | null;
+}
+
+/** The live queue rows of one run, straight from the table. */
+export async function jobRows(prefix: string, runId: string): Promise<JobRowView[]> {
+  const conn = await rawConnection();
+  try {
+    const [rows] = await conn.query(
+      `SELECT id, queue, kind, state, step_number, attempts, lease_token,
+              TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(3), lease_until) / 1000 AS lease_left_ms
+         FROM \`${prefix}jobs\` WHERE run_id = ? ORDER BY id`,
+      [runId],
+    );
+    return (rows as any[]).map((r) => ({
+      ...r,
+      kind: Number(r.kind),
+      state: Number(r.state),
+      step_number: Number(r.step_number),
+      attempts: Number(r.attempts),
+      lease_left_ms: r.lease_left_ms === null ? null : Number(r.lease_left_ms),
+    }));
+  } finally {
+    await conn.end();
+  }
+}
+
+/** Dead-letter rows of one run, straight from the table. */
+export async function deadRows(prefix: string, runId: string): Promise<Array<{ job_id: string; attempts: number }>> {
+  const conn = await rawConnection();
+  try {
+    const [rows] = await conn.query(`SELECT job_id, attempts FROM \`${prefix}dead\` WHERE run_id = ?`, [runId]);
+    return (rows as any[]).map((r) => ({ job_id: r.job_id, attempts: Number(r.attempts) }));
+  } finally {
+    await conn.end();
+  }
+}
