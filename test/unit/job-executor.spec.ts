@@ -105,6 +105,7 @@ function claimed(over: Partial<ClaimedJob> = {}): ClaimedJob {
     runId: 'run-1',
     stepNumber: 3,
     attempts: 1,
+    handbacks: 0,
     maxAttempts: 3,
     priority: 7,
     payload: '{"n":1}',

@@ -39,6 +39,7 @@ class FakeStorage {
         runId: `run-${id}`,
         stepNumber: 0,
         attempts: 0,
+        handbacks: 0,
         maxAttempts: 0,
         priority: 0,
         payload: '{}',
