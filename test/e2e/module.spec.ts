@@ -8,6 +8,8 @@ import {
   StepRunner,
   UnknownWorkflowError,
   WorkflowConfigError,
+  DuplicateWorkflowError,
+  InvalidStepRunnerClassError,
   WorkflowModule,
   type WorkflowModuleOptions,
   WorkflowService,
@@ -341,6 +343,7 @@ describe('configuration errors at startup', () => {
   it('a @StepRunner class without runStep is named in the error', async () => {
     const err = await startupError(() => testBuilder({ prefix: prefixes.next(), providers: [RunnerWithoutRunStep] }));
     expect(err).toBeInstanceOf(WorkflowConfigError);
+    expect(err).toBeInstanceOf(InvalidStepRunnerClassError);
     expect(err.message).toContain('RunnerWithoutRunStep');
     expect(err.message).toContain('runStep');
   });
@@ -348,6 +351,7 @@ describe('configuration errors at startup', () => {
   it('two classes claiming one @StepRunner name are both named', async () => {
     const err = await startupError(() => testBuilder({ prefix: prefixes.next(), providers: [FirstClaimant, SecondClaimant] }));
     expect(err).toBeInstanceOf(WorkflowConfigError);
+    expect(err).toBeInstanceOf(DuplicateWorkflowError);
     expect(err.message).toContain('FirstClaimant');
     expect(err.message).toContain('SecondClaimant');
     expect(err.message).toContain('twice');
