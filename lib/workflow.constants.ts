@@ -29,6 +29,8 @@ export const DEFAULTS = {
 
 export const RUN_ID_PATTERN = /^[A-Za-z0-9_-]{1,128}$/;
 export const WORKFLOW_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$/;
+/** Signal names: the same plain ASCII as workflow names. */
+export const SIGNAL_NAME_PATTERN = WORKFLOW_NAME_PATTERN;
 export const TABLE_PREFIX_PATTERN = /^[A-Za-z_][A-Za-z0-9_]{0,40}$/;
 export const RESERVED_HEADER_PREFIX = 'workflow.';
 

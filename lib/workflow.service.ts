@@ -14,6 +14,7 @@ import type {
   RunSpec,
   RunState,
   RunStatus,
+  SignalOptions,
   SubmitOptions,
   SubmitOutcome,
   TerminalStatus,
@@ -21,11 +22,11 @@ import type {
 } from './interfaces/run.interface.js';
 import { isConnectionError } from './storage/sql-client.js';
 import { WorkflowStorage } from './storage/workflow.storage.js';
-import { handlerOf, JobKind, JobState, type NewRun, parseJobId, publicJobId, type RunRow, RunRowState } from './storage/storage.types.js';
+import { handlerOf, JobKind, JobState, NEVER, type NewRun, parseJobId, publicJobId, type RunRow, RunRowState } from './storage/storage.types.js';
 import { hashJson, parseJson, serializeJson } from './utils/json.js';
 import { ulid } from './utils/ulid.js';
 import { range, type ResolvedWorkflowConfig, show } from './workflow.config.js';
-import { LIMITS, RESERVED_HEADER_PREFIX, RUN_ID_PATTERN, WORKFLOW_CONFIG, WORKFLOW_NAME_PATTERN } from './workflow.constants.js';
+import { LIMITS, RESERVED_HEADER_PREFIX, RUN_ID_PATTERN, SIGNAL_NAME_PATTERN, WORKFLOW_CONFIG, WORKFLOW_NAME_PATTERN } from './workflow.constants.js';
 import { WorkflowRegistry } from './workflow.registry.js';
 import { escapedBytes, packetBudget } from './storage/packet.js';
 import { WorkflowNotifier } from './workflow.notifier.js';
@@ -257,6 +258,35 @@ export class WorkflowService {
   }
 
   /**
+   * Sends the signal `name` to a run. A run waiting for it takes it at once (its next step
+   * becomes claimable in this transaction); otherwise it is kept in the run's mailbox for
+   * the next wait of that name (oldest first). False, and nothing stored, for an unknown or
+   * finished run. A repeated `signalId` for one run stores nothing more and returns true.
+   * With `manager`, the signal is stored if and only if the caller's transaction commits.
+   */
+  async signal(runId: string, name: string, data?: unknown, options: SignalOptions = {}): Promise<boolean> {
+    if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId)) throw new InvalidRunIdError(runId);
+    if (typeof name !== 'string' || !SIGNAL_NAME_PATTERN.test(name)) {
+      throw new InvalidRunSpecError(`signal name ${JSON.stringify(name)} must match ${SIGNAL_NAME_PATTERN}.`);
+    }
+    const signalId = options.signalId ?? ulid(this.config.clock.now());
+    if (typeof signalId !== 'string' || !RUN_ID_PATTERN.test(signalId)) {
+      throw new InvalidRunSpecError(`signalId ${JSON.stringify(signalId)} must match ${RUN_ID_PATTERN}.`);
+    }
+    const json = serializeJson(data === undefined ? null : data, 'signal data', this.config.maxPayloadBytes);
+    await this.storage.ready();
+    const budget = packetBudget(this.storage.maxAllowedPacket);
+    if (escapedBytes(json, true) > budget) throw new PacketTooLargeError('signal data', escapedBytes(json, true), budget);
+    const sent = await this.storage.sendSignal(
+      { runId, name, data: json, signalId, sentAt: this.config.clock.now() },
+      options.manager,
+    );
+    // Outside a caller's transaction the wake-up is real now; inside one the next poll finds it.
+    if (sent && !options.manager) this.notifier.wake();
+    return sent;
+  }
+
+  /**
    * Re-drives one dead letter. For a step, its failed run becomes active again at that
    * step with fresh attempts, in the same transaction. False if the dead letter is
    * gone or its run has moved on.
@@ -293,7 +323,10 @@ function assertFitsPacket(run: NewRun, maxAllowedPacket: number): void {
 
 function toStatus(row: RunRow): RunStatus {
   let state: RunState;
-  if (row.state === RunRowState.Active) state = Number(row.job_state) === JobState.Leased ? 'running' : 'pending';
+  const jobState = Number(row.job_state);
+  if (row.state === RunRowState.Active) {
+    state = jobState === JobState.Leased ? 'running' : jobState === JobState.Waiting ? 'waiting' : 'pending';
+  }
   else state = row.state as RunState;
   const active = row.state === RunRowState.Active || row.state === RunRowState.Cancelling;
   const status: RunStatus = {
@@ -310,6 +343,10 @@ function toStatus(row: RunRow): RunStatus {
   if (row.result != null) status.result = parseJson(row.result);
   if (row.error != null) status.error = row.error;
   if (state === 'pending' && row.job_run_at != null) status.runAt = new Date(Number(row.job_run_at));
+  if (state === 'waiting') {
+    const until = Number(row.job_run_at);
+    status.waitingFor = { signal: row.job_wait_for ?? undefined, ...(until < NEVER ? { until: new Date(until) } : {}) };
+  }
   return status;
 }
 

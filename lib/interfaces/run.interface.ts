@@ -40,7 +40,8 @@ export interface RunOutcome {
   ending: number;
 }
 
-export type RunState = 'pending' | 'running' | 'cancelling' | 'succeeded' | 'failed' | 'cancelled';
+/** `waiting`: parked on a signal (no worker slot, no lease). A delayed step is `pending`. */
+export type RunState = 'pending' | 'running' | 'waiting' | 'cancelling' | 'succeeded' | 'failed' | 'cancelled';
 
 export interface RunStatus {
   runId: string;
@@ -57,6 +58,8 @@ export interface RunStatus {
   error?: string;
   /** When a pending step becomes due. */
   runAt?: Date;
+  /** While `waiting`: the signal it waits for and when the wait times out (absent: never). */
+  waitingFor?: { signal?: string; children?: number; until?: Date };
 }
 
 export interface WaitOptions {
@@ -81,4 +84,11 @@ export interface DeadStepFilter {
   limit?: number;
   /** Only dead letters that died before this instant. */
   before?: Date;
+}
+
+export interface SignalOptions {
+  /** Deduplicates per run: a repeated id stores nothing more (and still returns true). Default: a fresh id. */
+  signalId?: string;
+  /** Store the signal through this EntityManager: it exists if and only if that transaction commits. */
+  manager?: EntityManager;
 }

@@ -13,4 +13,11 @@ export interface Step<P = unknown> {
   readonly signal: AbortSignal;
   /** Make the lease last at least `ms` from now. */
   extendLease(ms: number): Promise<void>;
+  /** Only on the step after a `waitForSignal`: the signal it received, or that the wait timed out. */
+  readonly received?: ReceivedSignal;
 }
+
+/** What the step after a `waitForSignal` received. */
+export type ReceivedSignal =
+  | { name: string; timedOut: false; data: unknown; signalId: string; sentAt: Date }
+  | { name: string; timedOut: true };

@@ -2,7 +2,8 @@ export type StepOutcome<P = unknown, R = unknown> =
   | { kind: 'continue'; payload: P; delayMs?: number }
   | { kind: 'succeed'; result: R }
   | { kind: 'fail'; reason: string }
-  | { kind: 'cancel'; reason: string };
+  | { kind: 'cancel'; reason: string }
+  | { kind: 'wait'; signal: string; payload: P; timeoutMs?: number };
 
 /** Builders for what a runner returns after a step. */
 export const StepOutcome = {
@@ -21,6 +22,17 @@ export const StepOutcome = {
   /** Run failed by the runner's verdict (no dead letter). */
   fail(reason: string): StepOutcome<never, never> {
     return { kind: 'fail', reason };
+  },
+  /**
+   * Step done; the run waits (no worker slot, no lease) for the signal `name`. The next
+   * step runs with `payload` and `step.received` once the signal arrives (one sent earlier
+   * counts: the oldest unread one is taken at once), or after `timeoutMs` with
+   * `received.timedOut`.
+   */
+  waitForSignal<P>(name: string, payload: P, options: { timeoutMs?: number } = {}): StepOutcome<P, never> {
+    return options.timeoutMs === undefined
+      ? { kind: 'wait', signal: name, payload }
+      : { kind: 'wait', signal: name, payload, timeoutMs: options.timeoutMs };
   },
   /** Run cancelled by the runner's verdict (no dead letter). */
   cancel(reason: string): StepOutcome<never, never> {

@@ -79,17 +79,30 @@ export async function sweepRetention(
   batch = 500,
 ): Promise<{ runs: number; dead: number } | null> {
   return withNamedLock(ctx.client, 'retention', prefix, 0, async (sql) => {
-    const sweep = async (table: string, column: string, before: number) => {
-      let n = 0;
-      for (;;) {
-        const r = await sql.query<WriteResult>(`DELETE FROM ${table} WHERE \`${column}\` < ? ORDER BY \`${column}\` LIMIT ?`, [
-          before,
-          batch,
-        ]);
-        n += r.affectedRows;
-        if (r.affectedRows < batch) return n;
-      }
-    };
-    return { runs: await sweep(ctx.t.runs, 'finished_at', runsBefore), dead: await sweep(ctx.t.dead, 'dead_at', deadBefore) };
+    let runs = 0;
+    for (;;) {
+      // A run's mailbox goes with it.
+      const ids = (
+        await sql.query<Array<{ id: string }>>(
+          `SELECT \`id\` FROM ${ctx.t.runs} FORCE INDEX (\`ix_finished\`) WHERE \`finished_at\` < ? ORDER BY \`finished_at\` LIMIT ?`,
+          [runsBefore, batch],
+        )
+      ).map((r) => r.id);
+      if (ids.length === 0) break;
+      await sql.query(`DELETE FROM ${ctx.t.signals} WHERE \`run_id\` IN (?)`, [ids]);
+      const r = await sql.query<WriteResult>(`DELETE FROM ${ctx.t.runs} WHERE \`id\` IN (?) AND \`finished_at\` < ?`, [ids, runsBefore]);
+      runs += r.affectedRows;
+      if (ids.length < batch) break;
+    }
+    let dead = 0;
+    for (;;) {
+      const r = await sql.query<WriteResult>(`DELETE FROM ${ctx.t.dead} WHERE \`dead_at\` < ? ORDER BY \`dead_at\` LIMIT ?`, [
+        deadBefore,
+        batch,
+      ]);
+      dead += r.affectedRows;
+      if (r.affectedRows < batch) break;
+    }
+    return { runs, dead };
   });
 }

@@ -51,6 +51,7 @@ export function settlementSize(job: ClaimedJob, s: Settlement, handlers: number,
   const b = (t: string | undefined | null) => escapedBytes(t, exact);
   switch (s.type) {
     case 'continue':
+    case 'wait':
       return { bytes: ROW_OVERHEAD + b(s.next.payload), copies: 1 };
     case 'retry':
       return { bytes: ROW_OVERHEAD + b(s.error), copies: 1 };

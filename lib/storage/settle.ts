@@ -1,4 +1,5 @@
 import { noHandlersGuard, queuesByWorkflow, readHandlers } from './handlers.js';
+import { takeFromMailbox } from './signals.js';
 import { runBatch, type Sql, type WriteResult } from './sql-client.js';
 import { kindOf, type Settlement } from './settlements.js';
 import { type ClaimedJob, JobKind, type NewJob, RunRowState, type SettleResult } from './storage.types.js';
@@ -192,6 +193,7 @@ export async function settleOne(ctx: StorageContext, sql: Sql, item: SettleItem)
   if (kind.run === 'advance') {
     const next = (settlement as { next: NewJob }).next;
     await sql.query(...advanceRuns(ctx.t, [{ runId: job.runId, stepNumber: next.stepNumber }], now));
+    if (kind.mailbox && next.waitFor !== undefined) await takeFromMailbox(ctx, sql, job.id, job.runId, next.waitFor, now);
   } else if (kind.run === 'end') {
     await endRun(sql, ctx, run, runEnd(item), now);
   }

@@ -11,6 +11,8 @@ import type { NewJob } from './storage.types.js';
 export type Settlement =
   /** The step is done and the run goes on: the job row becomes the successor `next` (same id). */
   | { type: 'continue'; next: NewJob }
+  /** The step is done and the run waits for a signal: the successor `next` is parked (`next.waitFor`). */
+  | { type: 'wait'; next: NewJob }
   /** The runner's verdict ends the run. */
   | { type: 'finish'; status: TerminalStatus; result?: string; error?: string }
   /** `error`: the full text kept on the dead letter; `reason`: the run's error (default `error`). */
@@ -28,6 +30,7 @@ export type SettlementType = Settlement['type'];
 
 export const Settle = {
   continueWith: (next: NewJob): Settlement => ({ type: 'continue', next }),
+  waitFor: (next: NewJob): Settlement => ({ type: 'wait', next }),
   finish: (status: TerminalStatus, fields: { result?: string; error?: string } = {}): Settlement => ({
     type: 'finish',
     status,
@@ -61,6 +64,8 @@ export interface SettlementKind<S extends Settlement = Settlement> {
   deadLetter?(s: S): string;
   /** Batches made only of fast kinds settle in a few multi-row statements whose row counts the server checks. */
   fast: boolean;
+  /** After the run moved on, a signal already in the run's mailbox may wake the parked successor at once. */
+  mailbox?: boolean;
 }
 
 type Kinds = { [K in SettlementType]: SettlementKind<Extract<Settlement, { type: K }>> };
@@ -68,6 +73,7 @@ type Kinds = { [K in SettlementType]: SettlementKind<Extract<Settlement, { type:
 /** Every settlement kind, defined once. A new outcome is one entry here (and, if it needs one, one effect in transitions.ts). */
 export const SETTLEMENT_KINDS: Kinds = {
   continue: { job: 'successor', run: 'advance', fast: true },
+  wait: { job: 'successor', run: 'advance', fast: false, mailbox: true },
   finish: {
     job: 'delete',
     run: 'end',

@@ -18,8 +18,15 @@ export const terminalQueue = (label: string): string => `${TERMINAL_QUEUE_PREFIX
 export const handlerOf = (queue: string): string =>
   queue.startsWith(TERMINAL_QUEUE_PREFIX) ? queue.slice(TERMINAL_QUEUE_PREFIX.length) : queue;
 
-/** Ready: claimable now. Scheduled: waiting for run_at, promoted when due. Leased: a worker holds it. */
-export const JobState = { Ready: 0, Scheduled: 1, Leased: 2 } as const;
+/**
+ * Ready: claimable now. Scheduled: waiting for run_at, promoted when due. Leased: a worker
+ * holds it. Waiting: parked on a signal (`wait_for`), made ready by the signal or, at
+ * run_at, by its timeout. Only Ready sits in the claim range of ix_claim.
+ */
+export const JobState = { Ready: 0, Scheduled: 1, Leased: 2, Waiting: 3 } as const;
+
+/** The due time of a wait without timeout: never. */
+export const NEVER = Number.MAX_SAFE_INTEGER;
 
 /**
  * The id users see for a job. A run's consecutive steps reuse one queue row (the
@@ -58,6 +65,8 @@ export interface ClaimedJob {
   payload: string;
   headers: string;
   token: string;
+  /** The ReceivedSignal (JSON) of the step after a wait. */
+  received?: string | null;
   /** `headers` already parsed and frozen, handed from a step to its successor run in place. */
   parsedHeaders?: Readonly<Record<string, string>>;
 }
@@ -76,6 +85,8 @@ export interface NewJob {
   maxAttempts: number | null;
   payload: string;
   headers: string;
+  /** Park it waiting for this signal (until runAt, or NEVER). */
+  waitFor?: string;
   /** Insert already leased to this token (continuation in place): no claim needed. */
   leaseToken?: string;
   leaseMs?: number;
@@ -116,6 +127,7 @@ export interface RunRow {
   job_state?: number | string | null;
   job_attempts?: number | string | null;
   job_run_at?: number | string | null;
+  job_wait_for?: string | null;
 }
 
 export interface DeadRow {

@@ -8,11 +8,12 @@ export interface Tables {
   jobs: string;
   dead: string;
   handlers: string;
+  signals: string;
 }
 
 export function tablesOf(prefix: string): Tables {
   const t = (name: string) => `\`${prefix}${name}\``;
-  return { runs: t('runs'), jobs: t('jobs'), dead: t('dead'), handlers: t('handlers') };
+  return { runs: t('runs'), jobs: t('jobs'), dead: t('dead'), handlers: t('handlers'), signals: t('signals') };
 }
 
 /** What every storage operation needs: the way to the database, the tables, the runtime clock, what it knows of the handlers. */
@@ -30,7 +31,7 @@ export interface StorageContext {
 export const JOB_COLUMNS =
   '`id`, `queue`, `kind`, `state`, `priority`, `run_at`, `run_id`, `step_number`, `attempts`, `max_attempts`, `lease_token`, `lease_until`, `payload`, `headers`, `created_at`';
 export const CLAIM_COLUMNS =
-  '`id`, `queue`, `kind`, `run_id`, `step_number`, `attempts`, `handbacks`, `max_attempts`, `priority`, `payload`, `headers`';
+  '`id`, `queue`, `kind`, `run_id`, `step_number`, `attempts`, `handbacks`, `max_attempts`, `priority`, `payload`, `headers`, `received`';
 
 /** A job row as `CLAIM_COLUMNS` reads it. */
 export interface JobRow {
@@ -45,6 +46,7 @@ export interface JobRow {
   priority: number | string;
   payload: string;
   headers: string;
+  received?: string | null;
 }
 
 export function toClaimed(r: JobRow, token: string, attempts: number): ClaimedJob {
@@ -60,6 +62,7 @@ export function toClaimed(r: JobRow, token: string, attempts: number): ClaimedJo
     priority: Number(r.priority),
     payload: r.payload,
     headers: r.headers,
+    received: r.received ?? null,
     token,
   };
 }

@@ -60,6 +60,7 @@ export function rewriteAsSuccessors(t: Tables, moves: Array<{ job: ClaimedJob; n
   const id = (m: (typeof moves)[number]) => m.job.id;
   const leased = moves.filter((m) => m.next.leaseToken);
   const waiting = moves.filter((m) => !m.next.leaseToken);
+  const parked = moves.filter((m) => m.next.waitFor !== undefined);
   const sets = [
     caseById(params, 'step_number', moves, id, '?', (m) => [m.next.stepNumber], '`step_number`'),
     caseById(params, 'payload', moves, id, '?', (m) => [m.next.payload], '`payload`'),
@@ -67,8 +68,11 @@ export function rewriteAsSuccessors(t: Tables, moves: Array<{ job: ClaimedJob; n
     caseById(params, 'lease_until', leased, id, 'DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND)', (m) => [leaseMicros(m.next.leaseMs)], 'NULL'),
     caseById(params, 'attempts', leased, id, '1', () => [], '0'),
     `\`handbacks\` = 0`,
-    caseById(params, 'state', waiting, id, '?', (m) => [m.next.scheduled ? JobState.Scheduled : JobState.Ready], '`state`'),
+    caseById(params, 'state', waiting, id, '?', (m) => [stateOf(m.next)], '`state`'),
     caseById(params, 'run_at', waiting, id, '?', (m) => [m.next.runAt], '`run_at`'),
+    caseById(params, 'wait_for', parked, id, '?', (m) => [m.next.waitFor], 'NULL'),
+    // What a wait received belongs to the one step after it.
+    '`received` = NULL',
   ];
   params.push(now, moves.map((m) => m.job.id), moves.map((m) => m.job.token));
   return [
@@ -76,6 +80,11 @@ export function rewriteAsSuccessors(t: Tables, moves: Array<{ job: ClaimedJob; n
       WHERE \`id\` IN (?) AND \`lease_token\` IN (?)`,
     params,
   ];
+}
+
+/** The queue state a job that is not leased starts in. */
+function stateOf(j: NewJob): number {
+  return j.waitFor !== undefined ? JobState.Waiting : j.scheduled ? JobState.Scheduled : JobState.Ready;
 }
 
 /** Deletes held job rows. Tokens are unique per job, so the IN lists cannot match a row by another item's token. */

@@ -10,12 +10,13 @@ import { cancellingAmong, renewLeases } from './leases.js';
 import { reapExpired, sweepRetention } from './maintenance.js';
 import { getRun } from './queries.js';
 import { type SettleItem, settleMany } from './settle.js';
+import { type OutgoingSignal, sendSignal, wakeTimedOut } from './signals.js';
 import type { ClaimedJob, DeadRow, NewRun, RunRow, SettleResult } from './storage.types.js';
 import { type ExistingRun, submitRuns } from './submit.js';
 import { type StorageContext, tablesOf } from './tables.js';
 import { WorkflowConnection } from './workflow-connection.js';
 
-export type { CancelResult, ClaimedJob, ExistingRun, HostedHandler, SettleItem };
+export type { CancelResult, ClaimedJob, ExistingRun, HostedHandler, OutgoingSignal, SettleItem };
 
 /**
  * The module's one door to its tables. Each method is one transaction (or one read),
@@ -102,6 +103,15 @@ export class WorkflowStorage {
 
   async promoteDue(limit?: number): Promise<number> {
     return promoteDue(await this.c(), limit);
+  }
+
+  /** Wakes waits whose timeout has come. */
+  async wakeTimedOut(limit?: number): Promise<number> {
+    return wakeTimedOut(await this.c(), limit);
+  }
+
+  async sendSignal(signal: OutgoingSignal, manager?: EntityManager): Promise<boolean> {
+    return sendSignal(await this.c(), signal, manager);
   }
 
   async renewLeases(jobs: Array<{ id: string; token: string }>, ms: number): Promise<string[]> {

@@ -1,15 +1,15 @@
 import { Inject, Injectable, Logger } from '@nestjs/common';
 import { StepError } from '../outcomes/step-error.js';
 import type { StepOutcome } from '../outcomes/step-outcome.js';
-import type { Step } from '../interfaces/step.interface.js';
+import type { ReceivedSignal, Step } from '../interfaces/step.interface.js';
 import type { RunOutcome } from '../interfaces/run.interface.js';
 import { WorkflowStorage } from '../storage/workflow.storage.js';
-import { type ClaimedJob, countedAttempts, JobKind, publicJobId } from '../storage/storage.types.js';
+import { type ClaimedJob, countedAttempts, JobKind, NEVER, publicJobId } from '../storage/storage.types.js';
 import { endsRun, Settle, type Settlement } from '../storage/settlements.js';
 import { CommitUnknownError, isConnectionError } from '../storage/sql-client.js';
 import { serializeJson } from '../utils/json.js';
 import type { ResolvedWorkflowConfig } from '../workflow.config.js';
-import { LIMITS, WORKFLOW_CONFIG } from '../workflow.constants.js';
+import { LIMITS, SIGNAL_NAME_PATTERN, WORKFLOW_CONFIG } from '../workflow.constants.js';
 import { WorkflowRegistry, type RunnerBinding } from '../workflow.registry.js';
 import { backoffDelay, type BackoffPolicy } from './backoff.js';
 import { Execution } from './execution.js';
@@ -17,7 +17,7 @@ import { packetBudget, settlementSize } from '../storage/packet.js';
 import { SettleBatcher } from './settle-batcher.js';
 import { WorkflowNotifier } from '../workflow.notifier.js';
 
-const OUTCOME_KINDS = new Set(['continue', 'succeed', 'fail', 'cancel']);
+const OUTCOME_KINDS = new Set(['continue', 'wait', 'succeed', 'fail', 'cancel']);
 
 /**
  * Runs one claimed job (a step through its runner, or a terminal delivery through its
@@ -91,9 +91,11 @@ export class JobExecutor {
     }
     let payload: unknown;
     let headers: Readonly<Record<string, string>>;
+    let received: ReceivedSignal | undefined;
     try {
       payload = JSON.parse(job.payload);
       headers = job.parsedHeaders ??= Object.freeze(JSON.parse(job.headers));
+      if (job.received) received = toReceived(JSON.parse(job.received));
     } catch (err) {
       await this.own(exec, () => this.deadNow(exec, `stored payload or headers are not valid JSON: ${(err as Error).message}`));
       return;
@@ -111,6 +113,7 @@ export class JobExecutor {
       },
       extendLease: (ms: number) => this.extendLease(exec, ms),
     };
+    if (received) Object.defineProperty(step, 'received', { value: received, enumerable: true });
     if (binding.timeoutMs) {
       exec.timer = setTimeout(
         () => void this.takeOver(exec, 'timeout', `step timed out after ${binding.timeoutMs} ms`),
@@ -187,7 +190,7 @@ export class JobExecutor {
     if (!o || typeof o !== 'object' || !OUTCOME_KINDS.has(o.kind)) {
       const error =
         `${binding.label} returned ${describe(outcome)}, which is not a StepOutcome. ` +
-        'Return StepOutcome.continue(payload), continueAfter(payload, ms), succeed(result), fail(reason) or cancel(reason).';
+        'Return StepOutcome.continue(payload), continueAfter(payload, ms), waitForSignal(name, payload), succeed(result), fail(reason) or cancel(reason).';
       this.logger.error(`${this.where(exec)}: ${error}`);
       return Settle.deadLetter(error);
     }
@@ -236,6 +239,32 @@ export class JobExecutor {
           headers: job.headers,
           leaseToken: token,
           leaseMs: token ? this.leaseMs : undefined,
+        });
+      }
+      case 'wait': {
+        if (typeof o.signal !== 'string' || !SIGNAL_NAME_PATTERN.test(o.signal)) {
+          throw new Error(`waitForSignal(name, payload) needs a name matching ${SIGNAL_NAME_PATTERN}, got ${describe(o.signal)}`);
+        }
+        const raw = o.timeoutMs;
+        if (raw !== undefined && (typeof raw !== 'number' || !(raw >= 0 && raw <= LIMITS.maxDelayMs))) {
+          throw new Error(
+            `waitForSignal(name, payload, { timeoutMs }) needs timeoutMs from 0 to ${LIMITS.maxDelayMs} ms (LIMITS.maxDelayMs), got ${describe(raw)}`,
+          );
+        }
+        return Settle.waitFor({
+          // Parked in its predecessor's job row, like any successor.
+          id: job.id,
+          queue: job.queue,
+          kind: JobKind.Step,
+          runId: job.runId,
+          stepNumber: job.stepNumber + 1,
+          priority: job.priority,
+          runAt: raw === undefined ? NEVER : this.now() + Math.round(raw),
+          scheduled: false,
+          maxAttempts: job.maxAttempts,
+          payload: serializeJson(o.payload, `payload returned by step ${job.stepNumber}`, max),
+          headers: job.headers,
+          waitFor: o.signal,
         });
       }
       case 'succeed':
@@ -367,6 +396,11 @@ export class JobExecutor {
       if (s.next.scheduled) this.notifier.dueIn(s.next.runAt - this.now());
       else this.notifier.wake();
     }
+    if (s.type === 'wait' && !cancelled) {
+      // A signal already in the mailbox woke it in the settlement; else its timeout, if any, is a due time.
+      this.notifier.wake();
+      if (s.next.runAt < NEVER) this.notifier.dueIn(s.next.runAt - this.now());
+    }
     if (s.type === 'retry') this.notifier.dueIn(s.runAt - this.now());
     if (s.type === 'release') this.notifier.wake();
   }
@@ -428,4 +462,11 @@ function describe(value: unknown): string {
     }
   }
   return `${typeof value} ${String(value).slice(0, 80)}`;
+}
+
+/** A stored `received` as the step sees it. */
+function toReceived(raw: { name: string; timedOut: boolean; data?: unknown; signalId?: string; sentAt?: number }): ReceivedSignal {
+  return raw.timedOut
+    ? Object.freeze({ name: raw.name, timedOut: true })
+    : Object.freeze({ name: raw.name, timedOut: false, data: raw.data, signalId: raw.signalId!, sentAt: new Date(raw.sentAt!) });
 }

@@ -43,7 +43,8 @@ export class Maintenance {
   }
 
   async promote(): Promise<void> {
-    if ((await this.storage.promoteDue()) > 0) this.onWork();
+    const due = (await this.storage.promoteDue()) + (await this.storage.wakeTimedOut());
+    if (due > 0) this.onWork();
   }
 
   async reap(): Promise<void> {

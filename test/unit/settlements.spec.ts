@@ -43,6 +43,8 @@ interface Expected {
 // A Record over SettlementType: a kind added to the union without a row here fails to compile.
 const EXPECTED: Record<SettlementType, Expected[]> = {
   continue: [{ settlement: Settle.continueWith(successor), job: 'successor', run: 'advance', fast: true }],
+  // Careful path only: after the run moves on it may find the signal already in the mailbox.
+  wait: [{ settlement: Settle.waitFor({ ...successor, waitFor: 'approval' }), job: 'successor', run: 'advance', fast: false }],
   finish: [
     {
       settlement: Settle.finish('succeeded', { result: '{"ok":true}' }),

@@ -103,13 +103,27 @@ export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
     // (retryDead re-opens it), so each outcome is told apart. handlers: the @OnTerminal
     // handlers live processes host, so deliveries do not depend on who ends a run.
     // jobs.handbacks: deliveries handed back at shutdown, counted in attempts (deliveries)
-    // but not against maxAttempts.
+    // but not against maxAttempts. jobs.wait_for / received and signals: durable waits, a
+    // mailbox per run (consumed rows stay, so a repeated signalId stays deduplicated).
     version: 3,
-    name: 'runs.submit_key, runs.ending, jobs.handbacks, handlers',
+    name: 'runs.submit_key, runs.ending, jobs.handbacks, jobs.wait_for, jobs.received, handlers, signals',
     statements: (p) => [
       `ALTER TABLE \`${p}runs\` ADD COLUMN \`submit_key\` CHAR(26) ${ASCII} NULL`,
       `ALTER TABLE \`${p}runs\` ADD COLUMN \`ending\` INT UNSIGNED NOT NULL DEFAULT 0`,
       `ALTER TABLE \`${p}jobs\` ADD COLUMN \`handbacks\` INT UNSIGNED NOT NULL DEFAULT 0`,
+      `ALTER TABLE \`${p}jobs\` ADD COLUMN \`wait_for\` VARCHAR(128) ${ASCII} NULL`,
+      `ALTER TABLE \`${p}jobs\` ADD COLUMN \`received\` LONGTEXT NULL`,
+      `CREATE TABLE IF NOT EXISTS \`${p}signals\` (
+        \`run_id\` VARCHAR(128) ${ASCII} NOT NULL,
+        \`signal_id\` VARCHAR(128) ${ASCII} NOT NULL,
+        \`name\` VARCHAR(128) ${ASCII} NOT NULL,
+        \`data\` LONGTEXT NOT NULL,
+        \`sent_at\` BIGINT NOT NULL,
+        \`send_key\` CHAR(26) ${ASCII} NOT NULL,
+        \`consumed_at\` BIGINT NULL,
+        PRIMARY KEY (\`run_id\`, \`signal_id\`),
+        KEY \`ix_mailbox\` (\`run_id\`, \`name\`, \`consumed_at\`, \`sent_at\`)
+      ) ${TABLE}`,
       `CREATE TABLE IF NOT EXISTS \`${p}handlers\` (
         \`queue\` VARCHAR(191) NOT NULL,
         \`workflow\` VARCHAR(128) ${ASCII} NOT NULL,
@@ -169,7 +183,7 @@ export function createWorkflowMigrations(tablePrefix = 'workflow_'): Array<new (
       }
       async down(queryRunner: QueryRunner): Promise<void> {
         if (m.version === 1) {
-          for (const t of ['handlers', 'dead', 'jobs', 'runs', 'migrations']) {
+          for (const t of ['signals', 'handlers', 'dead', 'jobs', 'runs', 'migrations']) {
             await queryRunner.query(`DROP TABLE IF EXISTS \`${tablePrefix}${t}\``);
           }
         }

@@ -1,0 +1,152 @@
+import type { EntityManager } from 'typeorm';
+import { ForeignEntityManagerError } from '../errors/foreign-entity-manager.error.js';
+import { ulid } from '../utils/ulid.js';
+import { MESSAGES } from '../workflow.messages.js';
+import { CommitUnknownError, type Sql, type WriteResult } from './sql-client.js';
+import { JobState } from './storage.types.js';
+import type { StorageContext } from './tables.js';
+import { isLive } from './transitions.js';
+
+export interface OutgoingSignal {
+  runId: string;
+  name: string;
+  /** JSON text. */
+  data: string;
+  signalId: string;
+  sentAt: number;
+}
+
+/** The `received` text of a step after a wait. Names and ids are plain ASCII (validated), data is JSON already. */
+function receivedJson(s: { name: string; data: string; signalId: string; sentAt: number }): string {
+  return `{"name":${JSON.stringify(s.name)},"timedOut":false,"data":${s.data},"signalId":${JSON.stringify(s.signalId)},"sentAt":${s.sentAt}}`;
+}
+
+/**
+ * Wakes a parked job with the oldest unread signal of `name` in its run's mailbox, if
+ * there is one: marks it read and makes the job claimable with it as `received`. Runs in
+ * the caller's transaction, which holds the job row (job, run, then signal rows: the
+ * global lock order).
+ */
+export async function takeFromMailbox(
+  ctx: StorageContext,
+  sql: Sql,
+  jobId: string,
+  runId: string,
+  name: string,
+  now: number,
+): Promise<boolean> {
+  const [oldest] = await sql.query<Array<{ signal_id: string; data: string; sent_at: number | string }>>(
+    `SELECT \`signal_id\`, \`data\`, \`sent_at\` FROM ${ctx.t.signals} FORCE INDEX (\`ix_mailbox\`)
+      WHERE \`run_id\` = ? AND \`name\` = ? AND \`consumed_at\` IS NULL ORDER BY \`sent_at\`, \`signal_id\` LIMIT 1 FOR UPDATE`,
+    [runId, name],
+  );
+  if (!oldest) return false;
+  await sql.query(`UPDATE ${ctx.t.signals} SET \`consumed_at\` = ? WHERE \`run_id\` = ? AND \`signal_id\` = ?`, [
+    now,
+    runId,
+    oldest.signal_id,
+  ]);
+  const received = receivedJson({ name, data: oldest.data, signalId: oldest.signal_id, sentAt: Number(oldest.sent_at) });
+  await sql.query(
+    `UPDATE ${ctx.t.jobs} SET \`state\` = ${JobState.Ready}, \`run_at\` = ?, \`wait_for\` = NULL, \`received\` = ?
+      WHERE \`id\` = ? AND \`state\` = ${JobState.Waiting}`,
+    [now, received, jobId],
+  );
+  return true;
+}
+
+/**
+ * Stores a signal for a run and, if the run waits for that name, wakes it.
+ *
+ * Commits: the signal in the run's mailbox (unless its signalId is there already); if the
+ *          run's job is parked on that name, the oldest unread signal of it marked read
+ *          and the job made claimable with it as `received`.
+ * Locks:   the run's current job row, then the run row (re-checking that the run did not
+ *          move on in between), then signal rows: the global order. Rows by primary key
+ *          only; an unknown run is found by a plain read first, so nothing takes a gap
+ *          lock in a caller's transaction.
+ * Crash:   before COMMIT, nothing is stored; after, the signal is read exactly once, by
+ *          this wait or the next one of that name. A COMMIT whose reply is lost is judged
+ *          by whether the signal is there.
+ * False for an unknown or finished run (nothing stored).
+ */
+export async function sendSignal(ctx: StorageContext, s: OutgoingSignal, manager?: EntityManager): Promise<boolean> {
+  if (manager) {
+    if (manager.dataSource !== ctx.client.dataSource) throw new ForeignEntityManagerError(MESSAGES.foreignEntityManager('signal'));
+    return ctx.client.inManager(manager, (sql) => deliver(ctx, sql, s));
+  }
+  for (let lost = 0; ; lost++) {
+    try {
+      return await ctx.client.transaction((sql) => deliver(ctx, sql, s));
+    } catch (err) {
+      if (!(err instanceof CommitUnknownError) || lost >= 3) throw err;
+      const [there] = await ctx.client.query<unknown[]>(
+        `SELECT 1 FROM ${ctx.t.signals} WHERE \`run_id\` = ? AND \`signal_id\` = ?`,
+        [s.runId, s.signalId],
+      );
+      if (there) return true;
+    }
+  }
+}
+
+async function deliver(ctx: StorageContext, sql: Sql, s: OutgoingSignal): Promise<boolean> {
+  const { t } = ctx;
+  for (;;) {
+    const [peek] = await sql.query<Array<{ state: string; current_job_id: string | null }>>(
+      `SELECT \`state\`, \`current_job_id\` FROM ${t.runs} WHERE \`id\` = ?`,
+      [s.runId],
+    );
+    if (!peek || !isLive(peek.state)) return false;
+    const [job] = peek.current_job_id
+      ? await sql.query<Array<{ id: string; state: number | string; wait_for: string | null }>>(
+          `SELECT \`id\`, \`state\`, \`wait_for\` FROM ${t.jobs} WHERE \`id\` = ? FOR UPDATE`,
+          [peek.current_job_id],
+        )
+      : [];
+    const [run] = await sql.query<Array<{ state: string; current_job_id: string | null }>>(
+      `SELECT \`state\`, \`current_job_id\` FROM ${t.runs} WHERE \`id\` = ? FOR UPDATE`,
+      [s.runId],
+    );
+    if (!run || !isLive(run.state)) return false;
+    if (run.current_job_id !== peek.current_job_id) continue; // moved on meanwhile
+    // A write before a read-back (as submit does): one key per call tells our row from an older one.
+    const key = ulid(s.sentAt);
+    await sql.query<WriteResult>(
+      `INSERT INTO ${t.signals} (\`run_id\`, \`signal_id\`, \`name\`, \`data\`, \`sent_at\`, \`send_key\`)
+        VALUES (?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \`run_id\` = \`run_id\``,
+      [s.runId, s.signalId, s.name, s.data, s.sentAt, key],
+    );
+    const [stored] = await sql.query<Array<{ send_key: string }>>(
+      `SELECT \`send_key\` FROM ${t.signals} WHERE \`run_id\` = ? AND \`signal_id\` = ? LOCK IN SHARE MODE`,
+      [s.runId, s.signalId],
+    );
+    if (stored?.send_key !== key) return true; // a repeat of a signal already stored
+    if (job && Number(job.state) === JobState.Waiting && job.wait_for === s.name) {
+      await takeFromMailbox(ctx, sql, job.id, s.runId, s.name, ctx.now());
+    }
+    return true;
+  }
+}
+
+/**
+ * Wakes parked jobs whose wait timed out, with `received.timedOut`.
+ *
+ * Commits: the due parked rows made claimable. Locks: those rows, SKIP LOCKED (a signal
+ * that holds one wins; it is then no longer parked). Crash: the next tick goes on.
+ */
+export async function wakeTimedOut(ctx: StorageContext, limit = 500): Promise<number> {
+  return ctx.client.transaction(async (sql) => {
+    const rows = await sql.query<Array<{ id: string; wait_for: string }>>(
+      `SELECT \`id\`, \`wait_for\` FROM ${ctx.t.jobs} FORCE INDEX (\`ix_state\`)
+        WHERE \`state\` = ${JobState.Waiting} AND \`run_at\` <= ? ORDER BY \`run_at\` LIMIT ? FOR UPDATE SKIP LOCKED`,
+      [ctx.now(), limit],
+    );
+    for (const r of rows) {
+      await sql.query(
+        `UPDATE ${ctx.t.jobs} SET \`state\` = ${JobState.Ready}, \`wait_for\` = NULL, \`received\` = ? WHERE \`id\` = ?`,
+        [`{"name":${JSON.stringify(r.wait_for)},"timedOut":true}`, r.id],
+      );
+    }
+    return rows.length;
+  });
+}
