@@ -331,9 +331,12 @@ function backlogJobId(i: number): string {
 
 /**
  * Fills the queue with `n` ready step-0 jobs of workflow 'single' (plus their runs rows)
- * straight through multi-row INSERTs matching lib/storage/schema/migrations.ts v1.
+ * straight through multi-row INSERTs matching lib/storage/schema/migrations.ts, and then
+ * `cfg.backlogWaiting` more parked on a signal (state 3, no timeout), as a million runs
+ * awaiting approval would be.
  */
-async function insertBacklog(cfg: BenchConfig, n: number): Promise<number> {
+async function insertBacklog(cfg: BenchConfig, ready: number): Promise<number> {
+  const n = ready + cfg.backlogWaiting;
   const pad = makePad(cfg.payloadBytes);
   const payload = JSON.stringify({ t: 0, p: pad });
   const inputHash = createHash('sha256').update(payload).digest('hex');
@@ -351,7 +354,8 @@ async function insertBacklog(cfg: BenchConfig, n: number): Promise<number> {
   await Promise.all([
     insert(RUN_INSERT, (i) => [backlogRunId(i), 'single', 'active', 0, backlogJobId(i), inputHash, '{}', 0, null, start + i, start + i]),
     insert(JOB_INSERT, (i) => [
-      backlogJobId(i), 'single', 0, 0, 0, start + i, backlogRunId(i), 0, 0, null, null, null, payload, '{}', start + i,
+      backlogJobId(i), 'single', 0, i < ready ? 0 : 3, 0, i < ready ? start + i : Number.MAX_SAFE_INTEGER, backlogRunId(i), 0, 0,
+      null, null, null, payload, '{}', start + i,
     ]),
   ]);
   await withMysql(cfg.mysqlUrl, async (c) => {
@@ -413,7 +417,8 @@ export async function oursBacklog(cfg: BenchConfig, backlog: number, fill: Backl
   const { insertMs, explain } = fill;
   const workerOpts = { concurrency: cfg.concurrency, pollIntervalMs: cfg.pollIntervalMs };
   const drain = Math.min(backlog, cfg.backlogDrain);
-  const settings = `${describeOptions(moduleOptions(cfg, workerOpts))}, single-step runs, drain first ${drain}`;
+  const waiting = cfg.backlogWaiting ? `, ${cfg.backlogWaiting} more runs waiting for a signal in the same queue` : '';
+  const settings = `${describeOptions(moduleOptions(cfg, workerOpts))}, single-step runs, drain first ${drain}${waiting}`;
   await send({ type: 'settings', settings });
 
   tracker = new ChainTracker(drain, 1, cfg.payloadBytes);
@@ -447,7 +452,7 @@ export async function oursBacklog(cfg: BenchConfig, backlog: number, fill: Backl
     notes: [
       `drain started after the server wrote back the insert (${(fill.quiet.waitedMs / 1000).toFixed(1)} s; then ${fill.quiet.dirtyPages} dirty pages, history ${fill.quiet.history})`,
       `${claimProbe.empty} empty claims`,
-      `${leftover} jobs left queued after shutdown (expected about ${backlog - tracker.completed})`,
+      `${leftover} jobs left queued after shutdown (expected about ${backlog + cfg.backlogWaiting - tracker.completed})`,
     ],
   };
 }
