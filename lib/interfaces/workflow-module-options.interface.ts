@@ -59,6 +59,8 @@ export interface RetentionOptions {
 
 export interface WorkflowClock {
   now(): number;
+  /** A clock that jumps (ManualClock) tells the worker, so what became due runs at once. */
+  onChange?(fn: () => void): () => void;
 }
 
 export interface WorkflowModuleOptions {

@@ -1,4 +1,4 @@
-import type { RunRow } from './storage.types.js';
+import { JobState, type RunRow } from './storage.types.js';
 import type { StorageContext } from './tables.js';
 
 /** One run with its current job's state, attempts and due time. */
@@ -9,4 +9,26 @@ export async function getRun(ctx: StorageContext, runId: string): Promise<RunRow
     [runId],
   );
   return rows[0] ?? null;
+}
+
+const BUSY = ['ready', 'due (scheduled)', 'running', 'timed out (waiting)'];
+
+/**
+ * Jobs of these queues that are due or running now: ready, leased, or scheduled/waiting
+ * with a due time that has come (by the runtime clock). For drainWorkflows.
+ */
+export async function busyJobs(
+  ctx: StorageContext,
+  queues: string[],
+  now: number,
+): Promise<Array<{ queue: string; state: string; count: number }>> {
+  if (queues.length === 0) return [];
+  const rows = await ctx.client.query<Array<{ queue: string; state: number | string; n: number | string }>>(
+    `SELECT \`queue\`, \`state\`, COUNT(*) AS n FROM ${ctx.t.jobs} FORCE INDEX (\`ix_claim\`)
+      WHERE \`queue\` IN (?) AND (\`state\` IN (${JobState.Ready}, ${JobState.Leased})
+        OR (\`state\` IN (${JobState.Scheduled}, ${JobState.Waiting}) AND \`run_at\` <= ?))
+      GROUP BY \`queue\`, \`state\``,
+    [queues, now],
+  );
+  return rows.map((r) => ({ queue: r.queue, state: BUSY[Number(r.state)] ?? String(r.state), count: Number(r.n) }));
 }

@@ -8,7 +8,7 @@ import { deadSteps, retryDead } from './dead-letters.js';
 import { expireHandlers, HandlerDirectory, type HostedHandler, registerHandlers } from './handlers.js';
 import { cancellingAmong, renewLeases } from './leases.js';
 import { reapExpired, sweepRetention } from './maintenance.js';
-import { getRun } from './queries.js';
+import { busyJobs, getRun } from './queries.js';
 import { type SettleItem, settleMany } from './settle.js';
 import { type OutgoingSignal, sendSignal, wakeTimedOut } from './signals.js';
 import type { ClaimedJob, DeadRow, NewRun, RunRow, SettleResult } from './storage.types.js';
@@ -132,6 +132,10 @@ export class WorkflowStorage {
 
   async cancelRun(runId: string): Promise<CancelResult> {
     return cancelRun(await this.c(), runId);
+  }
+
+  async busyJobs(queues: string[], now: number) {
+    return busyJobs(await this.c(), queues, now);
   }
 
   async getRun(runId: string): Promise<RunRow | null> {

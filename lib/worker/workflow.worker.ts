@@ -76,6 +76,11 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
     return this.config.worker as ResolvedWorkerConfig;
   }
 
+  /** The queues this process's worker claims from: its workflows and its handlers' deliveries. */
+  hostedQueues(): string[] {
+    return this.queues.map((q) => q.name);
+  }
+
   /** Steps and deliveries this process is running now. */
   get activeCount(): number {
     return this.inFlight.size;
@@ -120,6 +125,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
     this.unsubscribe.push(
       this.notifier.onWake(() => this.jobsMayWait()),
       this.notifier.onDue(() => void this.maintenance?.promote().catch(() => undefined)),
+      this.config.clock.onChange?.(() => void this.maintenance?.promote().catch(() => undefined)) ?? (() => undefined),
       this.notifier.onCancel((runId) => {
         for (const e of this.inFlight.values()) if (e.job.runId === runId && e.job.kind === JobKind.Step) this.cancel(e);
       }),
