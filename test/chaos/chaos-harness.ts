@@ -55,6 +55,8 @@ export interface ChaosReport {
   missingSteps: number;
   /** Deliveries beyond the first of a (run, step). */
   duplicateDeliveries: number;
+  /** Duplicates whose earlier delivery's process was SIGKILLed after it began and before the next delivery began. */
+  duplicatesAroundKill: number;
   /**
    * Duplicates whose earlier delivery was on a live process and was journaled before a
    * database crash that came before the next delivery (its settlement may have been lost
@@ -63,10 +65,16 @@ export interface ChaosReport {
   duplicatesAroundDbRestart: number;
   /** The longest time from such an earlier delivery to the crash after it. */
   maxDbRestartDuplicateLeadMs: number;
-  /** Duplicates whose earlier delivery was neither on a process we killed nor cut off by a database crash: must be 0. */
+  /**
+   * Duplicates whose earlier delivery was cut off neither by a kill of its process nor by a
+   * database crash (neither happened between it and the next delivery): must be 0.
+   */
   duplicatesWithoutKill: number;
-  /** Examples of those, for the investigation. */
-  unexplainedDuplicates: Array<{ runId: string; step: number; deliveries: string }>;
+  /**
+   * Examples of those, for the investigation: deliveries as pid@journal-time#attempt, and
+   * when those pids were killed (if ever) and the database crashed, relative to the first delivery.
+   */
+  unexplainedDuplicates: Array<{ runId: string; step: number; deliveries: string; killsMs: number[]; crashesMs: number[] }>;
   runsWithoutTerminalDelivery: number;
   leftoverJobs: number;
   deadLetters: number;
@@ -150,6 +158,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   const journal = `\`${o.prefix}journal\``;
   const workers: WorkerProcess[] = [];
   const killed = new Set<number>();
+  /** When workers were SIGKILLed, by pid (a list: the system may hand a pid out again). */
+  const killedAt = new Map<number, number[]>();
   const unexpectedWorkerExits: ChaosReport['unexpectedWorkerExits'] = [];
   const crashes: number[] = [];
   const dbDowntimeMs: number[] = [];
@@ -245,6 +255,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
         if (stop || workers.length === 0) break;
         const victim = workers.splice(Math.floor(Math.random() * workers.length), 1)[0];
         killed.add(victim.pid);
+        killedAt.set(victim.pid, [...(killedAt.get(victim.pid) ?? []), Date.now()]);
         await victim.kill('SIGKILL');
         log(`killed worker ${victim.pid} (${killed.size} kills)`);
         if (!stop) await spawnWorker();
@@ -318,24 +329,29 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     await db.query('SET SESSION group_concat_max_len = 1048576');
     const steps = await db.query<Array<{ run_id: string; step_number: number; deliveries: string }>>(
       `SELECT run_id, step_number,
-              GROUP_CONCAT(CONCAT(pid, '@', CAST(ROUND(UNIX_TIMESTAMP(at) * 1000) AS UNSIGNED)) ORDER BY id) AS deliveries
+              GROUP_CONCAT(CONCAT(pid, '@', CAST(ROUND(UNIX_TIMESTAMP(at) * 1000) AS UNSIGNED), '#', attempt) ORDER BY id) AS deliveries
          FROM ${journal} WHERE kind = 'step' GROUP BY run_id, step_number`,
     );
     let duplicateDeliveries = 0;
     let duplicatesWithoutKill = 0;
+    let duplicatesAroundKill = 0;
     let duplicatesAroundDbRestart = 0;
     let maxDbRestartDuplicateLeadMs = 0;
     const unexplainedDuplicates: ChaosReport['unexplainedDuplicates'] = [];
     for (const s of steps) {
       const deliveries = String(s.deliveries)
         .split(',')
-        .map((d) => d.split('@').map(Number) as [number, number]);
+        .map((d) => d.split(/[@#]/).map(Number) as [number, number, number]);
       duplicateDeliveries += deliveries.length - 1;
-      // Every delivery but the last must have been cut off: by a kill of its process, or by a database crash before the next one.
+      // Every delivery but the last must have been cut off: by a kill of its process, or by a
+      // database crash, either of them after it began and before the next delivery began.
       for (let i = 0; i < deliveries.length - 1; i++) {
         const [pid, at] = deliveries[i];
-        if (killed.has(pid)) continue;
         const nextAt = deliveries[i + 1][1];
+        if ((killedAt.get(pid) ?? []).some((kill) => kill >= at && kill <= nextAt)) {
+          duplicatesAroundKill++;
+          continue;
+        }
         const crash = crashes.find((c) => c >= at && c <= nextAt);
         if (crash !== undefined) {
           duplicatesAroundDbRestart++;
@@ -344,7 +360,14 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
         }
         duplicatesWithoutKill++;
         if (unexplainedDuplicates.length < 20) {
-          unexplainedDuplicates.push({ runId: s.run_id, step: s.step_number, deliveries: String(s.deliveries) });
+          const first = deliveries[0][1];
+          unexplainedDuplicates.push({
+            runId: s.run_id,
+            step: s.step_number,
+            deliveries: String(s.deliveries),
+            killsMs: deliveries.flatMap(([p]) => killedAt.get(p) ?? []).map((k) => k - first),
+            crashesMs: crashes.map((c) => c - first),
+          });
         }
       }
     }
@@ -369,6 +392,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       notSucceeded: notSucceeded.slice(0, 20),
       missingSteps: o.runs * o.steps - steps.length,
       duplicateDeliveries,
+      duplicatesAroundKill,
       duplicatesAroundDbRestart,
       maxDbRestartDuplicateLeadMs,
       duplicatesWithoutKill,
