@@ -7,7 +7,7 @@ import { runChaos } from './chaos-harness.js';
  * being submitted. `npm run chaos` for soaks.
  */
 describe('chaos: SIGKILL a random worker every 2 s, and the database once', () => {
-  it('loses no run, runs every step, duplicates only around kills, leaves nothing claimed', async () => {
+  it('loses no run, runs every step, duplicates only around kills and crashes, leaves nothing claimed', async () => {
     const report = await runChaos({
       prefix: uniquePrefix('chaos'),
       runs: 300,
