@@ -2,7 +2,8 @@ import type { TestingModule } from '@nestjs/testing';
 import type { Connection } from 'mysql2/promise';
 import { WorkflowService } from 'nestjs-durable-workflow';
 import { startApp } from '../utils/create-test-app.js';
-import { dropTables, rawConnection } from '../utils/db.js';
+import { DB_URL, dropTables, rawConnection } from '../utils/db.js';
+import { PrivateMariaDb } from '../utils/private-db.js';
 import { createJournal, startWorker, type WorkerProcess } from '../utils/processes.js';
 
 export interface ChaosOptions {
@@ -16,6 +17,20 @@ export interface ChaosOptions {
   /** Steps in flight per worker process. */
   concurrency: number;
   timeoutMs: number;
+  /**
+   * 0 (the default): the shared database, never restarted. Otherwise the whole test runs
+   * on a private MariaDB of its own, and every `dbRestartEveryMs` its server is SIGKILLed
+   * (a crash, not a clean stop) and started again on the same data directory, while the
+   * workers keep running and being killed. The first crash comes once half the runs are
+   * submitted, so the submitter meets one too.
+   */
+  dbRestartEveryMs?: number;
+  /** Runs per submitMany call (default 500). */
+  submitBatch?: number;
+  /** At most this many database restarts (default: no limit). */
+  dbRestartLimit?: number;
+  /** TCP port of the private MariaDB (with `dbRestartEveryMs`). */
+  dbPort?: number;
   log?: (line: string) => void;
 }
 
@@ -24,6 +39,14 @@ export interface ChaosReport {
   steps: number;
   workers: number;
   kills: number;
+  /** The shared database, or a private one that was crashed and restarted. */
+  database: 'shared' | 'private';
+  /** SIGKILLs of the database server, each followed by a restart on the same data. */
+  dbRestarts: number;
+  /** From each SIGKILL of the server until it accepted a connection again. */
+  dbDowntimeMs: number[];
+  /** Submits (batches of `submitBatch` runs, fixed run ids) that failed with a connection error and were sent again. */
+  submitRetries: number;
   elapsedMs: number;
   stepsPerSecond: number;
   succeeded: number;
@@ -32,133 +55,378 @@ export interface ChaosReport {
   missingSteps: number;
   /** Deliveries beyond the first of a (run, step). */
   duplicateDeliveries: number;
-  /** Duplicates whose earlier delivery was NOT on a process we killed: must be 0. */
+  /**
+   * Duplicates whose earlier delivery's process was SIGKILLed before the next delivery
+   * began (and no more than 2 s before the earlier one's journal row started on the server).
+   */
+  duplicatesAroundKill: number;
+  /**
+   * Duplicates whose earlier delivery was on a live process and was journaled before a
+   * database crash that came before the next delivery (its settlement may have been lost
+   * with the connection).
+   */
+  duplicatesAroundDbRestart: number;
+  /** The longest time from such an earlier delivery to the crash after it. */
+  maxDbRestartDuplicateLeadMs: number;
+  /**
+   * Duplicates whose earlier delivery was cut off neither by a kill of its process nor by a
+   * database crash (neither happened between it and the next delivery): must be 0.
+   */
   duplicatesWithoutKill: number;
+  /**
+   * Examples of those, for the investigation: deliveries as pid@journal-time#attempt, and
+   * when those pids were killed (if ever) and the database crashed, relative to the first delivery.
+   */
+  unexplainedDuplicates: Array<{ runId: string; step: number; deliveries: string; killsMs: number[]; crashesMs: number[] }>;
   runsWithoutTerminalDelivery: number;
   leftoverJobs: number;
   deadLetters: number;
   runsLost: number;
+  /** Worker processes that exited without being killed by the harness (e.g. because the database went away): must be empty. */
+  unexpectedWorkerExits: Array<{ pid: number; code: number | null; signal: string | null; stderr: string }>;
+}
+
+const CONNECTION_ERROR_CODES =
+  /^(ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|EHOSTUNREACH|PROTOCOL_CONNECTION_LOST|PROTOCOL_SEQUENCE_TIMEOUT|ER_SERVER_SHUTDOWN|ER_CON_COUNT_ERROR|POOL_CLOSED|ER_CONNECTION_KILLED)$/;
+
+/** The connection, not the statement, failed (the driver's error, or one wrapping it). */
+function isConnectionError(err: unknown): boolean {
+  for (let e = err as any, depth = 0; e && typeof e === 'object' && depth < 4; e = e.cause ?? e.driverError, depth++) {
+    if (e.fatal === true) return true;
+    if (typeof e.code === 'string' && CONNECTION_ERROR_CODES.test(e.code)) return true;
+    if (e.errno === 1053 || e.errno === 2006 || e.errno === 2013 || e.errno === 1927) return true;
+  }
+  return false;
+}
+
+/** How long after a worker was seen dead a statement it had sent may still start on the server. */
+const KILL_SLACK_MS = 2_000;
+
+const delay = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** The harness's own connection: reconnects on connection errors until `patienceMs`. Only for statements safe to repeat. */
+class HarnessConnection {
+  private conn?: Connection;
+  constructor(
+    private readonly url: string,
+    private readonly patienceMs = 120_000,
+  ) {}
+
+  async query<T>(sql: string): Promise<T> {
+    const deadline = Date.now() + this.patienceMs;
+    for (;;) {
+      try {
+        if (!this.conn) {
+          const conn = await rawConnection(this.url);
+          // An idle connection whose server dies emits 'error'; without a listener that would end the process.
+          conn.on('error', () => {
+            if (this.conn === conn) this.conn = undefined;
+          });
+          this.conn = conn;
+        }
+        const [rows] = await this.conn.query(sql);
+        return rows as T;
+      } catch (err) {
+        if (!isConnectionError(err) || Date.now() > deadline) throw err;
+        this.conn?.destroy();
+        this.conn = undefined;
+        await delay(100);
+      }
+    }
+  }
+
+  async end(): Promise<void> {
+    const conn = this.conn;
+    this.conn = undefined;
+    await conn?.end().catch(() => conn.destroy());
+  }
 }
 
 /**
  * K real worker processes on one database, one of them SIGKILLed every few seconds and
- * replaced, while N runs of M steps go through. Every step journals (run, step,
- * attempt, pid) in its own table before returning; the verdict comes from the database.
+ * replaced, while N runs of M steps go through; optionally the database server itself is
+ * SIGKILLed and restarted every few seconds too. Every step journals (run, step, attempt,
+ * pid, time) in its own table before returning; the verdict comes from the database.
  */
 export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   const log = o.log ?? (() => undefined);
-  await dropTables(o.prefix);
-  const db: Connection = await rawConnection();
+  const restartEveryMs = o.dbRestartEveryMs ?? 0;
+  let privateDb: PrivateMariaDb | undefined;
+  if (restartEveryMs > 0) {
+    // Sized like the shared server (128 MiB buffer pool, 96 MiB redo log), durable commits (the default).
+    privateDb = await PrivateMariaDb.create(o.dbPort ?? 0, {
+      args: ['--innodb-buffer-pool-size=128M', '--innodb-log-file-size=96M', '--max-connections=400'],
+    });
+    log(`private MariaDB on port ${privateDb.port} (pid ${privateDb.pid}), data in ${privateDb.dir}`);
+  }
+  const url = privateDb?.url ?? DB_URL;
+  const db = new HarnessConnection(url);
   const journal = `\`${o.prefix}journal\``;
-  await createJournal(db, o.prefix);
-  const app: TestingModule = await startApp({ prefix: o.prefix, worker: false, options: { workflows: ['crashy'] } });
-  const env = {
-    PREFIX: o.prefix,
-    STEPS: String(o.steps),
-    LEASE_MS: String(o.leaseMs),
-    STEP_DELAY_MS: String(o.stepDelayMs),
-    MAX_ATTEMPTS: '25',
-    CONCURRENCY: String(o.concurrency),
-  };
   const workers: WorkerProcess[] = [];
   const killed = new Set<number>();
+  /** When workers were SIGKILLed, by pid (a list: the system may hand a pid out again). */
+  const killedAt = new Map<number, number[]>();
+  const unexpectedWorkerExits: ChaosReport['unexpectedWorkerExits'] = [];
+  const crashes: number[] = [];
+  const dbDowntimeMs: number[] = [];
+  let submitRetries = 0;
+  let app: TestingModule | undefined;
+  let chaos: Promise<void> | undefined;
   let stop = false;
+  let stopped!: () => void;
+  const stopping = new Promise<void>((r) => (stopped = r));
+  /** Waits `ms`, or less if the test is stopping. */
+  const pause = (ms: number) =>
+    new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      void stopping.then(() => (clearTimeout(timer), resolve()));
+    });
+  // Worker starts and database restarts never overlap: a worker's startup needs the database
+  // (its connect retries last about 1.5 s by design), and a crash during it would test startup, not recovery.
+  let exclusiveTail: Promise<unknown> = Promise.resolve();
+  const exclusive = <T>(fn: () => Promise<T>): Promise<T> => {
+    const next = exclusiveTail.then(fn);
+    exclusiveTail = next.catch(() => undefined);
+    return next;
+  };
   try {
-    for (let i = 0; i < o.workers; i++) workers.push(await startWorker(env));
+    await dropTables(o.prefix, url);
+    await db.query(`DROP TABLE IF EXISTS ${journal}`);
+    const setup = await rawConnection(url);
+    try {
+      await createJournal(setup, o.prefix);
+      // When each delivery began, by the server's clock (the same host's as ours): places deliveries relative to crashes.
+      await setup.query(`ALTER TABLE ${journal} ADD COLUMN at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3)`);
+    } finally {
+      await setup.end();
+    }
+    app = await startApp({
+      prefix: o.prefix,
+      worker: false,
+      options: { workflows: ['crashy'], ...(privateDb ? { connection: { url } } : {}) },
+    });
+    const env = {
+      PREFIX: o.prefix,
+      STEPS: String(o.steps),
+      LEASE_MS: String(o.leaseMs),
+      STEP_DELAY_MS: String(o.stepDelayMs),
+      MAX_ATTEMPTS: '25',
+      CONCURRENCY: String(o.concurrency),
+      WORKFLOW_DB_URL: url,
+    };
+    const spawnWorker = () =>
+      exclusive(async () => {
+        const w = await startWorker(env);
+        let stderr = '';
+        w.child.stderr!.on('data', (d) => (stderr = (stderr + d).slice(-4000)));
+        w.child.once('exit', (code, signal) => {
+          if (killed.has(w.pid)) return;
+          const at = workers.indexOf(w);
+          if (at >= 0) workers.splice(at, 1);
+          unexpectedWorkerExits.push({ pid: w.pid, code, signal, stderr });
+          log(`worker ${w.pid} EXITED BY ITSELF (code ${code}, signal ${signal}): ${stderr.slice(-500)}`);
+        });
+        workers.push(w);
+        return w;
+      });
+    for (let i = 0; i < o.workers; i++) await spawnWorker();
     const service = app.get(WorkflowService);
     const started = Date.now();
-    const ids: string[] = [];
-    for (let i = 0; i < o.runs; i += 500) {
-      const batch = await service.submitMany(
-        'crashy',
-        Array.from({ length: Math.min(500, o.runs - i) }, () => ({ input: { n: 0 } })),
-      );
-      ids.push(...batch.map((b) => b.runId));
-    }
-    log(`submitted ${ids.length} runs of ${o.steps} steps to ${o.workers} workers`);
 
-    const chaos = (async () => {
-      while (!stop) {
-        await new Promise((r) => setTimeout(r, o.killEveryMs));
+    let halfSubmitted!: () => void;
+    const half = new Promise<void>((r) => (halfSubmitted = r));
+    const restarts = (async () => {
+      if (!privateDb) return;
+      const server = privateDb;
+      let wait: Promise<unknown> = half;
+      while (!stop && crashes.length < (o.dbRestartLimit ?? Infinity)) {
+        await Promise.race([wait, stopping]);
         if (stop) break;
-        const victim = workers.splice(Math.floor(Math.random() * workers.length), 1)[0];
-        killed.add(victim.pid);
-        await victim.kill('SIGKILL');
-        log(`killed worker ${victim.pid} (${killed.size} kills)`);
-        if (!stop) workers.push(await startWorker(env));
+        await exclusive(async () => {
+          const down = Date.now();
+          const pid = server.pid;
+          await server.stop('SIGKILL');
+          crashes.push(down);
+          await server.start();
+          dbDowntimeMs.push(Date.now() - down);
+          log(`database SIGKILLed (pid ${pid}) and restarted (pid ${server.pid}) in ${Date.now() - down} ms (${crashes.length} restarts)`);
+        });
+        wait = pause(restartEveryMs);
       }
     })();
 
+    const kills = (async () => {
+      while (!stop) {
+        await pause(o.killEveryMs);
+        if (stop || workers.length === 0) break;
+        const victim = workers.splice(Math.floor(Math.random() * workers.length), 1)[0];
+        killed.add(victim.pid);
+        await victim.kill('SIGKILL');
+        // When it was seen dead: no delivery of it can begin later.
+        killedAt.set(victim.pid, [...(killedAt.get(victim.pid) ?? []), Date.now()]);
+        log(`killed worker ${victim.pid} (${killed.size} kills)`);
+        if (!stop) await spawnWorker();
+      }
+    })();
+    let chaosError: unknown;
+    chaos = Promise.all([restarts, kills]).then(
+      () => undefined,
+      (err) => {
+        chaosError = err;
+        stop = true;
+        stopped();
+      },
+    );
+
+    // Fixed run ids: a batch whose submit failed with the connection is sent again as is (idempotent).
+    const ids = Array.from({ length: o.runs }, (_, i) => `run-${String(i).padStart(7, '0')}`);
+    const batch = o.submitBatch ?? 500;
+    for (let i = 0; i < o.runs; i += batch) {
+      const specs = ids.slice(i, i + batch).map((runId) => ({ runId, input: { n: 0 } }));
+      const deadline = Date.now() + 120_000;
+      for (;;) {
+        try {
+          await service.submitMany('crashy', specs);
+          break;
+        } catch (err) {
+          if (!isConnectionError(err) || Date.now() > deadline) throw err;
+          submitRetries++;
+          log(`submit of runs ${i}..${i + specs.length - 1} failed (${(err as Error).message}); sending it again`);
+          await delay(100);
+        }
+      }
+      if (i + batch >= o.runs / 2) halfSubmitted();
+    }
+    halfSubmitted();
+    log(`submitted ${ids.length} runs of ${o.steps} steps to ${o.workers} workers`);
+
     const deadline = started + o.timeoutMs;
     let finished = 0;
-    while (Date.now() < deadline) {
-      const [rows] = await db.query(
+    while (Date.now() < deadline && !chaosError) {
+      const rows = await db.query<Array<{ n: number }>>(
         `SELECT COUNT(*) AS n FROM \`${o.prefix}runs\` WHERE state IN ('succeeded', 'failed', 'cancelled')`,
       );
-      finished = Number((rows as Array<{ n: number }>)[0].n);
+      finished = Number(rows[0].n);
       if (finished >= o.runs) break;
-      await new Promise((r) => setTimeout(r, 200));
+      await delay(200);
     }
     const elapsedMs = Date.now() - started;
     stop = true;
+    stopped();
+    // Any restart under way completes first: the verdict is read after the final restart.
     await chaos;
+    if (chaosError) throw chaosError;
+    log(`finished ${finished}/${o.runs} runs in ${elapsedMs} ms; judging`);
     // Let terminal deliveries in flight finish on the surviving workers before judging the queue.
     const settleDeadline = Date.now() + Math.max(10_000, o.leaseMs * 4);
     let leftoverJobs = 0;
     while (Date.now() < settleDeadline) {
-      const [rows] = await db.query(`SELECT COUNT(*) AS n FROM \`${o.prefix}jobs\``);
-      leftoverJobs = Number((rows as Array<{ n: number }>)[0].n);
+      const rows = await db.query<Array<{ n: number }>>(`SELECT COUNT(*) AS n FROM \`${o.prefix}jobs\``);
+      leftoverJobs = Number(rows[0].n);
       if (leftoverJobs === 0) break;
-      await new Promise((r) => setTimeout(r, 200));
+      await delay(200);
     }
 
-    const [states] = await db.query(`SELECT id, state, result FROM \`${o.prefix}runs\``);
-    const runRows = states as Array<{ id: string; state: string; result: string | null }>;
+    const runRows = await db.query<Array<{ id: string; state: string; result: string | null }>>(
+      `SELECT id, state, result FROM \`${o.prefix}runs\``,
+    );
     const notSucceeded = runRows
       .filter((r) => r.state !== 'succeeded' || JSON.parse(r.result ?? 'null')?.n !== o.steps)
       .map((r) => ({ id: r.id, state: r.state }));
-    const [stepRows] = await db.query(
-      `SELECT run_id, step_number, GROUP_CONCAT(pid ORDER BY id) AS pids, COUNT(*) AS n FROM ${journal}
-        WHERE kind = 'step' GROUP BY run_id, step_number`,
+    await db.query('SET SESSION group_concat_max_len = 1048576');
+    const steps = await db.query<Array<{ run_id: string; step_number: number; deliveries: string }>>(
+      `SELECT run_id, step_number,
+              GROUP_CONCAT(CONCAT(pid, '@', CAST(ROUND(UNIX_TIMESTAMP(at) * 1000) AS UNSIGNED), '#', attempt) ORDER BY id) AS deliveries
+         FROM ${journal} WHERE kind = 'step' GROUP BY run_id, step_number`,
     );
-    const steps = stepRows as Array<{ run_id: string; step_number: number; pids: string; n: number }>;
     let duplicateDeliveries = 0;
     let duplicatesWithoutKill = 0;
+    let duplicatesAroundKill = 0;
+    let duplicatesAroundDbRestart = 0;
+    let maxDbRestartDuplicateLeadMs = 0;
+    const unexplainedDuplicates: ChaosReport['unexplainedDuplicates'] = [];
     for (const s of steps) {
-      const pids = String(s.pids).split(',').map(Number);
-      duplicateDeliveries += pids.length - 1;
-      // Every delivery but the last must have been cut off by a kill of its process.
-      for (const pid of pids.slice(0, -1)) if (!killed.has(pid)) duplicatesWithoutKill++;
+      const deliveries = String(s.deliveries)
+        .split(',')
+        .map((d) => d.split(/[@#]/).map(Number) as [number, number, number]);
+      duplicateDeliveries += deliveries.length - 1;
+      // Every delivery but the last must have been cut off: by a kill of its process, or by a
+      // database crash, either of them after it began and before the next delivery began.
+      for (let i = 0; i < deliveries.length - 1; i++) {
+        const [pid, at] = deliveries[i];
+        const nextAt = deliveries[i + 1][1];
+        // A statement the process sent just before it died can still start on the server after
+        // we saw it dead (a loaded server reads its socket late): hence the slack before `at`.
+        if ((killedAt.get(pid) ?? []).some((kill) => kill >= at - KILL_SLACK_MS && kill <= nextAt)) {
+          duplicatesAroundKill++;
+          continue;
+        }
+        const crash = crashes.find((c) => c >= at && c <= nextAt);
+        if (crash !== undefined) {
+          duplicatesAroundDbRestart++;
+          maxDbRestartDuplicateLeadMs = Math.max(maxDbRestartDuplicateLeadMs, crash - at);
+          continue;
+        }
+        duplicatesWithoutKill++;
+        if (unexplainedDuplicates.length < 20) {
+          const first = deliveries[0][1];
+          unexplainedDuplicates.push({
+            runId: s.run_id,
+            step: s.step_number,
+            deliveries: String(s.deliveries),
+            killsMs: deliveries.flatMap(([p]) => killedAt.get(p) ?? []).map((k) => k - first),
+            crashesMs: crashes.map((c) => c - first),
+          });
+        }
+      }
     }
-    const [terminalRows] = await db.query(
+    const terminalRows = await db.query<Array<{ n: number }>>(
       `SELECT COUNT(DISTINCT run_id) AS n FROM ${journal} WHERE kind = 'terminal:succeeded'`,
     );
-    const [deadRows] = await db.query(`SELECT COUNT(*) AS n FROM \`${o.prefix}dead\``);
-    const withTerminal = Number((terminalRows as Array<{ n: number }>)[0].n);
+    const deadRows = await db.query<Array<{ n: number }>>(`SELECT COUNT(*) AS n FROM \`${o.prefix}dead\``);
+    const withTerminal = Number(terminalRows[0].n);
     const idSet = new Set(runRows.map((r) => r.id));
     return {
       runs: o.runs,
       steps: o.steps,
       workers: o.workers,
       kills: killed.size,
+      database: privateDb ? 'private' : 'shared',
+      dbRestarts: crashes.length,
+      dbDowntimeMs,
+      submitRetries,
       elapsedMs,
       stepsPerSecond: Math.round((o.runs * o.steps) / (elapsedMs / 1000)),
       succeeded: runRows.length - notSucceeded.length,
       notSucceeded: notSucceeded.slice(0, 20),
       missingSteps: o.runs * o.steps - steps.length,
       duplicateDeliveries,
+      duplicatesAroundKill,
+      duplicatesAroundDbRestart,
+      maxDbRestartDuplicateLeadMs,
       duplicatesWithoutKill,
+      unexplainedDuplicates,
       runsWithoutTerminalDelivery: o.runs - withTerminal,
       leftoverJobs,
-      deadLetters: Number((deadRows as Array<{ n: number }>)[0].n),
+      deadLetters: Number(deadRows[0].n),
       runsLost: ids.filter((id) => !idSet.has(id)).length + notSucceeded.length,
+      unexpectedWorkerExits,
     };
   } finally {
     stop = true;
+    stopped();
+    // A replacement worker or a restart under way finishes first, so nothing is left behind.
+    await chaos;
+    for (const w of workers) killed.add(w.pid);
     await Promise.all(workers.map((w) => w.kill('SIGKILL')));
-    await app.close();
-    await db.query(`DROP TABLE IF EXISTS ${journal}`);
-    await db.end();
-    await dropTables(o.prefix);
+    await app?.close();
+    if (privateDb) {
+      await db.end();
+      await privateDb.destroy();
+    } else {
+      await db.query(`DROP TABLE IF EXISTS ${journal}`).catch(() => undefined);
+      await db.end();
+      await dropTables(o.prefix, url);
+    }
   }
 }

@@ -1,9 +1,13 @@
 import { uniquePrefix } from '../utils/db.js';
 import { runChaos } from './chaos-harness.js';
 
-/** CI-sized chaos: 300 runs × 5 steps, 3 worker processes, one SIGKILLed every 2 s. `npm run chaos` for soaks. */
-describe('chaos: SIGKILL a random worker every 2 s', () => {
-  it('loses no run, runs every step, duplicates only around kills, leaves nothing claimed', async () => {
+/**
+ * CI-sized chaos: 300 runs × 5 steps, 3 worker processes, one SIGKILLed every 2 s, on a
+ * private MariaDB that is SIGKILLed and restarted once, while half the runs are still
+ * being submitted. `npm run chaos` for soaks.
+ */
+describe('chaos: SIGKILL a random worker every 2 s, and the database once', () => {
+  it('loses no run, runs every step, duplicates only around kills and crashes, leaves nothing claimed', async () => {
     const report = await runChaos({
       prefix: uniquePrefix('chaos'),
       runs: 300,
@@ -14,15 +18,22 @@ describe('chaos: SIGKILL a random worker every 2 s', () => {
       stepDelayMs: 150,
       concurrency: 4,
       timeoutMs: 120_000,
+      submitBatch: 25,
+      dbRestartEveryMs: 60_000,
+      dbRestartLimit: 1,
+      dbPort: 0,
     });
      
     console.log(`chaos: ${JSON.stringify(report)}`);
     expect(report.kills).toBeGreaterThanOrEqual(2);
+    expect(report.dbRestarts).toBe(1);
+    expect(report.unexpectedWorkerExits).toEqual([]);
     expect(report.runsLost).toBe(0);
     expect(report.succeeded).toBe(300);
     expect(report.notSucceeded).toEqual([]);
     expect(report.missingSteps).toBe(0);
     expect(report.duplicatesWithoutKill).toBe(0);
+    expect(report.unexplainedDuplicates).toEqual([]);
     expect(report.runsWithoutTerminalDelivery).toBe(0);
     expect(report.leftoverJobs).toBe(0);
     expect(report.deadLetters).toBe(0);

@@ -32,6 +32,11 @@ export class PrivateMariaDb {
     private readonly args: string[],
   ) {}
 
+  /** The running server's process id (undefined before the first start). */
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
   get url(): string {
     return `mysql://root@127.0.0.1:${this.port}/test`;
   }
