@@ -2,7 +2,12 @@
 import mysql from 'mysql2/promise';
 
 export async function mysqlConnection(url: string): Promise<mysql.Connection> {
-  return mysql.createConnection({ uri: url, supportBigNumbers: true, bigNumberStrings: false, multipleStatements: false });
+  return mysql.createConnection({
+    uri: url,
+    supportBigNumbers: true,
+    bigNumberStrings: false,
+    multipleStatements: false,
+  });
 }
 
 export async function withMysql<T>(url: string, fn: (c: mysql.Connection) => Promise<T>): Promise<T> {
@@ -17,7 +22,8 @@ export async function withMysql<T>(url: string, fn: (c: mysql.Connection) => Pro
 /** Drops the module's tables for `prefix` so every measurement starts from an empty schema. */
 export async function dropWorkflowTables(url: string, prefix: string): Promise<void> {
   await withMysql(url, async (c) => {
-    for (const t of ['signals', 'handlers', 'dead', 'jobs', 'runs', 'migrations']) await c.query(`DROP TABLE IF EXISTS \`${prefix}${t}\``);
+    for (const t of ['signals', 'handlers', 'dead', 'jobs', 'runs', 'migrations'])
+      await c.query(`DROP TABLE IF EXISTS \`${prefix}${t}\``);
   });
 }
 
@@ -32,7 +38,10 @@ export async function scalar(c: mysql.Connection, sql: string, params: unknown[]
  * the buffer pool (as far as its page cleaner goes at rest) and purged its undo history, so the measurement after it is not also
  * measuring that background I/O. Returns how long it waited and what it saw last.
  */
-export async function waitForQuietInnodb(url: string, maxMs = 120_000): Promise<{ waitedMs: number; dirtyPages: number; history: number }> {
+export async function waitForQuietInnodb(
+  url: string,
+  maxMs = 120_000,
+): Promise<{ waitedMs: number; dirtyPages: number; history: number }> {
   const started = Date.now();
   return withMysql(url, async (c) => {
     // Dirty pages a server keeps at rest vary; "done" is: few left, or no fewer than 3 s ago.
@@ -41,7 +50,9 @@ export async function waitForQuietInnodb(url: string, maxMs = 120_000): Promise<
       const [rows] = await c.query(
         "SELECT NAME, `COUNT` FROM information_schema.INNODB_METRICS WHERE NAME IN ('buffer_pool_pages_dirty', 'trx_rseg_history_len')",
       );
-      const m = new Map((rows as Array<{ NAME: string; COUNT: number | string }>).map((r) => [r.NAME, Number(r.COUNT)]));
+      const m = new Map(
+        (rows as Array<{ NAME: string; COUNT: number | string }>).map((r) => [r.NAME, Number(r.COUNT)]),
+      );
       const seen = { dirtyPages: m.get('buffer_pool_pages_dirty') ?? 0, history: m.get('trx_rseg_history_len') ?? 0 };
       const waitedMs = Date.now() - started;
       recent.push(seen.dirtyPages);
@@ -59,7 +70,9 @@ export async function innodbCounters(url: string): Promise<{ deadlocks: number; 
       const [rows] = await c.query(
         "SHOW GLOBAL STATUS WHERE Variable_name IN ('Innodb_deadlocks', 'Innodb_row_lock_waits')",
       );
-      const m = new Map((rows as Array<{ Variable_name: string; Value: string }>).map((r) => [r.Variable_name, Number(r.Value)]));
+      const m = new Map(
+        (rows as Array<{ Variable_name: string; Value: string }>).map((r) => [r.Variable_name, Number(r.Value)]),
+      );
       return { deadlocks: m.get('Innodb_deadlocks') ?? NaN, rowLockWaits: m.get('Innodb_row_lock_waits') ?? NaN };
     });
   } catch {
@@ -67,7 +80,16 @@ export async function innodbCounters(url: string): Promise<{ deadlocks: number; 
   }
 }
 
-const STATEMENT_COUNTERS = ['Questions', 'Com_set_option', 'Com_begin', 'Com_select', 'Com_insert', 'Com_update', 'Com_delete', 'Com_commit'];
+const STATEMENT_COUNTERS = [
+  'Questions',
+  'Com_set_option',
+  'Com_begin',
+  'Com_select',
+  'Com_insert',
+  'Com_update',
+  'Com_delete',
+  'Com_commit',
+];
 
 /** Statement counters of the whole server; diff two readings to see what a run sent. */
 export async function statementCounters(url: string): Promise<Record<string, number> | null> {
@@ -77,7 +99,9 @@ export async function statementCounters(url: string): Promise<Record<string, num
         `SHOW GLOBAL STATUS WHERE Variable_name IN (${STATEMENT_COUNTERS.map(() => '?').join(', ')})`,
         STATEMENT_COUNTERS,
       );
-      return Object.fromEntries((rows as Array<{ Variable_name: string; Value: string }>).map((r) => [r.Variable_name, Number(r.Value)]));
+      return Object.fromEntries(
+        (rows as Array<{ Variable_name: string; Value: string }>).map((r) => [r.Variable_name, Number(r.Value)]),
+      );
     });
   } catch {
     return null;
@@ -85,7 +109,11 @@ export async function statementCounters(url: string): Promise<Record<string, num
 }
 
 /** Per-step statement counts between two readings (the readings' own statements are negligible). */
-export function perStep(before: Record<string, number> | null, after: Record<string, number> | null, steps: number): Record<string, number> | undefined {
+export function perStep(
+  before: Record<string, number> | null,
+  after: Record<string, number> | null,
+  steps: number,
+): Record<string, number> | undefined {
   if (!before || !after || steps <= 0) return undefined;
   const out: Record<string, number> = {};
   for (const k of Object.keys(after)) {

@@ -125,8 +125,10 @@ function oneLiner(r: AnyResult): string {
   switch (r.section) {
     case 'chain':
     case 'scale':
-      return `${fmt(r.stepsPerSec)} steps/s, ${fmt(r.runsPerSec)} runs/s, p50 ${fmtMs(r.latency.p50)} ms, p99 ${fmtMs(r.latency.p99)} ms` +
-        (r.notes.length ? ` (${r.notes.join('; ')})` : '');
+      return (
+        `${fmt(r.stepsPerSec)} steps/s, ${fmt(r.runsPerSec)} runs/s, p50 ${fmtMs(r.latency.p50)} ms, p99 ${fmtMs(r.latency.p99)} ms` +
+        (r.notes.length ? ` (${r.notes.join('; ')})` : '')
+      );
     case 'submit':
       return `${r.mode}: ${fmt(r.runsPerSec)} runs/s (${r.notes.join('; ')})`;
     case 'backlog-fill':
@@ -184,10 +186,15 @@ async function runScale(processes: number): Promise<ScaleResult | null> {
   clearTimeout(deadlineTimer);
   for (const w of workers) if (w.child.connected) w.child.send({ type: 'stop' });
   await Promise.all(workers.map((w) => killAfter(w, 60_000, label)));
-  const finals = workers.map((w) => w.messages.find((m) => m.type === 'final')) as Array<Extract<ChildMessage, { type: 'final' }> | undefined>;
-  const errors = workers.flatMap((w) => w.messages.filter((m) => m.type === 'error').map((m) => (m as { error: string }).error));
+  const finals = workers.map((w) => w.messages.find((m) => m.type === 'final')) as Array<
+    Extract<ChildMessage, { type: 'final' }> | undefined
+  >;
+  const errors = workers.flatMap((w) =>
+    w.messages.filter((m) => m.type === 'error').map((m) => (m as { error: string }).error),
+  );
   if (errors.length || finals.some((f) => !f) || t0 === 0) {
-    const text = errors[0] ?? (first === 'ready' ? 'a worker gave no final report' : `workers did not all start (${first})`);
+    const text =
+      errors[0] ?? (first === 'ready' ? 'a worker gave no final report' : `workers did not all start (${first})`);
     failures.push({ label, error: text.split('\n').slice(0, 3).join(' | '), ours: true });
     log(`  ${label}: FAILED: ${text.split('\n')[0]}`);
     return null;
@@ -217,7 +224,20 @@ function ratio(x: number): string {
 function chainTable(rows: ChainResult[]): string {
   const ours = rows.find((r) => r.system === 'ours');
   return table(
-    ['system', 'settings', 'runs×steps', 'steps/s', 'runs/s', 'p50 ms', 'p99 ms', 'max ms', 'peak RSS MB', 'vs ours', 'CPU cores self/db/other', 'SQL stmts/step'],
+    [
+      'system',
+      'settings',
+      'runs×steps',
+      'steps/s',
+      'runs/s',
+      'p50 ms',
+      'p99 ms',
+      'max ms',
+      'peak RSS MB',
+      'vs ours',
+      'CPU cores self/db/other',
+      'SQL stmts/step',
+    ],
     rows.map((r) => [
       r.system,
       r.settings,
@@ -238,7 +258,17 @@ function chainTable(rows: ChainResult[]): string {
 
 function submitTable(rows: SubmitResult[]): string {
   return table(
-    ['mode', 'runs', 'runs/s', 'call p50 ms', 'call p99 ms', 'call max ms', 'peak RSS MB', 'CPU cores self/db/other', 'check'],
+    [
+      'mode',
+      'runs',
+      'runs/s',
+      'call p50 ms',
+      'call p99 ms',
+      'call max ms',
+      'peak RSS MB',
+      'CPU cores self/db/other',
+      'check',
+    ],
     rows.map((r) => [
       r.mode,
       fmt(r.runs),
@@ -256,7 +286,20 @@ function submitTable(rows: SubmitResult[]): string {
 
 function backlogTable(rows: BacklogResult[]): string {
   return table(
-    ['queued', 'insert s', 'drained', 'steps/s', 'claims', 'jobs/claim', 'claim p50 ms', 'claim p99 ms', 'claim max ms', 'peak RSS MB', 'CPU cores self/db/other', 'EXPLAIN of the claim'],
+    [
+      'queued',
+      'insert s',
+      'drained',
+      'steps/s',
+      'claims',
+      'jobs/claim',
+      'claim p50 ms',
+      'claim p99 ms',
+      'claim max ms',
+      'peak RSS MB',
+      'CPU cores self/db/other',
+      'EXPLAIN of the claim',
+    ],
     rows.map((r) => [
       fmt(r.backlog),
       (r.insertMs / 1000).toFixed(1),
@@ -278,7 +321,20 @@ function backlogTable(rows: BacklogResult[]): string {
 function scaleTable(rows: ScaleResult[]): string {
   const base = rows.find((r) => r.processes === 1);
   return table(
-    ['processes', 'steps/s', 'runs/s', 'vs 1 process', 'p50 ms', 'p99 ms', 'max ms', 'conflict retries', 'server deadlocks / row-lock waits', 'steps per process', 'peak RSS MB each', 'CPU cores workers/db/other'],
+    [
+      'processes',
+      'steps/s',
+      'runs/s',
+      'vs 1 process',
+      'p50 ms',
+      'p99 ms',
+      'max ms',
+      'conflict retries',
+      'server deadlocks / row-lock waits',
+      'steps per process',
+      'peak RSS MB each',
+      'CPU cores workers/db/other',
+    ],
     rows.map((r) => [
       String(r.processes),
       fmt(r.stepsPerSec),
@@ -327,11 +383,17 @@ async function main(): Promise<void> {
     node: process.version,
     cpus: `${cpus().length} × ${cpus()[0]?.model ?? '?'}`,
     memGiB: `${(totalmem() / 2 ** 30).toFixed(1)} total, ${(freemem() / 2 ** 30).toFixed(1)} free`,
-    loadavg: loadavg().map((l) => l.toFixed(2)).join(' '),
+    loadavg: loadavg()
+      .map((l) => l.toFixed(2))
+      .join(' '),
     mysql: sh(`mysql -h127.0.0.1 -uroot -N -e 'SELECT VERSION()'`),
   };
-  log(`nestjs-durable-workflow bench, ${machine.date}, commit ${machine.commit}${machine.dirty ? ' (lib/ has uncommitted changes)' : ''}`);
-  log(`node ${machine.node}, ${machine.cpus}, memory ${machine.memGiB} GiB, load ${machine.loadavg}, MySQL ${machine.mysql}`);
+  log(
+    `nestjs-durable-workflow bench, ${machine.date}, commit ${machine.commit}${machine.dirty ? ' (lib/ has uncommitted changes)' : ''}`,
+  );
+  log(
+    `node ${machine.node}, ${machine.cpus}, memory ${machine.memGiB} GiB, load ${machine.loadavg}, MySQL ${machine.mysql}`,
+  );
   log(describeSettings(cfg));
   log(`sections: ${[...only].join(', ')}${profile.size ? `; profiling: ${[...profile].join(', ')}` : ''}\n`);
 
@@ -343,10 +405,19 @@ async function main(): Promise<void> {
   const chainSystems = CHAIN_SYSTEMS.filter((s) => only.has(s));
   if (chainSystems.length) log('1–2. Step chains');
   for (const system of chainSystems) {
-    const label = { floor8: 'mysql floor ×8', floor: 'mysql floor', 'ours-notrace': 'ours (trace: false)' }[system as string] ?? system;
+    const label =
+      { floor8: 'mysql floor ×8', floor: 'mysql floor', 'ours-notrace': 'ours (trace: false)' }[system as string] ??
+      system;
     const tries: ChainResult[] = [];
     for (let i = 0; i < repeat; i++) {
-      tries.push(...((await runChild({ kind: 'chain', system, cfg }, label, system, system.startsWith('ours'))) as ChainResult[]));
+      tries.push(
+        ...((await runChild(
+          { kind: 'chain', system, cfg },
+          label,
+          system,
+          system.startsWith('ours'),
+        )) as ChainResult[]),
+      );
     }
     if (tries.length === 0) continue;
     // With BENCH_REPEAT > 1 the table shows the median try by steps/s, and the spread.
@@ -368,9 +439,16 @@ async function main(): Promise<void> {
     for (const size of cfg.backlog) {
       const t = wallNow();
       const label = `backlog ${fmt(size)}`;
-      const [fill] = (await runChild({ kind: 'backlog-fill', size, cfg }, `${label} fill`, 'backlog-fill', true)) as BacklogFill[];
+      const [fill] = (await runChild(
+        { kind: 'backlog-fill', size, cfg },
+        `${label} fill`,
+        'backlog-fill',
+        true,
+      )) as BacklogFill[];
       if (!fill) continue;
-      backlog.push(...((await runChild({ kind: 'backlog', size, fill, cfg }, label, 'backlog', true)) as BacklogResult[]));
+      backlog.push(
+        ...((await runChild({ kind: 'backlog', size, fill, cfg }, label, 'backlog', true)) as BacklogResult[]),
+      );
       log(`  ${label}: section took ${((wallNow() - t) / 1000).toFixed(0)} s`);
     }
   }
@@ -386,9 +464,15 @@ async function main(): Promise<void> {
   out.push(`# Bench run ${machine.date}`);
   out.push('');
   out.push(`- commit ${machine.commit}${machine.dirty ? ' (lib/ had uncommitted changes)' : ''}, node ${machine.node}`);
-  out.push(`- ${machine.cpus}; memory ${machine.memGiB} GiB; load average at start ${machine.loadavg}; MySQL ${machine.mysql}`);
+  out.push(
+    `- ${machine.cpus}; memory ${machine.memGiB} GiB; load average at start ${machine.loadavg}; MySQL ${machine.mysql}`,
+  );
   for (const l of describeSettings(cfg).split('\n')) out.push(`- ${l}`);
-  out.push(`- load average at end ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  out.push(
+    `- load average at end ${loadavg()
+      .map((l) => l.toFixed(2))
+      .join(' ')}`,
+  );
   if (chain.length) {
     out.push('', '## Step chains', '', chainTable(chain));
     const notes = chain.filter((r) => r.notes.length).map((r) => `- ${r.system}: ${r.notes.join('; ')}`);
@@ -396,11 +480,21 @@ async function main(): Promise<void> {
   }
   if (submit.length) out.push('', '## Submission (worker: false)', '', submitTable(submit));
   if (backlog.length) {
-    out.push('', '## Backlog (single-step runs queued in bulk, then a worker drains the first ones)', '', backlogTable(backlog));
+    out.push(
+      '',
+      '## Backlog (single-step runs queued in bulk, then a worker drains the first ones)',
+      '',
+      backlogTable(backlog),
+    );
     out.push('', ...backlog.map((r) => `- ${fmt(r.backlog)}: ${r.notes.join('; ')}`));
   }
   if (scale.length) {
-    out.push('', `## Scale-out (${cfg.runs} × ${cfg.steps} chain, N worker processes, one database)`, '', scaleTable(scale));
+    out.push(
+      '',
+      `## Scale-out (${cfg.runs} × ${cfg.steps} chain, N worker processes, one database)`,
+      '',
+      scaleTable(scale),
+    );
     const notes = scale.filter((r) => r.notes.length).map((r) => `- ${r.processes}: ${r.notes.join('; ')}`);
     if (notes.length) out.push('', ...notes);
   }
@@ -413,7 +507,10 @@ async function main(): Promise<void> {
   mkdirSync(resultsDir, { recursive: true });
   const stamp = machine.date.replace(/[:.]/g, '-');
   writeFileSync(join(resultsDir, `${stamp}.md`), `${report}\n`);
-  writeFileSync(join(resultsDir, `${stamp}.json`), JSON.stringify({ machine, cfg, chain, submit, backlog, scale, failures }, null, 2));
+  writeFileSync(
+    join(resultsDir, `${stamp}.json`),
+    JSON.stringify({ machine, cfg, chain, submit, backlog, scale, failures }, null, 2),
+  );
   log(`written: .tmp/bench/results/${stamp}.{md,json}`);
 
   // The backlog section can leave a million rows behind: tidy up unless asked not to.
@@ -421,7 +518,10 @@ async function main(): Promise<void> {
 
   for (const p of profiles) {
     if (existsSync(p.file)) log(`\n${p.label}: ${formatProfile(p.file, 25)}`);
-    else log(`\n${p.label}: no profile written (${p.file}); files: ${existsSync(profileDir) ? readdirSync(profileDir).join(', ') : 'none'}`);
+    else
+      log(
+        `\n${p.label}: no profile written (${p.file}); files: ${existsSync(profileDir) ? readdirSync(profileDir).join(', ') : 'none'}`,
+      );
   }
   process.exitCode = failures.some((f) => f.ours) ? 1 : 0;
 }

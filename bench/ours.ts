@@ -85,7 +85,11 @@ class SingleRunner {
   }
 }
 
-function moduleOptions(cfg: BenchConfig, worker: WorkflowModuleOptions['worker'], extra: Partial<WorkflowModuleOptions> = {}) {
+function moduleOptions(
+  cfg: BenchConfig,
+  worker: WorkflowModuleOptions['worker'],
+  extra: Partial<WorkflowModuleOptions> = {},
+) {
   const options: WorkflowModuleOptions = {
     connection: { url: cfg.mysqlUrl, ...(cfg.oursPool ? { poolSize: cfg.oursPool } : {}) },
     tablePrefix: PREFIX,
@@ -208,7 +212,8 @@ async function verify(cfg: BenchConfig, runs: number): Promise<string[]> {
     const left = await scalar(c, `SELECT COUNT(*) FROM \`${PREFIX}jobs\``);
     const dead = await scalar(c, `SELECT COUNT(*) FROM \`${PREFIX}dead\``);
     const out: string[] = [];
-    if (ok !== runs || left !== 0 || dead !== 0) out.push(`VERIFY FAILED: ${ok}/${runs} runs succeeded, ${left} jobs left, ${dead} dead`);
+    if (ok !== runs || left !== 0 || dead !== 0)
+      out.push(`VERIFY FAILED: ${ok}/${runs} runs succeeded, ${left} jobs left, ${dead} dead`);
     else out.push('verified: all runs succeeded, queue empty');
     return out;
   });
@@ -276,7 +281,10 @@ export async function oursSubmit(cfg: BenchConfig): Promise<SubmitResult[]> {
     for (let i = 0; i < cfg.submitRuns; i += cfg.submitBatch) {
       const n = Math.min(cfg.submitBatch, cfg.submitRuns - i);
       const s = wallNow();
-      await svc.submitMany('chain', Array.from({ length: n }, () => ({ input: input() })));
+      await svc.submitMany(
+        'chain',
+        Array.from({ length: n }, () => ({ input: input() })),
+      );
       calls.add(wallNow() - s);
     }
     const elapsedMs = wallNow() - t0;
@@ -313,10 +321,14 @@ async function countRuns(cfg: BenchConfig, expected: number): Promise<string[]> 
 // ------------------------------------------------------------------ 4. backlog
 
 const JOB_INSERT =
-  'INSERT INTO `' + PREFIX + 'jobs` (`id`, `queue`, `kind`, `state`, `priority`, `run_at`, `run_id`, `step_number`, `attempts`, ' +
+  'INSERT INTO `' +
+  PREFIX +
+  'jobs` (`id`, `queue`, `kind`, `state`, `priority`, `run_at`, `run_id`, `step_number`, `attempts`, ' +
   '`max_attempts`, `lease_token`, `lease_until`, `payload`, `headers`, `created_at`) VALUES ?';
 const RUN_INSERT =
-  'INSERT INTO `' + PREFIX + 'runs` (`id`, `workflow`, `state`, `current_step`, `current_job_id`, `input_hash`, `headers`, ' +
+  'INSERT INTO `' +
+  PREFIX +
+  'runs` (`id`, `workflow`, `state`, `current_step`, `current_job_id`, `input_hash`, `headers`, ' +
   '`priority`, `max_attempts`, `submitted_at`, `updated_at`) VALUES ?';
 
 /** Run ids that sort in submission order, as the module's generated (ULID) run ids do. */
@@ -352,10 +364,35 @@ async function insertBacklog(cfg: BenchConfig, ready: number): Promise<number> {
       }
     });
   await Promise.all([
-    insert(RUN_INSERT, (i) => [backlogRunId(i), 'single', 'active', 0, backlogJobId(i), inputHash, '{}', 0, null, start + i, start + i]),
+    insert(RUN_INSERT, (i) => [
+      backlogRunId(i),
+      'single',
+      'active',
+      0,
+      backlogJobId(i),
+      inputHash,
+      '{}',
+      0,
+      null,
+      start + i,
+      start + i,
+    ]),
     insert(JOB_INSERT, (i) => [
-      backlogJobId(i), 'single', 0, i < ready ? 0 : 3, 0, i < ready ? start + i : Number.MAX_SAFE_INTEGER, backlogRunId(i), 0, 0,
-      null, null, null, payload, '{}', start + i,
+      backlogJobId(i),
+      'single',
+      0,
+      i < ready ? 0 : 3,
+      0,
+      i < ready ? start + i : Number.MAX_SAFE_INTEGER,
+      backlogRunId(i),
+      0,
+      0,
+      null,
+      null,
+      null,
+      payload,
+      '{}',
+      start + i,
     ]),
   ]);
   await withMysql(cfg.mysqlUrl, async (c) => {
@@ -373,7 +410,8 @@ class ClaimProbe implements OnModuleInit {
 
   async onModuleInit(): Promise<void> {
     const storage = (this.svc as unknown as Internals).storage;
-    if (!storage) throw new Error('bench: WorkflowService has no `storage` field any more; update bench/ours.ts ClaimProbe');
+    if (!storage)
+      throw new Error('bench: WorkflowService has no `storage` field any more; update bench/ours.ts ClaimProbe');
     const original = storage.claimBatch.bind(storage);
     storage.claimBatch = async (...args: any[]) => {
       const s = wallNow();

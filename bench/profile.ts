@@ -51,7 +51,10 @@ function bucketOf(url: string): string {
   return s;
 }
 
-export function summarizeProfile(path: string, top = 20): { byFunction: HotSpot[]; byPackage: HotSpot[]; totalMs: number; idlePct: number } {
+export function summarizeProfile(
+  path: string,
+  top = 20,
+): { byFunction: HotSpot[]; byPackage: HotSpot[]; totalMs: number; idlePct: number } {
   const prof = JSON.parse(readFileSync(path, 'utf8')) as CpuProfile;
   const byId = new Map(prof.nodes.map((n) => [n.id, n]));
   const self = new Map<number, number>();
@@ -74,7 +77,12 @@ export function summarizeProfile(path: string, top = 20): { byFunction: HotSpot[
     const where = url ? `${shortUrl(url)}:${lineNumber + 1}` : '';
     const key = `${where ? `${where} ` : ''}${functionName || '(anonymous)'}`;
     fn.set(key, (fn.get(key) ?? 0) + us);
-    const b = functionName === '(garbage collector)' ? '(garbage collector)' : functionName === '(program)' ? '(program)' : bucketOf(url);
+    const b =
+      functionName === '(garbage collector)'
+        ? '(garbage collector)'
+        : functionName === '(program)'
+          ? '(program)'
+          : bucketOf(url);
     pkg.set(b, (pkg.get(b) ?? 0) + us);
   }
   const busy = Math.max(1, total - idle);
@@ -82,14 +90,27 @@ export function summarizeProfile(path: string, top = 20): { byFunction: HotSpot[
     [...m.entries()]
       .sort((a, b) => b[1] - a[1])
       .slice(0, top)
-      .map(([name, us]) => ({ name, selfMs: us / 1000, pct: (100 * us) / Math.max(1, total), busyPct: (100 * us) / busy }));
-  return { byFunction: rank(fn), byPackage: rank(pkg), totalMs: total / 1000, idlePct: (100 * idle) / Math.max(1, total) };
+      .map(([name, us]) => ({
+        name,
+        selfMs: us / 1000,
+        pct: (100 * us) / Math.max(1, total),
+        busyPct: (100 * us) / busy,
+      }));
+  return {
+    byFunction: rank(fn),
+    byPackage: rank(pkg),
+    totalMs: total / 1000,
+    idlePct: (100 * idle) / Math.max(1, total),
+  };
 }
 
 export function formatProfile(path: string, top = 20): string {
   const s = summarizeProfile(path, top);
-  const lines = [`CPU profile ${path}: ${s.totalMs.toFixed(0)} ms sampled, ${s.idlePct.toFixed(1)}% idle (percentages below are of busy time)`];
-  const row = (h: HotSpot) => `    ${h.busyPct.toFixed(1).padStart(5)}%  ${h.selfMs.toFixed(0).padStart(6)} ms  ${h.name}`;
+  const lines = [
+    `CPU profile ${path}: ${s.totalMs.toFixed(0)} ms sampled, ${s.idlePct.toFixed(1)}% idle (percentages below are of busy time)`,
+  ];
+  const row = (h: HotSpot) =>
+    `    ${h.busyPct.toFixed(1).padStart(5)}%  ${h.selfMs.toFixed(0).padStart(6)} ms  ${h.name}`;
   lines.push('  self time by package:');
   for (const h of s.byPackage.slice(0, 12)) lines.push(row(h));
   lines.push('  self time by function:');

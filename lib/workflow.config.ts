@@ -44,7 +44,7 @@ export function resolveConfig(options: WorkflowModuleOptions | undefined): Resol
       hasConnection
         ? 'WorkflowModule: give either `connection` or `dataSource`, not both.'
         : 'WorkflowModule: give `connection` ({ url } or host/port/username/password/database) for a pool of its own, ' +
-          "or `dataSource` (a TypeORM DataSource, or the name it has in TypeOrmModule) to share the app's.",
+            "or `dataSource` (a TypeORM DataSource, or the name it has in TypeOrmModule) to share the app's.",
     );
   }
   // Parsed now for its errors (an unset URL, a bad port...), so they surface before any connection is tried.
@@ -59,10 +59,28 @@ export function resolveConfig(options: WorkflowModuleOptions | undefined): Resol
     options.worker === false
       ? false
       : {
-          concurrency: int(options.worker?.concurrency, DEFAULTS.concurrency, 'worker.concurrency', 1, LIMITS.maxConcurrency),
-          pollIntervalMs: int(options.worker?.pollIntervalMs, DEFAULTS.pollIntervalMs, 'worker.pollIntervalMs', 1, LIMITS.maxTimerMs),
+          concurrency: int(
+            options.worker?.concurrency,
+            DEFAULTS.concurrency,
+            'worker.concurrency',
+            1,
+            LIMITS.maxConcurrency,
+          ),
+          pollIntervalMs: int(
+            options.worker?.pollIntervalMs,
+            DEFAULTS.pollIntervalMs,
+            'worker.pollIntervalMs',
+            1,
+            LIMITS.maxTimerMs,
+          ),
           leaseMs: int(options.worker?.leaseMs, DEFAULTS.leaseMs, 'worker.leaseMs', 100, LIMITS.maxTimerMs),
-          shutdownTimeoutMs: int(options.worker?.shutdownTimeoutMs, DEFAULTS.shutdownTimeoutMs, 'worker.shutdownTimeoutMs', 0, LIMITS.maxTimerMs),
+          shutdownTimeoutMs: int(
+            options.worker?.shutdownTimeoutMs,
+            DEFAULTS.shutdownTimeoutMs,
+            'worker.shutdownTimeoutMs',
+            0,
+            LIMITS.maxTimerMs,
+          ),
           workflows: options.worker?.workflows ? names(options.worker.workflows, 'worker.workflows') : undefined,
         };
   const clock = options.clock ?? systemClock;
@@ -74,16 +92,34 @@ export function resolveConfig(options: WorkflowModuleOptions | undefined): Resol
     autoMigrate: options.autoMigrate ?? true,
     worker,
     defaults: {
-      maxAttempts: int(options.defaults?.maxAttempts, DEFAULTS.maxAttempts, 'defaults.maxAttempts', 1, LIMITS.maxAttempts),
+      maxAttempts: int(
+        options.defaults?.maxAttempts,
+        DEFAULTS.maxAttempts,
+        'defaults.maxAttempts',
+        1,
+        LIMITS.maxAttempts,
+      ),
       backoff: backoff(options.defaults?.backoff, 'defaults.backoff'),
-      priority: int(options.defaults?.priority, DEFAULTS.priority, 'defaults.priority', LIMITS.minPriority, LIMITS.maxPriority),
+      priority: int(
+        options.defaults?.priority,
+        DEFAULTS.priority,
+        'defaults.priority',
+        LIMITS.minPriority,
+        LIMITS.maxPriority,
+      ),
     },
     retention: {
       runsMs: int(options.retention?.runsMs, DEFAULTS.retentionMs, 'retention.runsMs', 0),
       deadMs: int(options.retention?.deadMs, DEFAULTS.retentionMs, 'retention.deadMs', 0),
     },
     workflows: options.workflows ? names(options.workflows, 'workflows') : [],
-    maxPayloadBytes: int(options.maxPayloadBytes, DEFAULTS.maxPayloadBytes, 'maxPayloadBytes', 1, LIMITS.maxPayloadBytes),
+    maxPayloadBytes: int(
+      options.maxPayloadBytes,
+      DEFAULTS.maxPayloadBytes,
+      'maxPayloadBytes',
+      1,
+      LIMITS.maxPayloadBytes,
+    ),
     clock,
   };
 }
@@ -95,12 +131,19 @@ export function backoff(
 ): BackoffPolicy {
   const baseMs = int(value?.baseMs, fallback.baseMs, `${where}.baseMs`, 0, LIMITS.maxDelayMs);
   const maxMs = int(value?.maxMs, Math.max(fallback.maxMs, baseMs), `${where}.maxMs`, 0, LIMITS.maxDelayMs);
-  if (maxMs < baseMs) throw new WorkflowConfigError(`WorkflowModule: ${where}.maxMs (${maxMs}) is below baseMs (${baseMs}).`);
+  if (maxMs < baseMs)
+    throw new WorkflowConfigError(`WorkflowModule: ${where}.maxMs (${maxMs}) is below baseMs (${baseMs}).`);
   return { baseMs, maxMs };
 }
 
 /** An integer option within [min, max] (max: what its column or timer holds; unbounded by default). */
-export function int(value: unknown, fallback: number, name: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
+export function int(
+  value: unknown,
+  fallback: number,
+  name: string,
+  min: number,
+  max = Number.MAX_SAFE_INTEGER,
+): number {
   if (value === undefined || value === null) return fallback;
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min || value > max) {
     throw new WorkflowConfigError(`WorkflowModule: ${name} must be an integer ${range(min, max)}, got ${show(value)}.`);
@@ -115,11 +158,14 @@ export function range(min: number, max: number): string {
 
 /** A value as a message shows it: JSON.stringify turns NaN and Infinity into "null". */
 export function show(value: unknown): string {
-  return typeof value === 'number' || typeof value === 'bigint' ? String(value) : (JSON.stringify(value) ?? String(value));
+  return typeof value === 'number' || typeof value === 'bigint'
+    ? String(value)
+    : (JSON.stringify(value) ?? String(value));
 }
 
 function names(list: unknown, option: string): string[] {
-  if (!Array.isArray(list)) throw new WorkflowConfigError(`WorkflowModule: ${option} must be an array of workflow names.`);
+  if (!Array.isArray(list))
+    throw new WorkflowConfigError(`WorkflowModule: ${option} must be an array of workflow names.`);
   for (const n of list) assertWorkflowName(n, `WorkflowModule option ${option}`);
   return [...list];
 }

@@ -68,13 +68,18 @@ export class WorkflowExplorer implements OnModuleInit {
       }
     }
     for (const [name, runner] of registry.runners) {
-      this.logger.log(`Workflow "${name}" → ${runner.label}: ${registry.runsHere(name) ? 'runs in this process' : 'submit only here'}`);
+      this.logger.log(
+        `Workflow "${name}" → ${runner.label}: ${registry.runsHere(name) ? 'runs in this process' : 'submit only here'}`,
+      );
     }
     for (const name of this.config.workflows) {
-      if (!registry.runners.has(name)) this.logger.log(`Workflow "${name}": submit only here (runner in another process)`);
+      if (!registry.runners.has(name))
+        this.logger.log(`Workflow "${name}": submit only here (runner in another process)`);
     }
     for (const h of registry.handlers.values()) {
-      this.logger.log(`Terminal handler ${h.label} for ${h.workflows ? [...h.workflows].join(', ') : 'every workflow'}`);
+      this.logger.log(
+        `Terminal handler ${h.label} for ${h.workflows ? [...h.workflows].join(', ') : 'every workflow'}`,
+      );
     }
   }
 
@@ -84,7 +89,11 @@ export class WorkflowExplorer implements OnModuleInit {
    * of a useClass provider, else the constructor of a value/factory instance.
    */
   private classOf(wrapper: InstanceWrapper): Class | undefined {
-    const candidates: unknown[] = [wrapper.token, wrapper.inject ? undefined : wrapper.metatype, wrapper.instance?.constructor];
+    const candidates: unknown[] = [
+      wrapper.token,
+      wrapper.inject ? undefined : wrapper.metatype,
+      wrapper.instance?.constructor,
+    ];
     for (const c of candidates) {
       if (typeof c === 'function' && c !== Object && (this.accessor.getStepRunner(c) || this.hasHandlers(c as Class))) {
         return c as Class;
@@ -109,7 +118,9 @@ export class WorkflowExplorer implements OnModuleInit {
     const previous = owners.get(name);
     if (previous) {
       if (previous.cls === cls) {
-        this.logger.warn(`${cls.name} is provided in more than one module; workflow "${name}" uses the first instance.`);
+        this.logger.warn(
+          `${cls.name} is provided in more than one module; workflow "${name}" uses the first instance.`,
+        );
         return;
       }
       throw new DuplicateWorkflowError(MESSAGES.duplicateWorkflow(name, previous.cls.name, cls.name));
@@ -134,7 +145,10 @@ export class WorkflowExplorer implements OnModuleInit {
         1,
         LIMITS.maxConcurrency,
       ),
-      timeoutMs: options.timeoutMs === undefined ? undefined : int(options.timeoutMs, 0, `${where}: timeoutMs`, 1, LIMITS.maxTimerMs),
+      timeoutMs:
+        options.timeoutMs === undefined
+          ? undefined
+          : int(options.timeoutMs, 0, `${where}: timeoutMs`, 1, LIMITS.maxTimerMs),
       resolve: this.resolver<StepRunner>(wrapper),
     });
     this.registry.submittable.add(name);

@@ -29,10 +29,13 @@ export class WorkflowNotifier {
     if (this.dueTimer && this.dueAt <= at) return;
     if (this.dueTimer) clearTimeout(this.dueTimer);
     this.dueAt = at;
-    this.dueTimer = setTimeout(() => {
-      this.dueTimer = undefined;
-      this.events.emit('due');
-    }, Math.max(0, ms) + 5);
+    this.dueTimer = setTimeout(
+      () => {
+        this.dueTimer = undefined;
+        this.events.emit('due');
+      },
+      Math.max(0, ms) + 5,
+    );
     this.dueTimer.unref();
   }
 

@@ -22,11 +22,28 @@ import type {
 } from './interfaces/run.interface.js';
 import { isConnectionError } from './storage/sql-client.js';
 import { WorkflowStorage } from './storage/workflow.storage.js';
-import { handlerOf, JobKind, JobState, NEVER, type NewRun, parseJobId, publicJobId, type RunRow, RunRowState } from './storage/storage.types.js';
+import {
+  handlerOf,
+  JobKind,
+  JobState,
+  NEVER,
+  type NewRun,
+  parseJobId,
+  publicJobId,
+  type RunRow,
+  RunRowState,
+} from './storage/storage.types.js';
 import { hashJson, parseJson, serializeJson } from './utils/json.js';
 import { ulid } from './utils/ulid.js';
 import { range, type ResolvedWorkflowConfig, show } from './workflow.config.js';
-import { LIMITS, RESERVED_HEADER_PREFIX, RUN_ID_PATTERN, SIGNAL_NAME_PATTERN, WORKFLOW_CONFIG, WORKFLOW_NAME_PATTERN } from './workflow.constants.js';
+import {
+  LIMITS,
+  RESERVED_HEADER_PREFIX,
+  RUN_ID_PATTERN,
+  SIGNAL_NAME_PATTERN,
+  WORKFLOW_CONFIG,
+  WORKFLOW_NAME_PATTERN,
+} from './workflow.constants.js';
 import { WorkflowRegistry } from './workflow.registry.js';
 import { escapedBytes, packetBudget } from './storage/packet.js';
 import { WorkflowNotifier } from './workflow.notifier.js';
@@ -68,7 +85,8 @@ export class WorkflowService {
     for (const run of runs) {
       const prior = unique.get(run.id);
       if (!prior) unique.set(run.id, run);
-      else if (prior.inputHash !== run.inputHash) throw new InputMismatchError(run.id, 'a different input in the same call');
+      else if (prior.inputHash !== run.inputHash)
+        throw new InputMismatchError(run.id, 'a different input in the same call');
     }
     await this.storage.ready();
     for (const run of unique.values()) assertFitsPacket(run, this.storage.maxAllowedPacket);
@@ -92,7 +110,8 @@ export class WorkflowService {
   }
 
   private prepare<I>(workflow: string, spec: RunSpec<I>): NewRun {
-    if (!spec || typeof spec !== 'object') throw new InvalidRunSpecError('A RunSpec must be an object: { input, runId?, headers?, ... }.');
+    if (!spec || typeof spec !== 'object')
+      throw new InvalidRunSpecError('A RunSpec must be an object: { input, runId?, headers?, ... }.');
     if (!('input' in spec)) throw new InvalidRunSpecError('RunSpec.input is required (use null for "no input").');
     const runId = spec.runId ?? ulid(this.config.clock.now());
     if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId)) throw new InvalidRunIdError(runId);
@@ -104,13 +123,16 @@ export class WorkflowService {
       }
       for (const [key, value] of Object.entries(spec.headers)) {
         if (key.startsWith(RESERVED_HEADER_PREFIX)) throw new ReservedHeaderError(key);
-        if (typeof value !== 'string') throw new InvalidRunSpecError(`Header "${key}" must be a string, got ${typeof value}.`);
+        if (typeof value !== 'string')
+          throw new InvalidRunSpecError(`Header "${key}" must be a string, got ${typeof value}.`);
         headers[key] = value;
       }
     }
     const runner = this.registry.runners.get(workflow);
     const priority =
-      optionalInt(spec.priority, 'priority', LIMITS.minPriority, LIMITS.maxPriority) ?? runner?.priority ?? this.config.defaults.priority;
+      optionalInt(spec.priority, 'priority', LIMITS.minPriority, LIMITS.maxPriority) ??
+      runner?.priority ??
+      this.config.defaults.priority;
     const maxAttempts = optionalInt(spec.maxAttemptsPerStep, 'maxAttemptsPerStep', 1, LIMITS.maxAttempts);
     const delayMs = optionalInt(spec.delayMs, 'delayMs', 0, LIMITS.maxDelayMs) ?? 0;
     const max = this.config.maxPayloadBytes;
@@ -208,7 +230,9 @@ export class WorkflowService {
           if (!this.waitOutage) {
             this.waitOutage = true;
             const what = (err as { code?: string }).code ?? (err as Error).message;
-            this.waitLogger.warn(`waitForOutcome: database unreachable (${what}); waits keep polling until their timeout.`);
+            this.waitLogger.warn(
+              `waitForOutcome: database unreachable (${what}); waits keep polling until their timeout.`,
+            );
           }
           // Gentler on a server that is coming back, still quick to notice it is up.
           delay = Math.min(1000, delay * 2);
@@ -237,7 +261,10 @@ export class WorkflowService {
     if (filter.before !== undefined && !(filter.before instanceof Date && Number.isFinite(filter.before.getTime()))) {
       throw new InvalidRunSpecError('deadSteps: `before` must be a valid Date.');
     }
-    if (filter.workflow !== undefined && (typeof filter.workflow !== 'string' || !WORKFLOW_NAME_PATTERN.test(filter.workflow))) {
+    if (
+      filter.workflow !== undefined &&
+      (typeof filter.workflow !== 'string' || !WORKFLOW_NAME_PATTERN.test(filter.workflow))
+    ) {
       return []; // no workflow can have that name
     }
     const rows = await this.storage.deadSteps({
@@ -276,7 +303,8 @@ export class WorkflowService {
     const json = serializeJson(data === undefined ? null : data, 'signal data', this.config.maxPayloadBytes);
     await this.storage.ready();
     const budget = packetBudget(this.storage.maxAllowedPacket);
-    if (escapedBytes(json, true) > budget) throw new PacketTooLargeError('signal data', escapedBytes(json, true), budget);
+    if (escapedBytes(json, true) > budget)
+      throw new PacketTooLargeError('signal data', escapedBytes(json, true), budget);
     const sent = await this.storage.sendSignal(
       { runId, name, data: json, signalId, sentAt: this.config.clock.now() },
       options.manager,
@@ -326,8 +354,7 @@ function toStatus(row: RunRow): RunStatus {
   const jobState = Number(row.job_state);
   if (row.state === RunRowState.Active) {
     state = jobState === JobState.Leased ? 'running' : jobState === JobState.Waiting ? 'waiting' : 'pending';
-  }
-  else state = row.state as RunState;
+  } else state = row.state as RunState;
   const active = row.state === RunRowState.Active || row.state === RunRowState.Cancelling;
   const status: RunStatus = {
     runId: row.id,

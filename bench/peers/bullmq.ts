@@ -4,7 +4,18 @@
  * Worker concurrency 16, removeOnComplete so Redis does not grow.
  */
 import { Queue, Worker } from 'bullmq';
-import { type BenchConfig, type ChainPayload, type ChainResult, ChainTracker, chainResult, send, cpuWindow, startProfiler, wallNow, withTimeout } from '../common.js';
+import {
+  type BenchConfig,
+  type ChainPayload,
+  type ChainResult,
+  ChainTracker,
+  chainResult,
+  send,
+  cpuWindow,
+  startProfiler,
+  wallNow,
+  withTimeout,
+} from '../common.js';
 
 interface StepData {
   step: number;
@@ -51,7 +62,9 @@ export async function bullmqChain(cfg: BenchConfig): Promise<ChainResult> {
   const cpu = cpuWindow();
   for (let i = 0; i < cfg.runs; i += cfg.submitBatch) {
     const n = Math.min(cfg.submitBatch, cfg.runs - i);
-    await queue.addBulk(Array.from({ length: n }, () => ({ name: 'step', data: { step: 0, payload: tracker.input() }, opts: jobOpts })));
+    await queue.addBulk(
+      Array.from({ length: n }, () => ({ name: 'step', data: { step: 0, payload: tracker.input() }, opts: jobOpts })),
+    );
   }
   const submitMs = wallNow() - t0;
   await withTimeout(tracker.done, cfg.timeoutS * 1000, `${cfg.runs} BullMQ chains (${tracker.completed} done)`);

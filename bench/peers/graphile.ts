@@ -5,7 +5,18 @@
  */
 import { Logger, makeWorkerUtils, run } from 'graphile-worker';
 import pg from 'pg';
-import { type BenchConfig, type ChainPayload, type ChainResult, ChainTracker, chainResult, send, cpuWindow, startProfiler, wallNow, withTimeout } from '../common.js';
+import {
+  type BenchConfig,
+  type ChainPayload,
+  type ChainResult,
+  ChainTracker,
+  chainResult,
+  send,
+  cpuWindow,
+  startProfiler,
+  wallNow,
+  withTimeout,
+} from '../common.js';
 
 const SCHEMA = 'bench_graphile_worker';
 
@@ -55,18 +66,26 @@ export async function graphileChain(cfg: BenchConfig): Promise<ChainResult> {
   const cpu = cpuWindow();
   for (let i = 0; i < cfg.runs; i += cfg.submitBatch) {
     const n = Math.min(cfg.submitBatch, cfg.runs - i);
-    await utils.addJobs(Array.from({ length: n }, () => ({ identifier: 'step', payload: { step: 0, payload: tracker.input() } })));
+    await utils.addJobs(
+      Array.from({ length: n }, () => ({ identifier: 'step', payload: { step: 0, payload: tracker.input() } })),
+    );
   }
   const submitMs = wallNow() - t0;
-  await withTimeout(tracker.done, cfg.timeoutS * 1000, `${cfg.runs} graphile-worker chains (${tracker.completed} done)`);
+  await withTimeout(
+    tracker.done,
+    cfg.timeoutS * 1000,
+    `${cfg.runs} graphile-worker chains (${tracker.completed} done)`,
+  );
   const elapsedMs = tracker.lastAt - t0;
   const cpuShare = cpu();
   await stopProfiler();
   await runner.stop();
-  const left = await utils.withPgClient(async (c) => {
-    const r = await c.query(`SELECT COUNT(*)::int AS n FROM ${SCHEMA}._private_jobs`);
-    return Number(r.rows[0].n);
-  }).catch(() => NaN);
+  const left = await utils
+    .withPgClient(async (c) => {
+      const r = await c.query(`SELECT COUNT(*)::int AS n FROM ${SCHEMA}._private_jobs`);
+      return Number(r.rows[0].n);
+    })
+    .catch(() => NaN);
   await utils.release();
 
   const notes = [`submit took ${submitMs.toFixed(0)} ms of it`];

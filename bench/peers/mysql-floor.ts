@@ -102,7 +102,11 @@ export async function floorChain(cfg: BenchConfig, claimBatch: number): Promise<
         await tx(c, async () => {
           await c.query(`DELETE FROM \`${TABLE}\` WHERE \`id\` = ?`, [job.id]);
           if (next !== null) {
-            await c.query(`INSERT INTO \`${TABLE}\` (\`run_id\`, \`step\`, \`payload\`) VALUES (?, ?, ?)`, [job.run_id, job.step + 1, next]);
+            await c.query(`INSERT INTO \`${TABLE}\` (\`run_id\`, \`step\`, \`payload\`) VALUES (?, ?, ?)`, [
+              job.run_id,
+              job.step + 1,
+              next,
+            ]);
           }
         });
       }

@@ -8,7 +8,18 @@
  */
 import PgBoss from 'pg-boss';
 import pg from 'pg';
-import { type BenchConfig, type ChainPayload, type ChainResult, ChainTracker, chainResult, send, cpuWindow, startProfiler, wallNow, withTimeout } from '../common.js';
+import {
+  type BenchConfig,
+  type ChainPayload,
+  type ChainResult,
+  ChainTracker,
+  chainResult,
+  send,
+  cpuWindow,
+  startProfiler,
+  wallNow,
+  withTimeout,
+} from '../common.js';
 
 const SCHEMA = 'bench_pgboss';
 
@@ -35,17 +46,21 @@ export async function pgbossChain(cfg: BenchConfig): Promise<ChainResult> {
   await boss.start();
   await boss.createQueue('chain');
   for (let i = 0; i < cfg.concurrency; i++) {
-    await boss.work<StepData>('chain', { batchSize: 1, pollingIntervalSeconds: cfg.pgbossPollSeconds }, async (jobs) => {
-      for (const job of jobs) {
-        const { step, payload } = job.data;
-        tracker.started(step, payload);
-        if (tracker.isLast(step)) {
-          tracker.finished();
-          continue;
+    await boss.work<StepData>(
+      'chain',
+      { batchSize: 1, pollingIntervalSeconds: cfg.pgbossPollSeconds },
+      async (jobs) => {
+        for (const job of jobs) {
+          const { step, payload } = job.data;
+          tracker.started(step, payload);
+          if (tracker.isLast(step)) {
+            tracker.finished();
+            continue;
+          }
+          await boss.send('chain', { step: step + 1, payload: tracker.next() });
         }
-        await boss.send('chain', { step: step + 1, payload: tracker.next() });
-      }
-    });
+      },
+    );
   }
 
   const stopProfiler = await startProfiler(cfg.profileFile);
@@ -53,7 +68,9 @@ export async function pgbossChain(cfg: BenchConfig): Promise<ChainResult> {
   const cpu = cpuWindow();
   for (let i = 0; i < runs; i += cfg.submitBatch) {
     const n = Math.min(cfg.submitBatch, runs - i);
-    await boss.insert(Array.from({ length: n }, () => ({ name: 'chain', data: { step: 0, payload: tracker.input() } })));
+    await boss.insert(
+      Array.from({ length: n }, () => ({ name: 'chain', data: { step: 0, payload: tracker.input() } })),
+    );
   }
   const submitMs = wallNow() - t0;
   await withTimeout(tracker.done, cfg.timeoutS * 1000, `${runs} pg-boss chains (${tracker.completed} done)`);
@@ -62,7 +79,10 @@ export async function pgbossChain(cfg: BenchConfig): Promise<ChainResult> {
   await stopProfiler();
   await boss.stop({ graceful: true, wait: true, timeout: 10_000 });
 
-  const notes = [`submit took ${submitMs.toFixed(0)} ms of it`, `polling-bound: ≈ ${cfg.concurrency}/${cfg.pgbossPollSeconds}s`];
+  const notes = [
+    `submit took ${submitMs.toFixed(0)} ms of it`,
+    `polling-bound: ≈ ${cfg.concurrency}/${cfg.pgbossPollSeconds}s`,
+  ];
   return chainResult({
     system: 'pg-boss',
     settings,

@@ -6,6 +6,8 @@ export class InvalidPayloadError extends WorkflowError {
     readonly what: string,
     reason: string,
   ) {
-    super(`The ${what} is not a JSON value: ${reason}. Inputs, payloads and results must be JSON (send bytes as base64).`);
+    super(
+      `The ${what} is not a JSON value: ${reason}. Inputs, payloads and results must be JSON (send bytes as base64).`,
+    );
   }
 }

@@ -19,5 +19,4 @@ export interface Step<P = unknown> {
 
 /** What the step after a `waitForSignal` received. */
 export type ReceivedSignal =
-  | { name: string; timedOut: false; data: unknown; signalId: string; sentAt: Date }
-  | { name: string; timedOut: true };
+  { name: string; timedOut: false; data: unknown; signalId: string; sentAt: Date } | { name: string; timedOut: true };

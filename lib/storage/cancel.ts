@@ -26,14 +26,22 @@ export async function cancelRun(ctx: StorageContext, runId: string): Promise<Can
     } catch (err) {
       if (!(err instanceof CommitUnknownError) || lost >= 3) throw err;
       // Whether the unanswered COMMIT landed shows in the run's state; if not, cancel again.
-      const [run] = await ctx.client.query<Array<{ state: string }>>(`SELECT \`state\` FROM ${ctx.t.runs} WHERE \`id\` = ?`, [runId]);
+      const [run] = await ctx.client.query<Array<{ state: string }>>(
+        `SELECT \`state\` FROM ${ctx.t.runs} WHERE \`id\` = ?`,
+        [runId],
+      );
       if (seen.intended === 'cancelled' && run?.state === 'cancelled') return 'cancelled';
-      if (seen.intended === 'cancelling' && (run?.state === RunRowState.Cancelling || run?.state === 'cancelled')) return 'cancelling';
+      if (seen.intended === 'cancelling' && (run?.state === RunRowState.Cancelling || run?.state === 'cancelled'))
+        return 'cancelling';
     }
   }
 }
 
-async function cancelOnce(ctx: StorageContext, runId: string, writing: (r: CancelResult) => void): Promise<CancelResult> {
+async function cancelOnce(
+  ctx: StorageContext,
+  runId: string,
+  writing: (r: CancelResult) => void,
+): Promise<CancelResult> {
   const { t } = ctx;
   return ctx.client.transaction(async (sql) => {
     for (;;) {
@@ -60,7 +68,10 @@ async function cancelOnce(ctx: StorageContext, runId: string, writing: (r: Cance
       const now = ctx.now();
       if (job && Number(job.state) === JobState.Leased) {
         writing('cancelling');
-        await sql.query(`UPDATE ${t.runs} SET \`state\` = '${RunRowState.Cancelling}', \`updated_at\` = ? WHERE \`id\` = ?`, [now, runId]);
+        await sql.query(
+          `UPDATE ${t.runs} SET \`state\` = '${RunRowState.Cancelling}', \`updated_at\` = ? WHERE \`id\` = ?`,
+          [now, runId],
+        );
         return 'cancelling';
       }
       writing('cancelled');
@@ -72,7 +83,14 @@ async function cancelOnce(ctx: StorageContext, runId: string, writing: (r: Cance
         sql,
         ctx,
         run,
-        { runId, stepNumber: at.stepNumber, attempts: at.attempts, priority: at.priority, headers: at.headers, status: 'cancelled' },
+        {
+          runId,
+          stepNumber: at.stepNumber,
+          attempts: at.attempts,
+          priority: at.priority,
+          headers: at.headers,
+          status: 'cancelled',
+        },
         now,
       );
       return 'cancelled';

@@ -110,9 +110,10 @@ export async function promoteDue(ctx: StorageContext, limit = 500): Promise<numb
       [ctx.now(), limit],
     );
     if (rows.length === 0) return 0;
-    await sql.query(`UPDATE ${ctx.t.jobs} FORCE INDEX (PRIMARY) SET \`state\` = ${JobState.Ready} WHERE \`id\` IN (?)`, [
-      rows.map((r) => r.id),
-    ]);
+    await sql.query(
+      `UPDATE ${ctx.t.jobs} FORCE INDEX (PRIMARY) SET \`state\` = ${JobState.Ready} WHERE \`id\` IN (?)`,
+      [rows.map((r) => r.id)],
+    );
     return rows.length;
   });
 }

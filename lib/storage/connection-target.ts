@@ -24,7 +24,9 @@ export interface ConnectionTarget {
  */
 export function connectionTarget(c: WorkflowConnectionOptions): ConnectionTarget {
   if (typeof c !== 'object' || c === null) {
-    throw new WorkflowConfigError('WorkflowModule: `connection` must be an object ({ url } or host/port/username/password/database).');
+    throw new WorkflowConfigError(
+      'WorkflowModule: `connection` must be an object ({ url } or host/port/username/password/database).',
+    );
   }
   const rawUrl = c.url;
   if (rawUrl !== undefined && rawUrl !== null && typeof rawUrl !== 'string') {
@@ -58,7 +60,9 @@ export function connectionTarget(c: WorkflowConnectionOptions): ConnectionTarget
   const urlPort = url?.port ? Number.parseInt(url.port, 10) : undefined;
   const port = c.port ?? urlPort ?? 3306;
   if (!Number.isSafeInteger(port) || port < 1 || port > 65535) {
-    throw new WorkflowConfigError(`WorkflowModule: connection.port must be an integer from 1 to 65535, got ${JSON.stringify(port)}.`);
+    throw new WorkflowConfigError(
+      `WorkflowModule: connection.port must be an integer from 1 to 65535, got ${JSON.stringify(port)}.`,
+    );
   }
   const ignoredParams: string[] = [];
   let urlSsl: string | SslOptions | undefined;
@@ -89,10 +93,14 @@ function sslFromUrl(value: string): string | SslOptions | undefined {
     try {
       parsed = JSON.parse(v);
     } catch (err) {
-      throw new WorkflowConfigError(`WorkflowModule: the ssl parameter of connection.url is not valid JSON (${(err as Error).message}).`);
+      throw new WorkflowConfigError(
+        `WorkflowModule: the ssl parameter of connection.url is not valid JSON (${(err as Error).message}).`,
+      );
     }
     if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
-      throw new WorkflowConfigError('WorkflowModule: the ssl parameter of connection.url must be a JSON object, true, false or a profile name.');
+      throw new WorkflowConfigError(
+        'WorkflowModule: the ssl parameter of connection.url must be a JSON object, true, false or a profile name.',
+      );
     }
     return parsed as SslOptions;
   }
@@ -103,7 +111,8 @@ function sslOption(value: unknown): string | SslOptions | undefined {
   // mysql2 refuses a boolean; `true` reads naturally as "TLS, verified".
   if (value === true) return {};
   if (value === false || value === null) return undefined;
-  if (typeof value === 'string' || (typeof value === 'object' && !Array.isArray(value))) return value as string | SslOptions;
+  if (typeof value === 'string' || (typeof value === 'object' && !Array.isArray(value)))
+    return value as string | SslOptions;
   throw new WorkflowConfigError(
     `WorkflowModule: connection.ssl must be an SslOptions object (e.g. { ca }), true, or an SSL profile name; got ${typeof value}.`,
   );

@@ -53,12 +53,18 @@ export async function retryDead(ctx: StorageContext, jobId: string, stepNumber?:
   }
 }
 
-async function redriveOnce(ctx: StorageContext, jobId: string, stepNumber: number | undefined, writing: () => void): Promise<boolean> {
+async function redriveOnce(
+  ctx: StorageContext,
+  jobId: string,
+  stepNumber: number | undefined,
+  writing: () => void,
+): Promise<boolean> {
   const { t } = ctx;
   return ctx.client.transaction(async (sql) => {
     const [dead] = await sql.query<DeadRow[]>(`SELECT * FROM ${t.dead} WHERE \`job_id\` = ? FOR UPDATE`, [jobId]);
     if (!dead) return false;
-    if (stepNumber !== undefined && (Number(dead.kind) !== JobKind.Step || Number(dead.step_number) !== stepNumber)) return false;
+    if (stepNumber !== undefined && (Number(dead.kind) !== JobKind.Step || Number(dead.step_number) !== stepNumber))
+      return false;
     const now = ctx.now();
     const job: NewJob = {
       id: ulid(now),

@@ -39,7 +39,10 @@ export class HandlerDirectory {
 
 /** The statement that reads the handlers of these workflows. */
 export function readHandlers(ctx: StorageContext, workflows: string[]): Statement {
-  return [`SELECT \`workflow\`, \`queue\` FROM ${ctx.t.handlers} WHERE \`workflow\` IN (?)`, [[...new Set(workflows), EVERY]]];
+  return [
+    `SELECT \`workflow\`, \`queue\` FROM ${ctx.t.handlers} WHERE \`workflow\` IN (?)`,
+    [[...new Set(workflows), EVERY]],
+  ];
 }
 
 /** A guard (see countIs) that trips when any of these workflows has a handler after all. */
@@ -57,11 +60,16 @@ export function queuesByWorkflow(
   workflows: string[],
 ): (workflow: string) => string[] {
   ctx.handlers.remember(rows, workflows);
-  return (workflow) => [...new Set(rows.filter((r) => r.workflow === workflow || r.workflow === EVERY).map((r) => r.queue))].sort();
+  return (workflow) =>
+    [...new Set(rows.filter((r) => r.workflow === workflow || r.workflow === EVERY).map((r) => r.queue))].sort();
 }
 
 /** Reads the delivery queues of these workflows inside a transaction. */
-export async function handlerQueues(ctx: StorageContext, sql: Sql, workflows: string[]): Promise<(workflow: string) => string[]> {
+export async function handlerQueues(
+  ctx: StorageContext,
+  sql: Sql,
+  workflows: string[],
+): Promise<(workflow: string) => string[]> {
   const rows = await sql.query<Array<{ workflow: string; queue: string }>>(...readHandlers(ctx, workflows));
   return queuesByWorkflow(ctx, rows, workflows);
 }
@@ -113,9 +121,12 @@ export async function expireHandlers(ctx: StorageContext, limit = 200): Promise<
     ).map((r) => r.queue);
     if (queues.length === 0) return 0;
     const live = new Set(
-      (await sql.query<Array<{ queue: string }>>(`SELECT DISTINCT \`queue\` FROM ${ctx.t.handlers} WHERE \`queue\` IN (?)`, [queues])).map(
-        (r) => r.queue,
-      ),
+      (
+        await sql.query<Array<{ queue: string }>>(
+          `SELECT DISTINCT \`queue\` FROM ${ctx.t.handlers} WHERE \`queue\` IN (?)`,
+          [queues],
+        )
+      ).map((r) => r.queue),
     );
     const orphaned = queues.filter((q) => !live.has(q));
     if (orphaned.length === 0) return 0;

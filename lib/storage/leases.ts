@@ -7,7 +7,11 @@ import type { StorageContext } from './tables.js';
  * clock). Returns the ids whose lease is no longer ours. Two autocommit statements:
  * the renewal is fenced by the tokens, the read tells which ones held.
  */
-export async function renewLeases(ctx: StorageContext, jobs: Array<{ id: string; token: string }>, ms: number): Promise<string[]> {
+export async function renewLeases(
+  ctx: StorageContext,
+  jobs: Array<{ id: string; token: string }>,
+  ms: number,
+): Promise<string[]> {
   if (jobs.length === 0) return [];
   const ids = jobs.map((j) => j.id);
   const tokens = [...new Set(jobs.map((j) => j.token))];

@@ -90,16 +90,19 @@ export async function sweepRetention(
       ).map((r) => r.id);
       if (ids.length === 0) break;
       await sql.query(`DELETE FROM ${ctx.t.signals} WHERE \`run_id\` IN (?)`, [ids]);
-      const r = await sql.query<WriteResult>(`DELETE FROM ${ctx.t.runs} WHERE \`id\` IN (?) AND \`finished_at\` < ?`, [ids, runsBefore]);
+      const r = await sql.query<WriteResult>(`DELETE FROM ${ctx.t.runs} WHERE \`id\` IN (?) AND \`finished_at\` < ?`, [
+        ids,
+        runsBefore,
+      ]);
       runs += r.affectedRows;
       if (ids.length < batch) break;
     }
     let dead = 0;
     for (;;) {
-      const r = await sql.query<WriteResult>(`DELETE FROM ${ctx.t.dead} WHERE \`dead_at\` < ? ORDER BY \`dead_at\` LIMIT ?`, [
-        deadBefore,
-        batch,
-      ]);
+      const r = await sql.query<WriteResult>(
+        `DELETE FROM ${ctx.t.dead} WHERE \`dead_at\` < ? ORDER BY \`dead_at\` LIMIT ?`,
+        [deadBefore, batch],
+      );
       dead += r.affectedRows;
       if (r.affectedRows < batch) break;
     }

@@ -51,10 +51,12 @@ const CAREFUL = Symbol('careful path');
  */
 export async function settleMany(ctx: StorageContext, items: SettleItem[]): Promise<SettleResult[]> {
   if (items.every(fastEligible)) {
-    const fast = await ctx.client.transaction((sql) => settleFast(ctx, sql, items)).catch((err) => {
-      if (err === CAREFUL || (err as { errno?: number })?.errno === GUARD_TRIPPED) return null;
-      throw err;
-    });
+    const fast = await ctx.client
+      .transaction((sql) => settleFast(ctx, sql, items))
+      .catch((err) => {
+        if (err === CAREFUL || (err as { errno?: number })?.errno === GUARD_TRIPPED) return null;
+        throw err;
+      });
     if (fast) {
       ctx.stats.fastBatches++;
       return fast;
@@ -88,7 +90,12 @@ function runEnd(i: SettleItem): RunEnd & { priority: number; headers: string } {
 }
 
 /** The fenced statement that applies `effect` to these items' job rows. */
-function jobEffect(ctx: StorageContext, effect: ReturnType<typeof kindOf>['job'], items: SettleItem[], now: number): Statement {
+function jobEffect(
+  ctx: StorageContext,
+  effect: ReturnType<typeof kindOf>['job'],
+  items: SettleItem[],
+  now: number,
+): Statement {
   switch (effect) {
     case 'successor':
       return rewriteAsSuccessors(
@@ -97,14 +104,20 @@ function jobEffect(ctx: StorageContext, effect: ReturnType<typeof kindOf>['job']
         now,
       );
     case 'delete':
-      return deleteHeld(ctx.t, items.map((i) => i.job));
+      return deleteHeld(
+        ctx.t,
+        items.map((i) => i.job),
+      );
     case 'reschedule':
       return rescheduleHeld(
         ctx.t,
         items.map((i) => ({ job: i.job, ...(i.settlement as { runAt: number; error: string }) })),
       );
     case 'release':
-      return releaseHeld(ctx.t, items.map((i) => i.job));
+      return releaseHeld(
+        ctx.t,
+        items.map((i) => i.job),
+      );
   }
 }
 
@@ -129,22 +142,38 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
   const notify = workflows.some((w) => ctx.handlers.cachedFor(w) > 0);
 
   const first: Statement[] = [];
-  for (const [effect, list] of byJob) first.push(jobEffect(ctx, effect as ReturnType<typeof kindOf>['job'], list, now), countIs(list.length));
+  for (const [effect, list] of byJob)
+    first.push(jobEffect(ctx, effect as ReturnType<typeof kindOf>['job'], list, now), countIs(list.length));
   if (moving.length) {
     first.push(
-      advanceRuns(ctx.t, moving.map((m) => ({ runId: m.job.runId, stepNumber: (m.settlement as { next: NewJob }).next.stepNumber })), now),
+      advanceRuns(
+        ctx.t,
+        moving.map((m) => ({ runId: m.job.runId, stepNumber: (m.settlement as { next: NewJob }).next.stepNumber })),
+        now,
+      ),
       countIs(moving.length),
     );
   }
   if (ending.length && !notify) {
     first.push(endRuns(ctx.t, ending.map(runEnd), now, true), countIs(ending.length), noHandlersGuard(ctx, workflows));
   }
-  if (ending.length && notify) first.push(readHandlers(ctx, workflows), lockRuns(ctx.t, ending.map((e) => e.job.runId)));
+  if (ending.length && notify)
+    first.push(
+      readHandlers(ctx, workflows),
+      lockRuns(
+        ctx.t,
+        ending.map((e) => e.job.runId),
+      ),
+    );
   const results = await runBatch(sql, first, !notify);
   if (!notify) return items.map((): SettleResult => 'settled');
 
   const runs = results[first.length - 1] as LockedRun[];
-  const queuesFor = queuesByWorkflow(ctx, results[first.length - 2] as Array<{ workflow: string; queue: string }>, workflows);
+  const queuesFor = queuesByWorkflow(
+    ctx,
+    results[first.length - 2] as Array<{ workflow: string; queue: string }>,
+    workflows,
+  );
   if (runs.length !== ending.length || runs.some((r) => r.state !== RunRowState.Active)) throw CAREFUL;
   const byId = new Map(runs.map((r) => [r.id, r]));
   const ends = ending.map(runEnd);
@@ -182,7 +211,9 @@ export async function settleOne(ctx: StorageContext, sql: Sql, item: SettleItem)
   const stillThere = kind.job !== 'delete';
   if (!run || !isLive(run.state)) {
     if (stillThere) await sql.query(...deleteJobs(ctx.t, [job.id]));
-    await sql.query(...insertDead(ctx.t, job, `run ${job.runId} is missing or already finished; step not applied`, now));
+    await sql.query(
+      ...insertDead(ctx.t, job, `run ${job.runId} is missing or already finished; step not applied`, now),
+    );
     return 'settled';
   }
   if (run.state === RunRowState.Cancelling) {
@@ -193,7 +224,8 @@ export async function settleOne(ctx: StorageContext, sql: Sql, item: SettleItem)
   if (kind.run === 'advance') {
     const next = (settlement as { next: NewJob }).next;
     await sql.query(...advanceRuns(ctx.t, [{ runId: job.runId, stepNumber: next.stepNumber }], now));
-    if (kind.mailbox && next.waitFor !== undefined) await takeFromMailbox(ctx, sql, job.id, job.runId, next.waitFor, now);
+    if (kind.mailbox && next.waitFor !== undefined)
+      await takeFromMailbox(ctx, sql, job.id, job.runId, next.waitFor, now);
   } else if (kind.run === 'end') {
     await endRun(sql, ctx, run, runEnd(item), now);
   }

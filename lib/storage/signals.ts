@@ -46,7 +46,12 @@ export async function takeFromMailbox(
     runId,
     oldest.signal_id,
   ]);
-  const received = receivedJson({ name, data: oldest.data, signalId: oldest.signal_id, sentAt: Number(oldest.sent_at) });
+  const received = receivedJson({
+    name,
+    data: oldest.data,
+    signalId: oldest.signal_id,
+    sentAt: Number(oldest.sent_at),
+  });
   await sql.query(
     `UPDATE ${ctx.t.jobs} SET \`state\` = ${JobState.Ready}, \`run_at\` = ?, \`wait_for\` = NULL, \`received\` = ?
       WHERE \`id\` = ? AND \`state\` = ${JobState.Waiting}`,
@@ -72,7 +77,8 @@ export async function takeFromMailbox(
  */
 export async function sendSignal(ctx: StorageContext, s: OutgoingSignal, manager?: EntityManager): Promise<boolean> {
   if (manager) {
-    if (manager.dataSource !== ctx.client.dataSource) throw new ForeignEntityManagerError(MESSAGES.foreignEntityManager('signal'));
+    if (manager.dataSource !== ctx.client.dataSource)
+      throw new ForeignEntityManagerError(MESSAGES.foreignEntityManager('signal'));
     return ctx.client.inManager(manager, (sql) => deliver(ctx, sql, s));
   }
   for (let lost = 0; ; lost++) {

@@ -16,7 +16,11 @@ export interface Sql {
  * transaction commits as usual when its function returns), so the statements must
  * check their own preconditions: a failing statement stops the trip before COMMIT.
  */
-export async function runBatch(sql: Sql, statements: Array<[string, readonly unknown[]]>, commit = false): Promise<any[]> {
+export async function runBatch(
+  sql: Sql,
+  statements: Array<[string, readonly unknown[]]>,
+  commit = false,
+): Promise<any[]> {
   if (commit && sql.batchAndCommit) return sql.batchAndCommit(statements);
   if (sql.batch) return sql.batch(statements);
   const results: any[] = [];
@@ -38,7 +42,10 @@ export interface WriteResult {
 export class CommitUnknownError extends Error {
   readonly fatal = true;
   constructor(cause: unknown) {
-    super(`the connection was lost while COMMIT was in flight (${(cause as Error)?.message ?? cause}); the outcome is unknown`, { cause });
+    super(
+      `the connection was lost while COMMIT was in flight (${(cause as Error)?.message ?? cause}); the outcome is unknown`,
+      { cause },
+    );
     this.name = 'CommitUnknownError';
   }
 }
@@ -58,11 +65,14 @@ export function isConnectionError(err: unknown): boolean {
   if (!e || typeof e !== 'object') return false;
   if (e.fatal) return true;
   return (
-    typeof e.code === 'string' &&
-    /^(ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|ENOTFOUND|EHOSTUNREACH|PROTOCOL_CONNECTION_LOST|PROTOCOL_SEQUENCE_TIMEOUT|ER_SERVER_SHUTDOWN|ER_CON_COUNT_ERROR|POOL_CLOSED)$/.test(
-      e.code,
-    )
-  ) || e.errno === 1053 /* server shutdown in progress */ || e.errno === 2013 || e.errno === 2006;
+    (typeof e.code === 'string' &&
+      /^(ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|ENOTFOUND|EHOSTUNREACH|PROTOCOL_CONNECTION_LOST|PROTOCOL_SEQUENCE_TIMEOUT|ER_SERVER_SHUTDOWN|ER_CON_COUNT_ERROR|POOL_CLOSED)$/.test(
+        e.code,
+      )) ||
+    e.errno === 1053 /* server shutdown in progress */ ||
+    e.errno === 2013 ||
+    e.errno === 2006
+  );
 }
 
 interface RawConnection {
@@ -171,36 +181,38 @@ export class SqlClient {
   async transaction<T>(fn: (sql: Sql) => Promise<T>, maxRetries = 8): Promise<T> {
     for (let attempt = 0; ; attempt++) {
       try {
-        return await this.retryingStaleConnections(() => this.withConnection(async (sql) => {
-          const conn = (sql as Sql & { conn: RawConnection }).conn;
-          if (!this.ownPool) {
-            await sql.query('SET TRANSACTION ISOLATION LEVEL READ COMMITTED');
-          } else if (!this.readCommitted.has(conn)) {
-            await sql.query('SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED');
-            this.readCommitted.add(conn);
-          }
-          if (!this.ownPool) {
-            await sql.query('START TRANSACTION');
-          }
-          // Our own pool allows multiple statements: START rides with the first one.
-          const tx = this.ownPool ? this.startingWithFirst(sql) : sql;
-          let commitSent = false;
-          try {
-            const result = await fn(tx);
-            const own = tx as { started?: boolean; committed?: boolean };
-            if (!this.ownPool || (own.started && !own.committed)) {
-              commitSent = true;
-              await sql.query('COMMIT');
+        return await this.retryingStaleConnections(() =>
+          this.withConnection(async (sql) => {
+            const conn = (sql as Sql & { conn: RawConnection }).conn;
+            if (!this.ownPool) {
+              await sql.query('SET TRANSACTION ISOLATION LEVEL READ COMMITTED');
+            } else if (!this.readCommitted.has(conn)) {
+              await sql.query('SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED');
+              this.readCommitted.add(conn);
             }
-            return result;
-          } catch (err) {
-            if (isConnectionError(err) && (commitSent || (tx as { commitSent?: boolean }).commitSent)) {
-              throw new CommitUnknownError(err);
+            if (!this.ownPool) {
+              await sql.query('START TRANSACTION');
             }
-            await sql.query('ROLLBACK').catch(() => undefined);
-            throw err;
-          }
-        }));
+            // Our own pool allows multiple statements: START rides with the first one.
+            const tx = this.ownPool ? this.startingWithFirst(sql) : sql;
+            let commitSent = false;
+            try {
+              const result = await fn(tx);
+              const own = tx as { started?: boolean; committed?: boolean };
+              if (!this.ownPool || (own.started && !own.committed)) {
+                commitSent = true;
+                await sql.query('COMMIT');
+              }
+              return result;
+            } catch (err) {
+              if (isConnectionError(err) && (commitSent || (tx as { commitSent?: boolean }).commitSent)) {
+                throw new CommitUnknownError(err);
+              }
+              await sql.query('ROLLBACK').catch(() => undefined);
+              throw err;
+            }
+          }),
+        );
       } catch (err) {
         if (!isRetryableConflict(err) || attempt >= maxRetries) throw err;
         this.conflictRetries++;
@@ -223,7 +235,9 @@ export class SqlClient {
       batch: async (statements: Array<[string, readonly unknown[]]>) => {
         const first = !tx.started;
         tx.started = true;
-        const all: Array<[string, readonly unknown[]]> = first ? [['START TRANSACTION', []], ...statements] : statements;
+        const all: Array<[string, readonly unknown[]]> = first
+          ? [['START TRANSACTION', []], ...statements]
+          : statements;
         const results = await sql.batch!(all);
         return first ? results.slice(1) : results;
       },

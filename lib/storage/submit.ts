@@ -78,8 +78,18 @@ async function insertRuns(
         \`max_attempts\`, \`submitted_at\`, \`updated_at\`, \`submit_key\`) VALUES ? ON DUPLICATE KEY UPDATE \`id\` = \`id\``,
       [
         runs.map((r) => [
-          r.id, r.workflow, RunRowState.Active, 0, r.firstJob.id, r.inputHash, r.headers, r.priority, r.maxAttempts,
-          r.submittedAt, r.submittedAt, key,
+          r.id,
+          r.workflow,
+          RunRowState.Active,
+          0,
+          r.firstJob.id,
+          r.inputHash,
+          r.headers,
+          r.priority,
+          r.maxAttempts,
+          r.submittedAt,
+          r.submittedAt,
+          key,
         ]),
       ],
     ],
@@ -107,7 +117,17 @@ async function insertRuns(
   // Inputs that fit one by one may not fit together: one INSERT per packet's worth.
   const chunks = packetChunks(fresh, packetBudget(maxAllowedPacket));
   for (let i = 0; i < chunks.length; i++) {
-    await runBatch(sql, [insertJobs(t, chunks[i].map((r) => r.firstJob), now)], commit && i === chunks.length - 1);
+    await runBatch(
+      sql,
+      [
+        insertJobs(
+          t,
+          chunks[i].map((r) => r.firstJob),
+          now,
+        ),
+      ],
+      commit && i === chunks.length - 1,
+    );
   }
   return created;
 }
@@ -117,7 +137,8 @@ function packetChunks(runs: NewRun[], budget: number): NewRun[][] {
   const chunks: NewRun[][] = [];
   let total = Number.POSITIVE_INFINITY;
   for (const r of runs) {
-    const size = (exact: boolean) => 512 + escapedBytes(r.firstJob.payload, exact) + escapedBytes(r.firstJob.headers, exact);
+    const size = (exact: boolean) =>
+      512 + escapedBytes(r.firstJob.payload, exact) + escapedBytes(r.firstJob.headers, exact);
     // Measured only when it could matter.
     let bytes = size(false);
     if (bytes * 64 > budget) bytes = size(true);

@@ -55,7 +55,11 @@ const leaseMicros = (ms: number | undefined) => (ms ?? DEFAULTS.leaseMs) * 1000;
  * worker keeps state and run_at, so neither index entry moves; one that waits (a
  * delay, or the in-place bound reached) goes back to the queue like a fresh job.
  */
-export function rewriteAsSuccessors(t: Tables, moves: Array<{ job: ClaimedJob; next: NewJob }>, now: number): Statement {
+export function rewriteAsSuccessors(
+  t: Tables,
+  moves: Array<{ job: ClaimedJob; next: NewJob }>,
+  now: number,
+): Statement {
   const params: unknown[] = [];
   const id = (m: (typeof moves)[number]) => m.job.id;
   const leased = moves.filter((m) => m.next.leaseToken);
@@ -65,7 +69,15 @@ export function rewriteAsSuccessors(t: Tables, moves: Array<{ job: ClaimedJob; n
     caseById(params, 'step_number', moves, id, '?', (m) => [m.next.stepNumber], '`step_number`'),
     caseById(params, 'payload', moves, id, '?', (m) => [m.next.payload], '`payload`'),
     caseById(params, 'lease_token', leased, id, '?', (m) => [m.next.leaseToken], 'NULL'),
-    caseById(params, 'lease_until', leased, id, 'DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND)', (m) => [leaseMicros(m.next.leaseMs)], 'NULL'),
+    caseById(
+      params,
+      'lease_until',
+      leased,
+      id,
+      'DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND)',
+      (m) => [leaseMicros(m.next.leaseMs)],
+      'NULL',
+    ),
     caseById(params, 'attempts', leased, id, '1', () => [], '0'),
     `\`handbacks\` = 0`,
     caseById(params, 'state', waiting, id, '?', (m) => [stateOf(m.next)], '`state`'),
@@ -74,7 +86,11 @@ export function rewriteAsSuccessors(t: Tables, moves: Array<{ job: ClaimedJob; n
     // What a wait received belongs to the one step after it.
     '`received` = NULL',
   ];
-  params.push(now, moves.map((m) => m.job.id), moves.map((m) => m.job.token));
+  params.push(
+    now,
+    moves.map((m) => m.job.id),
+    moves.map((m) => m.job.token),
+  );
   return [
     `UPDATE ${t.jobs} FORCE INDEX (PRIMARY) SET ${sets.join(', ')}, \`last_error\` = NULL, \`created_at\` = ?
       WHERE \`id\` IN (?) AND \`lease_token\` IN (?)`,
@@ -103,7 +119,10 @@ export function rescheduleHeld(t: Tables, items: Array<{ job: ClaimedJob; runAt:
     caseById(params, 'run_at', items, id, '?', (i) => [i.runAt], '`run_at`'),
     caseById(params, 'last_error', items, id, '?', (i) => [i.error], '`last_error`'),
   ];
-  params.push(items.map((i) => i.job.id), items.map((i) => i.job.token));
+  params.push(
+    items.map((i) => i.job.id),
+    items.map((i) => i.job.token),
+  );
   return [
     `UPDATE ${t.jobs} FORCE INDEX (PRIMARY) SET \`state\` = ${JobState.Scheduled}, ${sets.join(', ')}, \`lease_token\` = NULL, \`lease_until\` = NULL
       WHERE \`id\` IN (?) AND \`lease_token\` IN (?)`,
@@ -246,16 +265,39 @@ export function insertJobs(t: Tables, jobs: NewJob[], now: number): Statement {
   const params: unknown[] = [];
   for (const j of jobs) {
     if (j.leaseToken) {
-      rows.push(`(?, ?, ?, ${JobState.Leased}, ?, ?, ?, ?, 1, ?, ?, DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND), ?, ?, ?)`);
+      rows.push(
+        `(?, ?, ?, ${JobState.Leased}, ?, ?, ?, ?, 1, ?, ?, DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND), ?, ?, ?)`,
+      );
       params.push(
-        j.id, j.queue, j.kind, j.priority, j.runAt, j.runId, j.stepNumber, j.maxAttempts, j.leaseToken,
-        leaseMicros(j.leaseMs), j.payload, j.headers, now,
+        j.id,
+        j.queue,
+        j.kind,
+        j.priority,
+        j.runAt,
+        j.runId,
+        j.stepNumber,
+        j.maxAttempts,
+        j.leaseToken,
+        leaseMicros(j.leaseMs),
+        j.payload,
+        j.headers,
+        now,
       );
     } else {
       rows.push('(?, ?, ?, ?, ?, ?, ?, ?, 0, ?, NULL, NULL, ?, ?, ?)');
       params.push(
-        j.id, j.queue, j.kind, j.scheduled ? JobState.Scheduled : JobState.Ready, j.priority, j.runAt, j.runId,
-        j.stepNumber, j.maxAttempts, j.payload, j.headers, now,
+        j.id,
+        j.queue,
+        j.kind,
+        j.scheduled ? JobState.Scheduled : JobState.Ready,
+        j.priority,
+        j.runAt,
+        j.runId,
+        j.stepNumber,
+        j.maxAttempts,
+        j.payload,
+        j.headers,
+        now,
       );
     }
   }
@@ -269,8 +311,19 @@ export function insertDead(t: Tables, job: ClaimedJob, error: string, now: numbe
     `INSERT INTO ${t.dead} (\`job_id\`, \`queue\`, \`kind\`, \`workflow\`, \`run_id\`, \`step_number\`, \`attempts\`, \`max_attempts\`,
       \`priority\`, \`payload\`, \`headers\`, \`last_error\`, \`dead_at\`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     [
-      job.id, job.queue, job.kind, workflow, job.runId, job.stepNumber, job.attempts, job.maxAttempts, job.priority,
-      job.payload, job.headers, error, now,
+      job.id,
+      job.queue,
+      job.kind,
+      workflow,
+      job.runId,
+      job.stepNumber,
+      job.attempts,
+      job.maxAttempts,
+      job.priority,
+      job.payload,
+      job.headers,
+      error,
+      now,
     ],
   ];
 }

@@ -253,7 +253,7 @@ export class WorkflowConnection implements OnModuleInit, OnApplicationShutdown {
         own
           ? 'WorkflowModule: no database selected: set connection.database, or put the database in the path of ' +
               'connection.url (mysql://user@host:3306/database).'
-          : "WorkflowModule: the shared DataSource has no database selected: set its `database` option.",
+          : 'WorkflowModule: the shared DataSource has no database selected: set its `database` option.',
       );
     }
     if (Number(packet) < this.config.maxPayloadBytes) {
@@ -305,7 +305,9 @@ function isTransientConnectError(err: unknown): boolean {
   return (
     /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN|EPIPE|PROTOCOL_CONNECTION_LOST|ER_CON_COUNT_ERROR|ER_SERVER_SHUTDOWN)$/.test(
       e?.code ?? '',
-    ) || e?.errno === 1040 || e?.errno === 1053
+    ) ||
+    e?.errno === 1040 ||
+    e?.errno === 1053
   );
 }
 

@@ -88,7 +88,11 @@ export class WorkflowStorage {
     return expireHandlers(await this.c());
   }
 
-  async submitRuns(runs: NewRun[], check: (existing: Map<string, ExistingRun>) => void, manager?: EntityManager): Promise<Set<string>> {
+  async submitRuns(
+    runs: NewRun[],
+    check: (existing: Map<string, ExistingRun>) => void,
+    manager?: EntityManager,
+  ): Promise<Set<string>> {
     const ctx = await this.c();
     return submitRuns(ctx, runs, check, manager, this.maxAllowedPacket);
   }

@@ -21,7 +21,8 @@ export class ManualClock implements WorkflowClock {
 
   /** Moves the clock forward by `ms` (>= 0). */
   advance(ms: number): void {
-    if (!Number.isFinite(ms) || ms < 0) throw new RangeError(`ManualClock.advance(ms) needs a finite number >= 0, got ${ms}`);
+    if (!Number.isFinite(ms) || ms < 0)
+      throw new RangeError(`ManualClock.advance(ms) needs a finite number >= 0, got ${ms}`);
     this.set(this.ms + ms);
   }
 

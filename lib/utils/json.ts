@@ -34,8 +34,10 @@ function strictReplacer(this: Record<string, unknown>, key: string, value: unkno
   // toJSON has already run; look at the original for what it would have hidden.
   const original = this[key];
   if (original !== value && typeof original === 'object' && original !== null) {
-    if (original instanceof Date && Number.isNaN(original.getTime())) throw new NotJson(`${at(key)} is an invalid Date`);
-    if (ArrayBuffer.isView(original)) throw new NotJson(`${at(key)} is binary (${original.constructor.name}); encode bytes as base64`);
+    if (original instanceof Date && Number.isNaN(original.getTime()))
+      throw new NotJson(`${at(key)} is an invalid Date`);
+    if (ArrayBuffer.isView(original))
+      throw new NotJson(`${at(key)} is binary (${original.constructor.name}); encode bytes as base64`);
   }
   switch (typeof value) {
     case 'undefined':
@@ -77,7 +79,9 @@ function describe(value: unknown): string {
 
 /** Hash of a JSON text, independent of object key order, for idempotent submits. */
 export function hashJson(text: string): string {
-  return createHash('sha256').update(canonical(JSON.parse(text))).digest('hex');
+  return createHash('sha256')
+    .update(canonical(JSON.parse(text)))
+    .digest('hex');
 }
 
 function canonical(value: unknown): string {

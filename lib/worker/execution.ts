@@ -64,7 +64,8 @@ export class Execution {
   /** How log lines name this delivery. */
   get label(): string {
     const job = this.job;
-    const what = job.kind === JobKind.Step ? `${this.workflow} step ${job.stepNumber}` : `terminal delivery ${job.queue}`;
+    const what =
+      job.kind === JobKind.Step ? `${this.workflow} step ${job.stepNumber}` : `terminal delivery ${job.queue}`;
     return `${what} of run ${job.runId} (job ${publicJobId(job.id, job.kind, job.stepNumber)})`;
   }
 

@@ -59,7 +59,11 @@ export class JobExecutor {
   }
 
   /** The runtime takes a job from its runner (cancel, timeout, shutdown, lost lease) and settles it itself. */
-  async takeOver(exec: Execution, reason: 'cancelled' | 'timeout' | 'shutdown' | 'lease-lost', detail?: string): Promise<void> {
+  async takeOver(
+    exec: Execution,
+    reason: 'cancelled' | 'timeout' | 'shutdown' | 'lease-lost',
+    detail?: string,
+  ): Promise<void> {
     if (!exec.takeOver(reason, detail)) return;
     const job = exec.job;
     switch (reason) {
@@ -75,7 +79,9 @@ export class JobExecutor {
         await this.settle(exec, Settle.release());
         break;
       case 'lease-lost':
-        this.logger.warn(`${this.where(exec)}: lease lost (another worker took it over); this delivery's outcome is discarded.`);
+        this.logger.warn(
+          `${this.where(exec)}: lease lost (another worker took it over); this delivery's outcome is discarded.`,
+        );
         break;
     }
     exec.settled();
@@ -97,7 +103,9 @@ export class JobExecutor {
       headers = job.parsedHeaders ??= Object.freeze(JSON.parse(job.headers));
       if (job.received) received = toReceived(JSON.parse(job.received));
     } catch (err) {
-      await this.own(exec, () => this.deadNow(exec, `stored payload or headers are not valid JSON: ${(err as Error).message}`));
+      await this.own(exec, () =>
+        this.deadNow(exec, `stored payload or headers are not valid JSON: ${(err as Error).message}`),
+      );
       return;
     }
     const step: Step = {
@@ -243,7 +251,9 @@ export class JobExecutor {
       }
       case 'wait': {
         if (typeof o.signal !== 'string' || !SIGNAL_NAME_PATTERN.test(o.signal)) {
-          throw new Error(`waitForSignal(name, payload) needs a name matching ${SIGNAL_NAME_PATTERN}, got ${describe(o.signal)}`);
+          throw new Error(
+            `waitForSignal(name, payload) needs a name matching ${SIGNAL_NAME_PATTERN}, got ${describe(o.signal)}`,
+          );
         }
         const raw = o.timeoutMs;
         if (raw !== undefined && (typeof raw !== 'number' || !(raw >= 0 && raw <= LIMITS.maxDelayMs))) {
@@ -315,7 +325,10 @@ export class JobExecutor {
     if (permanent || countedAttempts(job) >= job.maxAttempts) {
       // Room for the "gave up" note, so the run's error stays within the limit too.
       const reason = err instanceof Error ? truncated(String(err.message), LIMITS.maxReasonBytes - 100) : text;
-      return Settle.deadLetter(text, permanent ? reason : `${reason} (gave up after ${countedAttempts(job)} of ${job.maxAttempts} attempts)`);
+      return Settle.deadLetter(
+        text,
+        permanent ? reason : `${reason} (gave up after ${countedAttempts(job)} of ${job.maxAttempts} attempts)`,
+      );
     }
     const delay = backoffDelay(policy ?? this.config.defaults.backoff, job.attempts);
     return Settle.retryAt(this.now() + delay, text);
@@ -337,7 +350,9 @@ export class JobExecutor {
         let result = await this.batcher.settle(exec.job, settlement);
         if (result === 'lost' && unanswered) result = await this.settledEarlier(exec, settlement);
         if (result === 'lost') {
-          this.logger.warn(`${this.where(exec)}: lease lost before settling; outcome discarded (another delivery owns it).`);
+          this.logger.warn(
+            `${this.where(exec)}: lease lost before settling; outcome discarded (another delivery owns it).`,
+          );
           return;
         }
         if (result === 'settled' && settlement.type === 'continue' && settlement.next.leaseToken) {
@@ -364,10 +379,14 @@ export class JobExecutor {
       } catch (err) {
         if (err instanceof CommitUnknownError) unanswered = true;
         if (!isConnectionError(err) || Date.now() - started > this.leaseMs) {
-          this.logger.error(`${this.where(exec)}: could not settle (${(err as Error).message}); the lease will expire and the job run again.`);
+          this.logger.error(
+            `${this.where(exec)}: could not settle (${(err as Error).message}); the lease will expire and the job run again.`,
+          );
           return;
         }
-        this.logger.warn(`${this.where(exec)}: database unreachable while settling (${(err as Error).message}); retrying.`);
+        this.logger.warn(
+          `${this.where(exec)}: database unreachable while settling (${(err as Error).message}); retrying.`,
+        );
         await new Promise((r) => setTimeout(r, Math.min(2000, 100 * 2 ** attempt)));
       }
     }
@@ -429,7 +448,8 @@ export class JobExecutor {
 
 /** The stored text of a thrown value, cut to LIMITS.maxReasonBytes: a huge exception must not make a failure worse. */
 function errorText(err: unknown): string {
-  if (err instanceof Error) return truncated(err.stack && err.stack.includes(err.message) ? err.stack : `${err.name}: ${err.message}`);
+  if (err instanceof Error)
+    return truncated(err.stack && err.stack.includes(err.message) ? err.stack : `${err.name}: ${err.message}`);
   try {
     return truncated(`non-Error thrown: ${typeof err === 'string' ? err : JSON.stringify(err)}`);
   } catch {
@@ -465,8 +485,20 @@ function describe(value: unknown): string {
 }
 
 /** A stored `received` as the step sees it. */
-function toReceived(raw: { name: string; timedOut: boolean; data?: unknown; signalId?: string; sentAt?: number }): ReceivedSignal {
+function toReceived(raw: {
+  name: string;
+  timedOut: boolean;
+  data?: unknown;
+  signalId?: string;
+  sentAt?: number;
+}): ReceivedSignal {
   return raw.timedOut
     ? Object.freeze({ name: raw.name, timedOut: true })
-    : Object.freeze({ name: raw.name, timedOut: false, data: raw.data, signalId: raw.signalId!, sentAt: new Date(raw.sentAt!) });
+    : Object.freeze({
+        name: raw.name,
+        timedOut: false,
+        data: raw.data,
+        signalId: raw.signalId!,
+        sentAt: new Date(raw.sentAt!),
+      });
 }

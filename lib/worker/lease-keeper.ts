@@ -26,11 +26,17 @@ export class LeaseKeeper {
   ) {}
 
   start(): void {
-    this.renewTimer = setInterval(() => {
-      this.reportStrays();
-      void this.renew();
-    }, Math.max(50, Math.floor(this.leaseMs / 3)));
-    this.cancelTimer = setInterval(() => void this.pollCancels(), Math.min(1000, Math.max(50, Math.floor(this.leaseMs / 3))));
+    this.renewTimer = setInterval(
+      () => {
+        this.reportStrays();
+        void this.renew();
+      },
+      Math.max(50, Math.floor(this.leaseMs / 3)),
+    );
+    this.cancelTimer = setInterval(
+      () => void this.pollCancels(),
+      Math.min(1000, Math.max(50, Math.floor(this.leaseMs / 3))),
+    );
     this.renewTimer.unref();
     this.cancelTimer.unref();
   }

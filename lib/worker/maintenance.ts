@@ -60,7 +60,8 @@ export class Maintenance {
   async sweep(): Promise<void> {
     const now = this.opts.now();
     const r = await this.storage.sweepRetention(now - this.opts.runsMs, now - this.opts.deadMs);
-    if (r && (r.runs || r.dead)) this.logger.log(`Retention removed ${r.runs} finished run(s) and ${r.dead} dead letter(s).`);
+    if (r && (r.runs || r.dead))
+      this.logger.log(`Retention removed ${r.runs} finished run(s) and ${r.dead} dead letter(s).`);
   }
 
   /** Keeps this process's handlers registered, and dead-letters deliveries no live process will ever take. */
@@ -68,7 +69,9 @@ export class Maintenance {
     await this.storage.registerHandlers(this.opts.hosted);
     const dead = await this.storage.expireHandlers();
     if (dead) {
-      this.logger.warn(`${dead} terminal deliveries dead-lettered: no running process hosts their @OnTerminal handler (see deadSteps()).`);
+      this.logger.warn(
+        `${dead} terminal deliveries dead-lettered: no running process hosts their @OnTerminal handler (see deadSteps()).`,
+      );
     }
   }
 

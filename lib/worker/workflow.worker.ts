@@ -119,7 +119,10 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
       });
     }
     // Before the first claim: from now on every run that ends, in any process, writes deliveries for these.
-    const hosted = [...this.registry.handlers.values()].map((h) => ({ queue: h.queue, workflows: h.workflows && [...h.workflows] }));
+    const hosted = [...this.registry.handlers.values()].map((h) => ({
+      queue: h.queue,
+      workflows: h.workflows && [...h.workflows],
+    }));
     await storage.registerHandlers(hosted);
     this.running = true;
     this.unsubscribe.push(
@@ -127,7 +130,8 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
       this.notifier.onDue(() => void this.maintenance?.promote().catch(() => undefined)),
       this.config.clock.onChange?.(() => void this.maintenance?.promote().catch(() => undefined)) ?? (() => undefined),
       this.notifier.onCancel((runId) => {
-        for (const e of this.inFlight.values()) if (e.job.runId === runId && e.job.kind === JobKind.Step) this.cancel(e);
+        for (const e of this.inFlight.values())
+          if (e.job.runId === runId && e.job.kind === JobKind.Step) this.cancel(e);
       }),
     );
     this.leases = new LeaseKeeper(
@@ -321,7 +325,10 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
     const timeout = this.options.shutdownTimeoutMs;
     if (this.inFlight.size) {
       this.logger.log(`Shutting down: waiting up to ${timeout} ms for ${this.inFlight.size} job(s) in flight.`);
-      await waitAll([...this.inFlight.values()].map((e) => e.done), timeout);
+      await waitAll(
+        [...this.inFlight.values()].map((e) => e.done),
+        timeout,
+      );
     }
     if (this.inFlight.size) {
       this.logger.warn(`Shutdown timeout: aborting ${this.inFlight.size} job(s) and handing their leases back.`);

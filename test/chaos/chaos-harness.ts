@@ -77,7 +77,13 @@ export interface ChaosReport {
    * Examples of those, for the investigation: deliveries as pid@journal-time#attempt, and
    * when those pids were killed (if ever) and the database crashed, relative to the first delivery.
    */
-  unexplainedDuplicates: Array<{ runId: string; step: number; deliveries: string; killsMs: number[]; crashesMs: number[] }>;
+  unexplainedDuplicates: Array<{
+    runId: string;
+    step: number;
+    deliveries: string;
+    killsMs: number[];
+    crashesMs: number[];
+  }>;
   runsWithoutTerminalDelivery: number;
   leftoverJobs: number;
   deadLetters: number;
@@ -249,7 +255,9 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
           crashes.push(down);
           await server.start();
           dbDowntimeMs.push(Date.now() - down);
-          log(`database SIGKILLed (pid ${pid}) and restarted (pid ${server.pid}) in ${Date.now() - down} ms (${crashes.length} restarts)`);
+          log(
+            `database SIGKILLed (pid ${pid}) and restarted (pid ${server.pid}) in ${Date.now() - down} ms (${crashes.length} restarts)`,
+          );
         });
         wait = pause(restartEveryMs);
       }

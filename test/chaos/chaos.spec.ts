@@ -23,7 +23,7 @@ describe('chaos: SIGKILL a random worker every 2 s, and the database once', () =
       dbRestartLimit: 1,
       dbPort: 0,
     });
-     
+
     console.log(`chaos: ${JSON.stringify(report)}`);
     expect(report.kills).toBeGreaterThanOrEqual(2);
     expect(report.dbRestarts).toBe(1);

@@ -36,7 +36,10 @@ describe('bounded storage under a steady stream of runs', () => {
     const durationMs = 9_000;
     let submitted = 0;
     while (Date.now() - started < durationMs) {
-      await service.submitMany('tick', Array.from({ length: 40 }, (_, i) => ({ input: i })));
+      await service.submitMany(
+        'tick',
+        Array.from({ length: 40 }, (_, i) => ({ input: i })),
+      );
       submitted += 40;
       const c = await countRows(prefix);
       samples.push({ at: Date.now() - started, runs: c.runs, jobs: c.jobs });
@@ -46,8 +49,10 @@ describe('bounded storage under a steady stream of runs', () => {
       Math.max(...samples.filter((s) => s.at >= from && s.at < to).map((s) => s.runs));
     const middle = third(durationMs / 3, (2 * durationMs) / 3);
     const last = third((2 * durationMs) / 3, durationMs + 1);
-     
-    console.log(`bounded storage: ${submitted} runs submitted; peak runs table ${middle} (middle third), ${last} (last third)`);
+
+    console.log(
+      `bounded storage: ${submitted} runs submitted; peak runs table ${middle} (middle third), ${last} (last third)`,
+    );
     expect(submitted).toBeGreaterThan(1_500);
     expect(last).toBeLessThan(submitted / 2);
     expect(last).toBeLessThan(middle * 1.5 + 100);

@@ -282,7 +282,9 @@ describe('cancel', () => {
     runner.release(runId);
     await waitFor(() => seen.finishedAt !== undefined, 'the runner to throw');
     await holdsFor(
-      async () => runner.seen.filter((s) => s.runId === runId).length === 1 && (await jobRows(prefix, runId)).every((j) => j.kind !== STEP),
+      async () =>
+        runner.seen.filter((s) => s.runId === runId).length === 1 &&
+        (await jobRows(prefix, runId)).every((j) => j.kind !== STEP),
       400,
       'the step is not retried',
     );

@@ -26,7 +26,8 @@ class WriterRunner {
   runStep(step: Step<Draft | { topic: string }>) {
     this.seen.push({ step: step.stepNumber, headers: { ...step.headers }, attempts: step.attempts });
     const draft: Draft = 'notes' in step.payload ? step.payload : { topic: step.payload.topic, notes: [] };
-    if (step.stepNumber < 3) return StepOutcome.continue({ ...draft, notes: [...draft.notes, `note ${step.stepNumber}`] });
+    if (step.stepNumber < 3)
+      return StepOutcome.continue({ ...draft, notes: [...draft.notes, `note ${step.stepNumber}`] });
     return StepOutcome.succeed({ text: `${draft.topic}: ${draft.notes.join(', ')}` });
   }
 }
@@ -81,7 +82,8 @@ describe('a run of steps, end to end', () => {
 
     const audit = app.get(Audit);
     const deadline = Date.now() + 10_000;
-    while (!audit.outcomes.some((o) => o.runId === runId) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    while (!audit.outcomes.some((o) => o.runId === runId) && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 20));
     const delivered = audit.outcomes.filter((o) => o.runId === runId);
     expect(delivered).toHaveLength(1);
     expect(delivered[0]).toMatchObject({ status: 'succeeded', result: outcome.result, finalStep: 3 });

@@ -81,7 +81,9 @@ describe('crashes: a killed worker loses no run', () => {
       workers.push(w);
       await Promise.race([
         new Promise((r) => w.child.once('exit', r)),
-        waitFor(async () => (await service.status(runId))?.state === 'failed', 'run failed', 10_000).catch(() => undefined),
+        waitFor(async () => (await service.status(runId))?.state === 'failed', 'run failed', 10_000).catch(
+          () => undefined,
+        ),
       ]);
     }
     const status = await service.status(runId);

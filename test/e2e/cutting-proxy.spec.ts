@@ -23,14 +23,20 @@ function frame(payload: Buffer, seq: number): Buffer {
   const parts: Buffer[] = [];
   for (let off = 0; ; off += MAX_PIECE) {
     const piece = payload.subarray(off, off + MAX_PIECE);
-    const header = Buffer.from([piece.length & 0xff, (piece.length >> 8) & 0xff, (piece.length >> 16) & 0xff, seq++ & 0xff]);
+    const header = Buffer.from([
+      piece.length & 0xff,
+      (piece.length >> 8) & 0xff,
+      (piece.length >> 16) & 0xff,
+      seq++ & 0xff,
+    ]);
     parts.push(header, piece);
     if (piece.length < MAX_PIECE) break;
   }
   return Buffer.concat(parts);
 }
 
-const comQuery = (sql: string | Buffer) => frame(Buffer.concat([Buffer.from([0x03]), Buffer.isBuffer(sql) ? sql : Buffer.from(sql)]), 0);
+const comQuery = (sql: string | Buffer) =>
+  frame(Buffer.concat([Buffer.from([0x03]), Buffer.isBuffer(sql) ? sql : Buffer.from(sql)]), 0);
 /** A handshake response (or SSL request when `ssl`) with the given capability flags, sequence id 1. */
 function handshakeResponse(flags: number, ssl = false): Buffer {
   const payload = Buffer.alloc(ssl ? 32 : 40);
@@ -241,7 +247,10 @@ describe('CuttingProxy: a connection cut around COMMIT (MariaDB)', () => {
   async function serverThreadGone(id: number): Promise<void> {
     await waitFor(
       async () => {
-        const [rows] = await direct.query<mysql.RowDataPacket[]>('SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST WHERE ID = ?', [id]);
+        const [rows] = await direct.query<mysql.RowDataPacket[]>(
+          'SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST WHERE ID = ?',
+          [id],
+        );
         return Number(rows[0].n) === 0;
       },
       `server thread ${id} to end`,
@@ -250,7 +259,9 @@ describe('CuttingProxy: a connection cut around COMMIT (MariaDB)', () => {
   }
 
   async function rowCount(id: string): Promise<number> {
-    const [rows] = await direct.query<mysql.RowDataPacket[]>(`SELECT COUNT(*) AS n FROM \`${table}\` WHERE id = ?`, [id]);
+    const [rows] = await direct.query<mysql.RowDataPacket[]>(`SELECT COUNT(*) AS n FROM \`${table}\` WHERE id = ?`, [
+      id,
+    ]);
     return Number(rows[0].n);
   }
 
@@ -289,7 +300,9 @@ describe('CuttingProxy: a connection cut around COMMIT (MariaDB)', () => {
     await conn.query(`INSERT INTO \`${table}\` (id, v) VALUES (?, ?)`, ['plain', 'héllo ✓ \u{1F600}']);
     const [back] = await conn.query<mysql.RowDataPacket[]>(`SELECT v FROM \`${table}\` WHERE id = ?`, ['plain']);
     expect(back[0].v).toBe('héllo ✓ \u{1F600}');
-    const [viaPrepared] = await conn.execute<mysql.RowDataPacket[]>(`SELECT v FROM \`${table}\` WHERE id = ?`, ['plain']);
+    const [viaPrepared] = await conn.execute<mysql.RowDataPacket[]>(`SELECT v FROM \`${table}\` WHERE id = ?`, [
+      'plain',
+    ]);
     expect(viaPrepared[0].v).toBe('héllo ✓ \u{1F600}');
 
     const multi = await through(true);
@@ -297,7 +310,9 @@ describe('CuttingProxy: a connection cut around COMMIT (MariaDB)', () => {
     expect(results[0][0].a).toBe(1);
     expect(results[1][0].b).toBe(2);
     // The SQL the proxy saw is what mysql2 sent, parameters interpolated.
-    expect(proxy.queries.map((q) => q.sql)).toContain(`INSERT INTO \`${table}\` (id, v) VALUES ('plain', 'héllo ✓ \u{1F600}')`);
+    expect(proxy.queries.map((q) => q.sql)).toContain(
+      `INSERT INTO \`${table}\` (id, v) VALUES ('plain', 'héllo ✓ \u{1F600}')`,
+    );
     expect(proxy.queries.map((q) => q.sql)).toContain('SELECT 1 AS a;\nSELECT 2 AS b');
     expect(proxy.cuts).toBe(0);
     await conn.end();
@@ -338,7 +353,9 @@ describe('CuttingProxy: a connection cut around COMMIT (MariaDB)', () => {
     const thread = await serverThreadId(conn);
     const id = `multi-${when}`;
     const cut = proxy.cutOnce({ match: COMMIT, when });
-    await expectConnectionError(conn.query(`START TRANSACTION;\nINSERT INTO \`${table}\` (id, v) VALUES (?, 'm');\nCOMMIT`, [id]));
+    await expectConnectionError(
+      conn.query(`START TRANSACTION;\nINSERT INTO \`${table}\` (id, v) VALUES (?, 'm');\nCOMMIT`, [id]),
+    );
     const event = await within(cut, 10_000, 'the cut');
     expect(event.sql).toBe(`START TRANSACTION;\nINSERT INTO \`${table}\` (id, v) VALUES ('${id}', 'm');\nCOMMIT`);
     await serverThreadGone(thread);
@@ -429,11 +446,18 @@ describe('CuttingProxy: a connection cut around COMMIT (MariaDB)', () => {
       ['large-max', bigLength],
     ] as const) {
       // Not one repeated byte, so a shifted or dropped chunk would show in the hash.
-      const value = createHash('sha256').update(id).digest('hex').repeat(Math.ceil(length / 64)).slice(0, length);
+      const value = createHash('sha256')
+        .update(id)
+        .digest('hex')
+        .repeat(Math.ceil(length / 64))
+        .slice(0, length);
       const chunksBefore = proxy.stats.clientChunks;
       await conn.query(insert, [id, value]);
       expect(proxy.stats.clientChunks - chunksBefore).toBeGreaterThan(length >= 1024 * 1024 ? 4 : 0);
-      const [rows] = await direct.query<mysql.RowDataPacket[]>(`SELECT LENGTH(v) AS n, SHA2(v, 256) AS h FROM \`${table}\` WHERE id = ?`, [id]);
+      const [rows] = await direct.query<mysql.RowDataPacket[]>(
+        `SELECT LENGTH(v) AS n, SHA2(v, 256) AS h FROM \`${table}\` WHERE id = ?`,
+        [id],
+      );
       expect(Number(rows[0].n)).toBe(length);
       expect(rows[0].h).toBe(createHash('sha256').update(value).digest('hex'));
       // And back the other way through the proxy.
@@ -457,19 +481,21 @@ describe('CuttingProxy: a connection cut around COMMIT (MariaDB)', () => {
     expect(own.open).toBe(2);
     const inFlight = busy.query('SELECT SLEEP(30)');
     // The query is at the server once its thread shows it.
-    await waitFor(
-      async () => {
-        const [rows] = await direct.query<mysql.RowDataPacket[]>('SELECT INFO FROM information_schema.PROCESSLIST WHERE ID = ?', [thread]);
-        return rows[0]?.INFO === 'SELECT SLEEP(30)';
-      },
-      'the SLEEP at the server',
-    );
+    await waitFor(async () => {
+      const [rows] = await direct.query<mysql.RowDataPacket[]>(
+        'SELECT INFO FROM information_schema.PROCESSLIST WHERE ID = ?',
+        [thread],
+      );
+      return rows[0]?.INFO === 'SELECT SLEEP(30)';
+    }, 'the SLEEP at the server');
     await within(own.close(), 10_000, 'close()');
     expect(own.open).toBe(0);
     await expectConnectionError(inFlight);
     await within(idleError, 10_000, 'the idle connection to see the close');
     await expect(pending).rejects.toThrow();
-    await expect(mysql.createConnection({ uri: own.url('test'), connectTimeout: 5_000 })).rejects.toMatchObject({ code: 'ECONNREFUSED' });
+    await expect(mysql.createConnection({ uri: own.url('test'), connectTimeout: 5_000 })).rejects.toMatchObject({
+      code: 'ECONNREFUSED',
+    });
     expect(() => own.cutOnce({ match: COMMIT, when: 'before' })).not.toThrow();
     await expect(own.cutOnce({ match: COMMIT, when: 'before' })).rejects.toThrow('closed');
     idle.destroy();

@@ -9,7 +9,9 @@ import { PrivateMariaDb } from '../utils/private-db.js';
 class Ticker {
   async runStep(step: Step<{ n: number }>) {
     await new Promise((r) => setTimeout(r, 5));
-    return step.stepNumber < 9 ? StepOutcome.continue({ n: step.payload.n + 1 }) : StepOutcome.succeed(step.payload.n + 1);
+    return step.stepNumber < 9
+      ? StepOutcome.continue({ n: step.payload.n + 1 })
+      : StepOutcome.succeed(step.payload.n + 1);
   }
 }
 
@@ -34,7 +36,10 @@ describe('database restart under load', () => {
 
   it('recovers claims, renewals, settlements and submits by itself', async () => {
     const service = app.get(WorkflowService);
-    const before = await service.submitMany('ticker', Array.from({ length: 40 }, (_, i) => ({ input: { n: i } })));
+    const before = await service.submitMany(
+      'ticker',
+      Array.from({ length: 40 }, (_, i) => ({ input: { n: i } })),
+    );
     // Let the runs get going, then pull the database out from under them.
     const deadline = Date.now() + 10_000;
     while (Date.now() < deadline) {
@@ -49,13 +54,16 @@ describe('database restart under load', () => {
     await db.start();
     const downtimeMs = Date.now() - down;
 
-    const after = await service.submitMany('ticker', Array.from({ length: 10 }, (_, i) => ({ input: { n: 100 + i } })));
+    const after = await service.submitMany(
+      'ticker',
+      Array.from({ length: 10 }, (_, i) => ({ input: { n: 100 + i } })),
+    );
     const outcomes = await Promise.all(
       [...before, ...after].map((r) => service.waitForOutcome(r.runId, { timeoutMs: 45_000 })),
     );
     expect(outcomes.filter((o) => o.status === 'succeeded')).toHaveLength(50);
     expect(outcomes.map((o) => o.result)).toEqual([...before, ...after].map((_, i) => (i < 40 ? i : 60 + i) + 10));
-     
+
     console.log(`database down ${downtimeMs} ms; 50/50 runs succeeded after the restart`);
   }, 90_000);
 });

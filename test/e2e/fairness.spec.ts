@@ -1,6 +1,13 @@
 import { Injectable } from '@nestjs/common';
 import type { TestingModule } from '@nestjs/testing';
-import { OnTerminal, type RunOutcome, type Step, StepOutcome, StepRunner, WorkflowService } from 'nestjs-durable-workflow';
+import {
+  OnTerminal,
+  type RunOutcome,
+  type Step,
+  StepOutcome,
+  StepRunner,
+  WorkflowService,
+} from 'nestjs-durable-workflow';
 import { startApp } from '../utils/create-test-app.js';
 import { dropTables, uniquePrefix } from '../utils/db.js';
 import { waitFor } from '../utils/wait.js';
@@ -14,7 +21,9 @@ class LoopRunner {
   async runStep(step: Step<{ steps: number }>) {
     this.log.push({ runId: step.runId, step: step.stepNumber });
     await new Promise((r) => setTimeout(r, 3));
-    return step.stepNumber + 1 >= step.payload.steps ? StepOutcome.succeed(step.stepNumber) : StepOutcome.continue(step.payload);
+    return step.stepNumber + 1 >= step.payload.steps
+      ? StepOutcome.succeed(step.stepNumber)
+      : StepOutcome.continue(step.payload);
   }
 
   stepsOf(runId: string): number {
@@ -67,7 +76,12 @@ describe('a long run and the runs that wait for its slot', () => {
     await service.waitForOutcome(remote.runId, { timeoutMs: 10_000 });
     expect(runner.stepsBefore(long.runId, remote.runId, from)).toBeLessThanOrEqual(30);
 
-    const sinceRemote = () => runner.stepsBefore(long.runId, 'none yet', runner.log.findIndex((e) => e.runId === remote.runId));
+    const sinceRemote = () =>
+      runner.stepsBefore(
+        long.runId,
+        'none yet',
+        runner.log.findIndex((e) => e.runId === remote.runId),
+      );
     await waitFor(() => sinceRemote() >= 20, 'the long run past its 16 steps in a row again');
 
     // Submitted here: the worker is told at once, so the long run yields at its next step.
@@ -138,9 +152,17 @@ describe('runs that never leave their slots, and the other queues of the process
       worker: { concurrency: 4, pollIntervalMs, leaseMs: 5_000, shutdownTimeoutMs: 2_000 },
     });
     // Submits and cancels only; its QuickEnd makes its cancels write the terminal deliveries.
-    control = await startApp({ prefix, worker: false, providers: [QuickEnd], options: { workflows: ['other', 'quick'] } });
+    control = await startApp({
+      prefix,
+      worker: false,
+      providers: [QuickEnd],
+      options: { workflows: ['other', 'quick'] },
+    });
     spin = app.get(SpinRunner);
-    const submitted = await app.get(WorkflowService).submitMany('spin', [1, 2, 3, 4].map((n) => ({ input: n })));
+    const submitted = await app.get(WorkflowService).submitMany(
+      'spin',
+      [1, 2, 3, 4].map((n) => ({ input: n })),
+    );
     spins = submitted.map((r) => r.runId);
   });
   afterAll(async () => {
@@ -153,7 +175,10 @@ describe('runs that never leave their slots, and the other queues of the process
   /** Waits until every spin run has taken `more` further steps: all 4 slots are theirs, past the in-place bound. */
   async function slotsFullOfSpins(more = 20): Promise<void> {
     const base = spins.map((id) => spin.steps.get(id) ?? 0);
-    await waitFor(() => spins.every((id, i) => (spin.steps.get(id) ?? 0) >= base[i] + more), 'every slot busy with a spin run');
+    await waitFor(
+      () => spins.every((id, i) => (spin.steps.get(id) ?? 0) >= base[i] + more),
+      'every slot busy with a spin run',
+    );
   }
 
   it('a run of another workflow, submitted by another process, starts within 10 poll intervals (4 of 4 tries)', async () => {

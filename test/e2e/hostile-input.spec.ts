@@ -62,10 +62,52 @@ class EchoRunner {
 
 /** Pieces that break naive SQL quoting, naive UTF-8 handling or naive text layout. */
 const NASTY = [
-  "'", '"', '\\', ';', '--', '/*', '*/', '%', '_', '`', '\0', '\n', '\r', '\t', '\b', '\f', '\u001a', '\u007f',
-  '😀', '👩‍👩‍👧', '🏳️‍🌈', '\u200f', '\u202e', '\u200b', '\u2028', '\u2029', '\ufeff', '\ufffd', '\uffff',
-  'é', 'e\u0301', 'ß', '𝔘', '中文', 'العربية',
-  "' OR '1'='1' -- ", '"; DROP TABLE x; --', "\\'", '\\0', '%_%', '${x}', '?', '??', ':name', '\\u0000', '{"a":1}',
+  "'",
+  '"',
+  '\\',
+  ';',
+  '--',
+  '/*',
+  '*/',
+  '%',
+  '_',
+  '`',
+  '\0',
+  '\n',
+  '\r',
+  '\t',
+  '\b',
+  '\f',
+  '\u001a',
+  '\u007f',
+  '😀',
+  '👩‍👩‍👧',
+  '🏳️‍🌈',
+  '\u200f',
+  '\u202e',
+  '\u200b',
+  '\u2028',
+  '\u2029',
+  '\ufeff',
+  '\ufffd',
+  '\uffff',
+  'é',
+  'e\u0301',
+  'ß',
+  '𝔘',
+  '中文',
+  'العربية',
+  "' OR '1'='1' -- ",
+  '"; DROP TABLE x; --',
+  "\\'",
+  '\\0',
+  '%_%',
+  '${x}',
+  '?',
+  '??',
+  ':name',
+  '\\u0000',
+  '{"a":1}',
 ];
 const loneSurrogate = fc.integer({ min: 0xd800, max: 0xdfff }).map((c) => String.fromCharCode(c));
 
@@ -83,7 +125,18 @@ const headerKey = fc
   .oneof(
     { arbitrary: hostileString(20), weight: 6 },
     { arbitrary: fc.constantFrom('__proto__', 'constructor', 'toString', 'hasOwnProperty', 'valueOf'), weight: 1 },
-    { arbitrary: fc.constantFrom('', 'workflow', 'workflow_', 'Workflow.x', 'WORKFLOW.x', 'x.workflow.y', ' workflow.x'), weight: 1 },
+    {
+      arbitrary: fc.constantFrom(
+        '',
+        'workflow',
+        'workflow_',
+        'Workflow.x',
+        'WORKFLOW.x',
+        'x.workflow.y',
+        ' workflow.x',
+      ),
+      weight: 1,
+    },
   )
   .filter((k) => !k.startsWith('workflow.'));
 const goodHeaders = fc.dictionary(headerKey, hostileString(30), { maxKeys: 6 });
@@ -104,7 +157,28 @@ const invalidRunIdString = fc
     fc
       .tuple(
         fc.stringMatching(/^[A-Za-z0-9_-]{0,60}$/),
-        fc.oneof(fc.constantFrom(' ', '.', "'", '"', '`', '\0', '\n', '\t', '/', '+', '=', '%', 'é', 'İ', 'K', '😀', '-\u0301'), hostileUnit),
+        fc.oneof(
+          fc.constantFrom(
+            ' ',
+            '.',
+            "'",
+            '"',
+            '`',
+            '\0',
+            '\n',
+            '\t',
+            '/',
+            '+',
+            '=',
+            '%',
+            'é',
+            'İ',
+            'K',
+            '😀',
+            '-\u0301',
+          ),
+          hostileUnit,
+        ),
         fc.stringMatching(/^[A-Za-z0-9_-]{0,60}$/),
       )
       .map(([a, b, c]) => a + b + c),
@@ -121,7 +195,8 @@ const nonStringRunId = fc.oneof(
 );
 
 /** Where to put a value inside a larger JSON document: a chain of object keys / array slots. */
-type Layer = { kind: 'obj'; key: string; siblings: Record<string, unknown> } | { kind: 'arr'; at: number; siblings: unknown[] };
+type Layer =
+  { kind: 'obj'; key: string; siblings: Record<string, unknown> } | { kind: 'arr'; at: number; siblings: unknown[] };
 const smallJson = fc.jsonValue({ maxDepth: 1 }).map(normalizeNegativeZero);
 const layers: fc.Arbitrary<Layer[]> = fc.array(
   fc.oneof(
@@ -183,7 +258,13 @@ function jsonStringBytes(s: string): number {
     else if (c < 0x20) n += 6;
     else if (c < 0x80) n += 1;
     else if (c < 0x800) n += 2;
-    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length && s.charCodeAt(i + 1) >= 0xdc00 && s.charCodeAt(i + 1) <= 0xdfff) {
+    else if (
+      c >= 0xd800 &&
+      c <= 0xdbff &&
+      i + 1 < s.length &&
+      s.charCodeAt(i + 1) >= 0xdc00 &&
+      s.charCodeAt(i + 1) <= 0xdfff
+    ) {
       n += 4;
       i++;
     } else if (c >= 0xd800 && c <= 0xdfff) n += 6;
@@ -193,7 +274,11 @@ function jsonStringBytes(s: string): number {
 }
 
 /** Runs `fn`, which must reject with `type`, and proves that the tables did not change. */
-async function rejectsWithoutWriting(prefix: string, fn: () => Promise<unknown>, type: new (...args: any[]) => Error): Promise<Error> {
+async function rejectsWithoutWriting(
+  prefix: string,
+  fn: () => Promise<unknown>,
+  type: new (...args: any[]) => Error,
+): Promise<Error> {
   const before = await countRows(prefix);
   const err = await fn().then(
     (v) => new Error(`expected ${type.name}, but the call resolved with ${JSON.stringify(v)}`),
@@ -279,15 +364,19 @@ describe('hostile input (property-based)', () => {
   // plain `{}`, so "__proto__" hits the Object.prototype setter and is silently dropped.
   it('1c. a header named like an Object.prototype member ("__proto__", "constructor"...) is kept, not silently dropped', async () => {
     await fc.assert(
-      fc.asyncProperty(fc.constantFrom('__proto__', 'constructor', 'toString', 'hasOwnProperty'), hostileString(10), async (key, value) => {
-        const headers: Record<string, string> = {};
-        define(headers, key, value);
-        const { runId } = await wf.submit('roundtrip', { input: null, headers });
-        const outcome = await wf.waitForOutcome(runId, WAIT);
-        expect(Object.entries(outcome.headers)).toEqual([[key, value]]);
-        expect(Object.entries((outcome.result as { headers: object }).headers)).toEqual([[key, value]]);
-        expect(Object.entries((await wf.status(runId))!.headers)).toEqual([[key, value]]);
-      }),
+      fc.asyncProperty(
+        fc.constantFrom('__proto__', 'constructor', 'toString', 'hasOwnProperty'),
+        hostileString(10),
+        async (key, value) => {
+          const headers: Record<string, string> = {};
+          define(headers, key, value);
+          const { runId } = await wf.submit('roundtrip', { input: null, headers });
+          const outcome = await wf.waitForOutcome(runId, WAIT);
+          expect(Object.entries(outcome.headers)).toEqual([[key, value]]);
+          expect(Object.entries((outcome.result as { headers: object }).headers)).toEqual([[key, value]]);
+          expect(Object.entries((await wf.status(runId))!.headers)).toEqual([[key, value]]);
+        },
+      ),
       { numRuns: 12 },
     );
   });
@@ -295,15 +384,20 @@ describe('hostile input (property-based)', () => {
   it('1b. lone surrogates, NUL and SQL metacharacters survive as input, header names and header values', async () => {
     const nasty = fc.string({ unit: fc.oneof(loneSurrogate, fc.constantFrom(...NASTY)), minLength: 1, maxLength: 12 });
     await fc.assert(
-      fc.asyncProperty(nasty, nasty.filter((k) => !k.startsWith('workflow.')), nasty, async (text, key, value) => {
-        const input = { [text]: text, list: [text, { text }] };
-        const headers: Record<string, string> = {};
-        define(headers, key, value);
-        const { runId } = await wf.submit('roundtrip', { input, headers });
-        const outcome = await wf.waitForOutcome(runId, WAIT);
-        expect(outcome.result).toEqual({ payload: input, headers });
-        expect(outcome.headers).toEqual(headers);
-      }),
+      fc.asyncProperty(
+        nasty,
+        nasty.filter((k) => !k.startsWith('workflow.')),
+        nasty,
+        async (text, key, value) => {
+          const input = { [text]: text, list: [text, { text }] };
+          const headers: Record<string, string> = {};
+          define(headers, key, value);
+          const { runId } = await wf.submit('roundtrip', { input, headers });
+          const outcome = await wf.waitForOutcome(runId, WAIT);
+          expect(outcome.result).toEqual({ payload: input, headers });
+          expect(outcome.headers).toEqual(headers);
+        },
+      ),
       { numRuns: 40 },
     );
   });
@@ -324,10 +418,17 @@ describe('hostile input (property-based)', () => {
           { runId: swapped, newlySubmitted: !existed[1] },
         ]);
         expect(await wf.submit('echo', { runId: id, input: { id } })).toEqual({ runId: id, newlySubmitted: false });
-        expect(await wf.submit('echo', { runId: swapped, input: { id: swapped } })).toEqual({ runId: swapped, newlySubmitted: false });
+        expect(await wf.submit('echo', { runId: swapped, input: { id: swapped } })).toEqual({
+          runId: swapped,
+          newlySubmitted: false,
+        });
 
         expect(await wf.waitForOutcome(id, WAIT)).toMatchObject({ runId: id, status: 'succeeded', result: { id } });
-        expect(await wf.waitForOutcome(swapped, WAIT)).toMatchObject({ runId: swapped, status: 'succeeded', result: { id: swapped } });
+        expect(await wf.waitForOutcome(swapped, WAIT)).toMatchObject({
+          runId: swapped,
+          status: 'succeeded',
+          result: { id: swapped },
+        });
       }),
       { numRuns: 40 },
     );
@@ -337,10 +438,18 @@ describe('hostile input (property-based)', () => {
     await fc.assert(
       fc.asyncProperty(fc.oneof(invalidRunIdString, nonStringRunId), async (bad) => {
         const good = freshId('ok');
-        await rejectsWithoutWriting(prefix, () => wf.submit('echo', { runId: bad as string, input: { bad: describeValue(bad) } }), InvalidRunIdError);
         await rejectsWithoutWriting(
           prefix,
-          () => wf.submitMany('echo', [{ runId: good, input: 1 }, { runId: bad as string, input: 2 }]),
+          () => wf.submit('echo', { runId: bad as string, input: { bad: describeValue(bad) } }),
+          InvalidRunIdError,
+        );
+        await rejectsWithoutWriting(
+          prefix,
+          () =>
+            wf.submitMany('echo', [
+              { runId: good, input: 1 },
+              { runId: bad as string, input: 2 },
+            ]),
           InvalidRunIdError,
         );
         expect(await wf.status(good)).toBeNull();
@@ -355,10 +464,13 @@ describe('hostile input (property-based)', () => {
 
   it('2c. hostile strings given to status() and cancel() throw InvalidRunIdError, never a database error', async () => {
     await fc.assert(
-      fc.asyncProperty(hostileString(70).filter((s) => !RUN_ID.test(s)), async (s) => {
-        await expect(wf.status(s)).rejects.toBeInstanceOf(InvalidRunIdError);
-        await expect(wf.cancel(s)).rejects.toBeInstanceOf(InvalidRunIdError);
-      }),
+      fc.asyncProperty(
+        hostileString(70).filter((s) => !RUN_ID.test(s)),
+        async (s) => {
+          await expect(wf.status(s)).rejects.toBeInstanceOf(InvalidRunIdError);
+          await expect(wf.cancel(s)).rejects.toBeInstanceOf(InvalidRunIdError);
+        },
+      ),
       { numRuns: 40 },
     );
   });
@@ -385,21 +497,35 @@ describe('hostile input (property-based)', () => {
 
   it('3a. a header name starting with "workflow." throws ReservedHeaderError, wherever it sits, and writes nothing', async () => {
     await fc.assert(
-      fc.asyncProperty(goodHeaders, hostileString(10), hostileString(10), fc.nat(6), async (good, suffix, value, at) => {
-        const badKey = `workflow.${suffix}`;
-        const entries = Object.entries(good);
-        entries.splice(Math.min(at, entries.length), 0, [badKey, value]);
-        const headers: Record<string, string> = {};
-        for (const [k, v] of entries) define(headers, k, v);
+      fc.asyncProperty(
+        goodHeaders,
+        hostileString(10),
+        hostileString(10),
+        fc.nat(6),
+        async (good, suffix, value, at) => {
+          const badKey = `workflow.${suffix}`;
+          const entries = Object.entries(good);
+          entries.splice(Math.min(at, entries.length), 0, [badKey, value]);
+          const headers: Record<string, string> = {};
+          for (const [k, v] of entries) define(headers, k, v);
 
-        const err = await rejectsWithoutWriting(prefix, () => wf.submit('echo', { runId: freshId('rh'), input: {}, headers }), ReservedHeaderError);
-        expect((err as ReservedHeaderError).header).toBe(badKey);
-        await rejectsWithoutWriting(
-          prefix,
-          () => wf.submitMany('echo', [{ runId: freshId('rh-ok'), input: {} }, { runId: freshId('rh'), input: {}, headers }]),
-          ReservedHeaderError,
-        );
-      }),
+          const err = await rejectsWithoutWriting(
+            prefix,
+            () => wf.submit('echo', { runId: freshId('rh'), input: {}, headers }),
+            ReservedHeaderError,
+          );
+          expect((err as ReservedHeaderError).header).toBe(badKey);
+          await rejectsWithoutWriting(
+            prefix,
+            () =>
+              wf.submitMany('echo', [
+                { runId: freshId('rh-ok'), input: {} },
+                { runId: freshId('rh'), input: {}, headers },
+              ]),
+            ReservedHeaderError,
+          );
+        },
+      ),
       { numRuns: 40 },
     );
   });
@@ -417,7 +543,13 @@ describe('hostile input (property-based)', () => {
       fc.constant(() => 'x'),
       fc.constant(new Date(0)),
     );
-    const notAnObject = fc.oneof(fc.string(), fc.integer(), fc.boolean(), fc.constant(null), fc.array(fc.string(), { maxLength: 3 }));
+    const notAnObject = fc.oneof(
+      fc.string(),
+      fc.integer(),
+      fc.boolean(),
+      fc.constant(null),
+      fc.array(fc.string(), { maxLength: 3 }),
+    );
     const badHeaders = fc.oneof(
       fc.tuple(goodHeaders, headerKey, nonString, fc.nat(6)).map(([good, key, value, at]) => {
         const entries: Array<[string, unknown]> = Object.entries(good).filter(([k]) => k !== key);
@@ -432,7 +564,11 @@ describe('hostile input (property-based)', () => {
       fc.asyncProperty(badHeaders, async (headers) => {
         const spec = { runId: freshId('bh'), input: {}, headers } as unknown as RunSpec<unknown>;
         await rejectsWithoutWriting(prefix, () => wf.submit('echo', spec), InvalidRunSpecError);
-        await rejectsWithoutWriting(prefix, () => wf.submitMany('echo', [{ runId: freshId('bh-ok'), input: {} }, spec]), InvalidRunSpecError);
+        await rejectsWithoutWriting(
+          prefix,
+          () => wf.submitMany('echo', [{ runId: freshId('bh-ok'), input: {} }, spec]),
+          InvalidRunSpecError,
+        );
         expect(await wf.status(spec.runId!)).toBeNull();
       }),
       { numRuns: 50 },
@@ -454,7 +590,11 @@ describe('hostile input (property-based)', () => {
       fc.constantFrom(NaN, Infinity, -Infinity).map((n) => () => n),
       fc.array(fc.tuple(fc.string(), fc.integer()), { maxLength: 3 }).map((e) => () => new Map(e)),
       fc.array(fc.integer(), { maxLength: 3 }).map((e) => () => new Set(e)),
-      fc.tuple(fc.integer(), fc.integer()).map(([x, y]) => () => new Point(x, y)),
+      fc.tuple(fc.integer(), fc.integer()).map(
+        ([x, y]) =>
+          () =>
+            new Point(x, y),
+      ),
       fc.constant(() => new Uint8Array([1, 2, 3])),
       fc.constant(() => new Error('boom')),
       fc.constant(() => /re/g),
@@ -475,7 +615,11 @@ describe('hostile input (property-based)', () => {
         await rejectsWithoutWriting(prefix, () => wf.submit('echo', { runId: id, input }), InvalidPayloadError);
         await rejectsWithoutWriting(
           prefix,
-          () => wf.submitMany('echo', [{ runId: freshId('np-ok'), input: { fine: true } }, { runId: id, input }]),
+          () =>
+            wf.submitMany('echo', [
+              { runId: freshId('np-ok'), input: { fine: true } },
+              { runId: id, input },
+            ]),
           InvalidPayloadError,
         );
         expect(await wf.status(id)).toBeNull();
@@ -485,12 +629,23 @@ describe('hostile input (property-based)', () => {
   });
 
   it('5f. undefined as an array element anywhere (or as the whole input) throws InvalidPayloadError and writes nothing', async () => {
-    const arrayLayer = fc.record({ kind: fc.constant('arr' as const), at: fc.nat(3), siblings: fc.array(smallJson, { maxLength: 3 }) });
-    const intoArray = fc.oneof(fc.constant([] as Layer[]), fc.tuple(layers, arrayLayer).map(([path, last]) => [...path, last]));
+    const arrayLayer = fc.record({
+      kind: fc.constant('arr' as const),
+      at: fc.nat(3),
+      siblings: fc.array(smallJson, { maxLength: 3 }),
+    });
+    const intoArray = fc.oneof(
+      fc.constant([] as Layer[]),
+      fc.tuple(layers, arrayLayer).map(([path, last]) => [...path, last]),
+    );
     await fc.assert(
       fc.asyncProperty(intoArray, async (path) => {
         const id = freshId('ua');
-        await rejectsWithoutWriting(prefix, () => wf.submit('echo', { runId: id, input: embed(path, undefined) }), InvalidPayloadError);
+        await rejectsWithoutWriting(
+          prefix,
+          () => wf.submit('echo', { runId: id, input: embed(path, undefined) }),
+          InvalidPayloadError,
+        );
         expect(await wf.status(id)).toBeNull();
       }),
       { numRuns: 40 },
@@ -524,7 +679,11 @@ describe('hostile input (property-based)', () => {
   });
 
   it('5b. a spec whose input property is undefined (present but undefined) throws InvalidPayloadError and writes nothing', async () => {
-    await rejectsWithoutWriting(prefix, () => wf.submit('echo', { runId: freshId('undef'), input: undefined }), InvalidPayloadError);
+    await rejectsWithoutWriting(
+      prefix,
+      () => wf.submit('echo', { runId: freshId('undef'), input: undefined }),
+      InvalidPayloadError,
+    );
   });
 
   it('5c. a valid Date anywhere in the input is stored as its ISO string (documented), and the run sees that string', async () => {
@@ -544,7 +703,11 @@ describe('hostile input (property-based)', () => {
     // same loss as NaN -> null, which the module refuses.
     await fc.assert(
       fc.asyncProperty(layers, async (path) => {
-        await rejectsWithoutWriting(prefix, () => wf.submit('echo', { runId: freshId('bad-date'), input: embed(path, new Date(NaN)) }), InvalidPayloadError);
+        await rejectsWithoutWriting(
+          prefix,
+          () => wf.submit('echo', { runId: freshId('bad-date'), input: embed(path, new Date(NaN)) }),
+          InvalidPayloadError,
+        );
       }),
       { numRuns: 10 },
     );
@@ -567,7 +730,22 @@ describe('hostile input: payload size boundary (maxPayloadBytes 4096)', () => {
   });
 
   it('4. inputs and headers are accepted up to exactly maxPayloadBytes UTF-8 bytes and refused one byte above', async () => {
-    const piece = fc.constantFrom('a', 'é', '€', '😀', '"', '\\', '\n', '\u0001', '\ud800', '\udc00', "'", ';', '\u202e', '中');
+    const piece = fc.constantFrom(
+      'a',
+      'é',
+      '€',
+      '😀',
+      '"',
+      '\\',
+      '\n',
+      '\u0001',
+      '\ud800',
+      '\udc00',
+      "'",
+      ';',
+      '\u202e',
+      '中',
+    );
     await fc.assert(
       fc.asyncProperty(
         fc.array(piece, { maxLength: 200 }),
@@ -594,7 +772,11 @@ describe('hostile input: payload size boundary (maxPayloadBytes 4096)', () => {
             expect(outcome.result).toEqual(input);
             expect(outcome.headers).toEqual(headers);
           } else {
-            const err = (await rejectsWithoutWriting(prefix, () => wf.submit('echo', { runId, input, headers }), PayloadTooLargeError)) as PayloadTooLargeError;
+            const err = (await rejectsWithoutWriting(
+              prefix,
+              () => wf.submit('echo', { runId, input, headers }),
+              PayloadTooLargeError,
+            )) as PayloadTooLargeError;
             expect(err.bytes).toBe(target);
             expect(err.limit).toBe(LIMIT);
           }
@@ -620,8 +802,13 @@ describe('hostile input: tablePrefix', () => {
     const wanted = new Set(TABLES.map((t) => p + t));
     const conn = await rawConnection();
     try {
-      const [rows] = await conn.query('SELECT table_name AS t FROM information_schema.tables WHERE table_schema = DATABASE()');
-      return (rows as Array<{ t: string }>).map((r) => r.t).filter((t) => wanted.has(t)).sort();
+      const [rows] = await conn.query(
+        'SELECT table_name AS t FROM information_schema.tables WHERE table_schema = DATABASE()',
+      );
+      return (rows as Array<{ t: string }>)
+        .map((r) => r.t)
+        .filter((t) => wanted.has(t))
+        .sort();
     } finally {
       await conn.end();
     }
@@ -664,7 +851,12 @@ describe('hostile input: tablePrefix', () => {
           .map(([a, b, c]) => a + b + c),
       )
       .filter((p) => !PREFIX_PATTERN.test(p));
-    const nonString = fc.oneof(fc.integer(), fc.boolean(), fc.array(fc.string(), { maxLength: 2 }), fc.dictionary(fc.string(), fc.string(), { maxKeys: 1 }));
+    const nonString = fc.oneof(
+      fc.integer(),
+      fc.boolean(),
+      fc.array(fc.string(), { maxLength: 2 }),
+      fc.dictionary(fc.string(), fc.string(), { maxKeys: 1 }),
+    );
     await fc.assert(
       fc.asyncProperty(fc.oneof(badPrefix, nonString), async (p) => {
         const before = await existingTables(p);

@@ -36,7 +36,13 @@ interface Delivery {
 }
 
 function track(list: Delivery[], step: Step): Delivery {
-  const d: Delivery = { runId: step.runId, step: step.stepNumber, attempts: step.attempts, startedAt: Date.now(), signal: step.signal };
+  const d: Delivery = {
+    runId: step.runId,
+    step: step.stepNumber,
+    attempts: step.attempts,
+    startedAt: Date.now(),
+    signal: step.signal,
+  };
   step.signal.addEventListener('abort', () => (d.abortedAt = Date.now()), { once: true });
   list.push(d);
   return d;
@@ -285,7 +291,12 @@ describe('graceful shutdown', () => {
       await expect(later.waitForOutcome(during.runId, { timeoutMs: 10_000 })).resolves.toMatchObject({
         status: 'succeeded',
       });
-      expect(next.get(SlowRunner).deliveries.filter((d) => d.runId === during.runId).map((d) => d.attempts)).toEqual([1]);
+      expect(
+        next
+          .get(SlowRunner)
+          .deliveries.filter((d) => d.runId === during.runId)
+          .map((d) => d.attempts),
+      ).toEqual([1]);
     } finally {
       await app.close();
       await next?.close();
@@ -320,7 +331,11 @@ describe('graceful shutdown', () => {
       HangRunner.hang = false;
       second = await startApp({ prefix, providers: [HangRunner], worker });
       const resumed = second.get(HangRunner);
-      const again = (await waitFor(() => resumed.deliveries.find((d) => d.runId === runId), 'the step to resume in the second app', 5_000))!;
+      const again = (await waitFor(
+        () => resumed.deliveries.find((d) => d.runId === runId),
+        'the step to resume in the second app',
+        5_000,
+      ))!;
       expect(again.startedAt - closedAt).toBeLessThan(3_000); // well before leaseMs (30 s)
       // The second delivery, and with maxAttempts 1 it still runs: the hand-back used up no attempt.
       expect(again.attempts).toBe(2);
@@ -339,7 +354,11 @@ describe('graceful shutdown', () => {
 describe('step.extendLease', () => {
   it('a step running far longer than leaseMs that extends its lease is not redelivered', async () => {
     const prefix = prefixes.next();
-    const app = await startApp({ prefix, providers: [LongRunner], worker: { pollIntervalMs: 50, leaseMs: 300, shutdownTimeoutMs: 2_000 } });
+    const app = await startApp({
+      prefix,
+      providers: [LongRunner],
+      worker: { pollIntervalMs: 50, leaseMs: 300, shutdownTimeoutMs: 2_000 },
+    });
     try {
       const service = app.get(WorkflowService);
       const runner = app.get(LongRunner);

@@ -40,9 +40,7 @@ class SinkRunner {
 }
 
 type Give =
-  | { give: 'delay'; ms: unknown }
-  | { give: 'fail' | 'cancel'; bytes: number }
-  | { give: 'throw'; bytes: number };
+  { give: 'delay'; ms: unknown } | { give: 'fail' | 'cancel'; bytes: number } | { give: 'throw'; bytes: number };
 
 /** Returns the outcome its input asks for; step 1 of a delayed continue succeeds. */
 @Injectable()
@@ -83,29 +81,47 @@ describe('limits: ranges and text sizes', () => {
   });
 
   it.each([
-    ['priority', { priority: MAX_PRIORITY }, { priority: MAX_PRIORITY + 1 }, /priority must be an integer from -2000000000 to 2000000000, got 2000000001/],
+    [
+      'priority',
+      { priority: MAX_PRIORITY },
+      { priority: MAX_PRIORITY + 1 },
+      /priority must be an integer from -2000000000 to 2000000000, got 2000000001/,
+    ],
     ['priority (negative)', { priority: -MAX_PRIORITY }, { priority: -MAX_PRIORITY - 1 }, /priority .*got -2000000001/],
-    ['maxAttemptsPerStep', { maxAttemptsPerStep: MAX_ATTEMPTS }, { maxAttemptsPerStep: MAX_ATTEMPTS + 1 }, /maxAttemptsPerStep must be an integer from 1 to 1000000, got 1000001/],
+    [
+      'maxAttemptsPerStep',
+      { maxAttemptsPerStep: MAX_ATTEMPTS },
+      { maxAttemptsPerStep: MAX_ATTEMPTS + 1 },
+      /maxAttemptsPerStep must be an integer from 1 to 1000000, got 1000001/,
+    ],
     ['maxAttemptsPerStep (zero)', { maxAttemptsPerStep: 1 }, { maxAttemptsPerStep: 0 }, /maxAttemptsPerStep .*got 0/],
-    ['delayMs', { delayMs: MAX_DELAY_MS }, { delayMs: MAX_DELAY_MS + 1 }, new RegExp(`delayMs must be an integer from 0 to ${MAX_DELAY_MS}, got ${MAX_DELAY_MS + 1}`)],
+    [
+      'delayMs',
+      { delayMs: MAX_DELAY_MS },
+      { delayMs: MAX_DELAY_MS + 1 },
+      new RegExp(`delayMs must be an integer from 0 to ${MAX_DELAY_MS}, got ${MAX_DELAY_MS + 1}`),
+    ],
     ['delayMs (1e19)', { delayMs: 0 }, { delayMs: 1e19 }, /delayMs .*got 10000000000000000000\./],
     ['priority (NaN)', { priority: 0 }, { priority: Number.NaN }, /priority .*got NaN/],
-  ])('%s: just under is accepted, just over throws InvalidRunSpecError naming it and writes nothing', async (_n, under, over, message) => {
-    const before = await snapshotRows(prefix);
-    await expect(workflows.submit('sink', { input: 1, ...over })).rejects.toThrow(InvalidRunSpecError);
-    await expect(workflows.submit('sink', { input: 1, ...over })).rejects.toThrow(message);
-    expect(await snapshotRows(prefix)).toEqual(before);
+  ])(
+    '%s: just under is accepted, just over throws InvalidRunSpecError naming it and writes nothing',
+    async (_n, under, over, message) => {
+      const before = await snapshotRows(prefix);
+      await expect(workflows.submit('sink', { input: 1, ...over })).rejects.toThrow(InvalidRunSpecError);
+      await expect(workflows.submit('sink', { input: 1, ...over })).rejects.toThrow(message);
+      expect(await snapshotRows(prefix)).toEqual(before);
 
-    const { runId, newlySubmitted } = await workflows.submit('sink', { input: 1, ...under });
-    expect(newlySubmitted).toBe(true);
-    if ('delayMs' in under && under.delayMs) {
-      const s = await workflows.status(runId);
-      expect(s?.runAt?.getTime()).toBeGreaterThan(Date.now() + MAX_DELAY_MS - 60_000);
-      await workflows.cancel(runId);
-    } else {
-      expect(await workflows.waitForOutcome(runId, { timeoutMs: 10_000 })).toMatchObject({ status: 'succeeded' });
-    }
-  });
+      const { runId, newlySubmitted } = await workflows.submit('sink', { input: 1, ...under });
+      expect(newlySubmitted).toBe(true);
+      if ('delayMs' in under && under.delayMs) {
+        const s = await workflows.status(runId);
+        expect(s?.runAt?.getTime()).toBeGreaterThan(Date.now() + MAX_DELAY_MS - 60_000);
+        await workflows.cancel(runId);
+      } else {
+        expect(await workflows.waitForOutcome(runId, { timeoutMs: 10_000 })).toMatchObject({ status: 'succeeded' });
+      }
+    },
+  );
 
   async function deadOnce(input: Give, lastError: RegExp) {
     const { runId } = await workflows.submit('outcome', { input });
@@ -143,14 +159,19 @@ describe('limits: ranges and text sizes', () => {
     await workflows.cancel(far.runId);
 
     const frac = await workflows.submit('outcome', { input: { give: 'delay', ms: 10.6 } });
-    expect(await workflows.waitForOutcome(frac.runId, { timeoutMs: 10_000 })).toMatchObject({ status: 'succeeded', result: 'late' });
+    expect(await workflows.waitForOutcome(frac.runId, { timeoutMs: 10_000 })).toMatchObject({
+      status: 'succeeded',
+      result: 'late',
+    });
   });
 
   it('fail(reason) of exactly 64 KiB (UTF-8) fails the run with it; one byte more is a dead letter naming the limit', async () => {
     const ok = await workflows.submit('outcome', { input: { give: 'fail', bytes: MAX_REASON_BYTES } });
     const outcome = await workflows.waitForOutcome(ok.runId, { timeoutMs: 10_000 });
     expect(outcome).toMatchObject({ status: 'failed', error: 'é'.repeat(MAX_REASON_BYTES / 2) });
-    expect((await workflows.deadSteps({ workflow: 'outcome', limit: 1000 })).filter((d) => d.runId === ok.runId)).toEqual([]);
+    expect(
+      (await workflows.deadSteps({ workflow: 'outcome', limit: 1000 })).filter((d) => d.runId === ok.runId),
+    ).toEqual([]);
 
     const dead = await deadOnce(
       { give: 'fail', bytes: MAX_REASON_BYTES + 2 },
@@ -165,11 +186,17 @@ describe('limits: ranges and text sizes', () => {
       status: 'cancelled',
       error: 'x'.repeat(MAX_REASON_BYTES),
     });
-    await deadOnce({ give: 'cancel', bytes: MAX_REASON_BYTES + 1 }, /cancel\(reason\) got a reason of 65537 bytes, over the 65536-byte limit.*"xxxx/);
+    await deadOnce(
+      { give: 'cancel', bytes: MAX_REASON_BYTES + 1 },
+      /cancel\(reason\) got a reason of 65537 bytes, over the 65536-byte limit.*"xxxx/,
+    );
   });
 
   it("a thrown error's stored text is cut to 64 KiB with a marker; the step is retried as usual", async () => {
-    const { runId } = await workflows.submit('outcome', { input: { give: 'throw', bytes: 1024 * 1024 }, maxAttemptsPerStep: 2 });
+    const { runId } = await workflows.submit('outcome', {
+      input: { give: 'throw', bytes: 1024 * 1024 },
+      maxAttemptsPerStep: 2,
+    });
     expect(await workflows.waitForOutcome(runId, { timeoutMs: 10_000 })).toMatchObject({ status: 'failed' });
     const [dead] = (await workflows.deadSteps({ workflow: 'outcome', limit: 1000 })).filter((d) => d.runId === runId);
     expect(dead.attempts).toBe(2);
@@ -197,10 +224,25 @@ describe('limits: @StepRunner options out of range fail at startup', () => {
   }
 
   it.each([
-    ['priority', { priority: MAX_PRIORITY + 1 }, { priority: MAX_PRIORITY }, /priority must be an integer from -2000000000 to 2000000000/],
-    ['maxAttempts', { maxAttempts: MAX_ATTEMPTS + 1 }, { maxAttempts: MAX_ATTEMPTS }, /maxAttempts must be an integer from 1 to 1000000/],
+    [
+      'priority',
+      { priority: MAX_PRIORITY + 1 },
+      { priority: MAX_PRIORITY },
+      /priority must be an integer from -2000000000 to 2000000000/,
+    ],
+    [
+      'maxAttempts',
+      { maxAttempts: MAX_ATTEMPTS + 1 },
+      { maxAttempts: MAX_ATTEMPTS },
+      /maxAttempts must be an integer from 1 to 1000000/,
+    ],
     ['concurrency', { concurrency: 10_001 }, { concurrency: 10_000 }, /concurrency must be an integer from 1 to 10000/],
-    ['timeoutMs', { timeoutMs: 2 ** 31 }, { timeoutMs: 2 ** 31 - 1 }, /timeoutMs must be an integer from 1 to 2147483647/],
+    [
+      'timeoutMs',
+      { timeoutMs: 2 ** 31 },
+      { timeoutMs: 2 ** 31 - 1 },
+      /timeoutMs must be an integer from 1 to 2147483647/,
+    ],
   ])('@StepRunner %s: over throws WorkflowConfigError, at the bound starts', async (_n, over, under, message) => {
     const bad = await Test.createTestingModule({
       imports: [WorkflowModule.forRoot({ connection: { url: DB_URL }, tablePrefix: prefix, worker: false })],
@@ -286,7 +328,9 @@ describe('limits: max_allowed_packet (private MariaDB, --max-allowed-packet=1M)'
     const { runId } = await workflows.submit('big', { input: { kib: 600 } });
     const outcome = await workflows.waitForOutcome(runId, { timeoutMs: 20_000 });
     expect(outcome.status).toBe('failed');
-    expect(outcome.error).toMatch(/written 3 times \(the run and 2 @OnTerminal deliveries\).*max_allowed_packet \(1048576 bytes/);
+    expect(outcome.error).toMatch(
+      /written 3 times \(the run and 2 @OnTerminal deliveries\).*max_allowed_packet \(1048576 bytes/,
+    );
     const dead = (await workflows.deadSteps({ workflow: 'big' })).filter((d) => d.runId === runId);
     expect(dead).toHaveLength(1);
     expect(dead[0].attempts).toBe(1);
@@ -327,7 +371,9 @@ describe('limits: max_allowed_packet (private MariaDB, --max-allowed-packet=1M)'
   it('a submit whose input cannot fit the packet (quotes escape to two bytes) is a PayloadTooLargeError naming max_allowed_packet; under it is stored', async () => {
     const conn = await db.adminConnection();
     const count = async () => {
-      const [rows] = await conn.query(`SELECT (SELECT COUNT(*) FROM test.\`${prefix}runs\`) + (SELECT COUNT(*) FROM test.\`${prefix}jobs\`) AS n`);
+      const [rows] = await conn.query(
+        `SELECT (SELECT COUNT(*) FROM test.\`${prefix}runs\`) + (SELECT COUNT(*) FROM test.\`${prefix}jobs\`) AS n`,
+      );
       return Number((rows as Array<{ n: number }>)[0].n);
     };
     try {
@@ -344,8 +390,12 @@ describe('limits: max_allowed_packet (private MariaDB, --max-allowed-packet=1M)'
       const { runId } = await workflows.submit('sink', { input: under });
       expect(await workflows.waitForOutcome(runId, { timeoutMs: 20_000 })).toMatchObject({ status: 'succeeded' });
       // Three such inputs fit one by one but not in one statement: submitMany splits the insert.
-      const many = await workflows.submitMany('sink', [1, 2, 3].map(() => ({ input: under })));
-      for (const m of many) expect(await workflows.waitForOutcome(m.runId, { timeoutMs: 20_000 })).toMatchObject({ status: 'succeeded' });
+      const many = await workflows.submitMany(
+        'sink',
+        [1, 2, 3].map(() => ({ input: under })),
+      );
+      for (const m of many)
+        expect(await workflows.waitForOutcome(m.runId, { timeoutMs: 20_000 })).toMatchObject({ status: 'succeeded' });
     } finally {
       await conn.end();
     }

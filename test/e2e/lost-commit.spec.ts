@@ -54,7 +54,11 @@ describe.each<CutWhen>(['after', 'before'])('a connection cut %s COMMIT', (when)
       options: through,
       worker: { pollIntervalMs: 50, leaseMs: 1_000, shutdownTimeoutMs: 2_000 },
     });
-    web = await startApp({ prefix, worker: false, options: { connection: { url: webProxy.url('test') }, workflows: ['chain'] } });
+    web = await startApp({
+      prefix,
+      worker: false,
+      options: { connection: { url: webProxy.url('test') }, workflows: ['chain'] },
+    });
     service = web.get(WorkflowService);
     runner = worker.get(ChainRunner);
   });
@@ -83,7 +87,10 @@ describe.each<CutWhen>(['after', 'before'])('a connection cut %s COMMIT', (when)
   });
 
   it('a settlement whose successor runs in place: the successor is not stranded', async () => {
-    const cut = proxy.cutOnce({ when, match: (sql) => isCommit(sql) && /UPDATE \S*jobs\S* FORCE INDEX \(PRIMARY\) SET `step_number`/.test(sql) });
+    const cut = proxy.cutOnce({
+      when,
+      match: (sql) => isCommit(sql) && /UPDATE \S*jobs\S* FORCE INDEX \(PRIMARY\) SET `step_number`/.test(sql),
+    });
     const { runId } = await service.submit('chain', { input: {}, maxAttemptsPerStep: 1 });
     await cut;
     await endsOnce(runId);
@@ -112,7 +119,10 @@ describe.each<CutWhen>(['after', 'before'])('a connection cut %s COMMIT', (when)
     const cut = webProxy.cutOnce({ when, match: (sql) => sql.trim() === 'COMMIT' });
     expect(await service.retryDead(dead.jobId)).toBe(true);
     await cut;
-    expect(await service.waitForOutcome(runId, { timeoutMs: 10_000 })).toMatchObject({ status: 'succeeded', ending: 2 });
+    expect(await service.waitForOutcome(runId, { timeoutMs: 10_000 })).toMatchObject({
+      status: 'succeeded',
+      ending: 2,
+    });
     expect(runner.calls.get(`${runId}/0`)).toBe(2);
     expect(runner.calls.get(`${runId}/2`)).toBe(1);
   });

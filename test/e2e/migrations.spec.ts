@@ -32,9 +32,16 @@ describe('schema migrations', () => {
   it('the exported TypeORM migrations create the same schema for apps that run their own (autoMigrate: false)', async () => {
     const prefix = uniquePrefix('tomig');
     prefixes.push(prefix);
-    await expect(startApp({ prefix, worker: false, options: { autoMigrate: false } })).rejects.toThrow(WorkflowConfigError);
+    await expect(startApp({ prefix, worker: false, options: { autoMigrate: false } })).rejects.toThrow(
+      WorkflowConfigError,
+    );
 
-    const ds = new DataSource({ type: 'mysql', url: DB_URL, migrations: createWorkflowMigrations(prefix), migrationsTableName: `${prefix}typeorm_migrations` });
+    const ds = new DataSource({
+      type: 'mysql',
+      url: DB_URL,
+      migrations: createWorkflowMigrations(prefix),
+      migrationsTableName: `${prefix}typeorm_migrations`,
+    });
     await ds.initialize();
     try {
       const applied = await ds.runMigrations();

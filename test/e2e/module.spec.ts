@@ -274,7 +274,11 @@ describe('sharing the app’s DataSource', () => {
     const dataSource = new DataSource({ type: 'mysql', url: DB_URL } as any);
     await dataSource.initialize();
     try {
-      const app = await testBuilder({ prefix, providers: [EchoRunner], options: { connection: undefined, dataSource } }).compile();
+      const app = await testBuilder({
+        prefix,
+        providers: [EchoRunner],
+        options: { connection: undefined, dataSource },
+      }).compile();
       await app.init();
       await runsEcho(app, 5);
       await app.close();
@@ -291,7 +295,14 @@ describe('sharing the app’s DataSource', () => {
     const prefix = prefixes.next();
     const app = await Test.createTestingModule({
       imports: [
-        TypeOrmModule.forRoot({ name: 'wf', type: 'mysql', url: DB_URL, entities: [], synchronize: false, retryAttempts: 0 }),
+        TypeOrmModule.forRoot({
+          name: 'wf',
+          type: 'mysql',
+          url: DB_URL,
+          entities: [],
+          synchronize: false,
+          retryAttempts: 0,
+        }),
         WorkflowModule.forRoot({ ...testOptions({ prefix }), connection: undefined, dataSource: 'wf' }),
       ],
       providers: [EchoRunner],
@@ -333,7 +344,10 @@ describe('configuration errors at startup', () => {
 
   it('an unreachable database names where it tried to connect', async () => {
     const err = await startupError(() =>
-      testBuilder({ prefix: prefixes.next(), options: { connection: { host: '127.0.0.1', port: 1, username: 'root' } } }),
+      testBuilder({
+        prefix: prefixes.next(),
+        options: { connection: { host: '127.0.0.1', port: 1, username: 'root' } },
+      }),
     );
     expect(err).toBeInstanceOf(WorkflowConfigError);
     expect(err.message).toMatch(/127\.0\.0\.1:1\b/);
@@ -349,7 +363,9 @@ describe('configuration errors at startup', () => {
   });
 
   it('two classes claiming one @StepRunner name are both named', async () => {
-    const err = await startupError(() => testBuilder({ prefix: prefixes.next(), providers: [FirstClaimant, SecondClaimant] }));
+    const err = await startupError(() =>
+      testBuilder({ prefix: prefixes.next(), providers: [FirstClaimant, SecondClaimant] }),
+    );
     expect(err).toBeInstanceOf(WorkflowConfigError);
     expect(err).toBeInstanceOf(DuplicateWorkflowError);
     expect(err.message).toContain('FirstClaimant');
@@ -407,7 +423,10 @@ describe('@nestjs/testing integration', () => {
         return StepOutcome.succeed({ fake: true, input: step.payload });
       },
     };
-    const app = await testBuilder({ prefix, providers: [RealRunner] }).overrideProvider(RealRunner).useValue(fake).compile();
+    const app = await testBuilder({ prefix, providers: [RealRunner] })
+      .overrideProvider(RealRunner)
+      .useValue(fake)
+      .compile();
     await app.init();
     try {
       const service = app.get(WorkflowService);
@@ -425,7 +444,11 @@ describe('@nestjs/testing integration', () => {
     const prefix = prefixes.next();
     const app = await startApp({
       prefix,
-      providers: [EchoRunner, { provide: 'ECHO_ALIAS', useExisting: EchoRunner }, { provide: EchoPort, useExisting: EchoRunner }],
+      providers: [
+        EchoRunner,
+        { provide: 'ECHO_ALIAS', useExisting: EchoRunner },
+        { provide: EchoPort, useExisting: EchoRunner },
+      ],
     });
     try {
       expect(app.get('ECHO_ALIAS')).toBe(app.get(EchoRunner));
@@ -487,7 +510,9 @@ describe('worker: false, worker.workflows and workflows', () => {
       );
       // The step was runnable all along: a worker app on the same tables takes it.
       worker = await startApp({ prefix, providers: [EchoRunner] });
-      await expect(service.waitForOutcome(runId, { timeoutMs: 10_000 })).resolves.toMatchObject({ status: 'succeeded' });
+      await expect(service.waitForOutcome(runId, { timeoutMs: 10_000 })).resolves.toMatchObject({
+        status: 'succeeded',
+      });
       expect(submitter.get(EchoRunner).calls).toHaveLength(0);
       expect(worker.get(EchoRunner).calls.map((c) => c.runId)).toEqual([runId, runId]);
     } finally {
@@ -572,9 +597,11 @@ describe('app.close()', () => {
       await app.close(); // a second close is harmless
       app = undefined;
       recording = false; // from here on only the test's own polling timers are created
-      await waitFor(() => live.size === 0, 'every socket and timer the app created to be released', 3_000).catch((err) => {
-        throw new Error(`${(err as Error).message}; still open: ${JSON.stringify([...live.values()])}`);
-      });
+      await waitFor(() => live.size === 0, 'every socket and timer the app created to be released', 3_000).catch(
+        (err) => {
+          throw new Error(`${(err as Error).message}; still open: ${JSON.stringify([...live.values()])}`);
+        },
+      );
     } finally {
       hook.disable();
       await app?.close();

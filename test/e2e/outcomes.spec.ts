@@ -21,7 +21,9 @@ class VerdictRunner {
   runStep(step: Step<{ verdict: 'fail' | 'cancel'; reason: string }>) {
     this.calls.push({ runId: step.runId, step: step.stepNumber });
     if (step.stepNumber === 0) return StepOutcome.continue(step.payload);
-    return step.payload.verdict === 'fail' ? StepOutcome.fail(step.payload.reason) : StepOutcome.cancel(step.payload.reason);
+    return step.payload.verdict === 'fail'
+      ? StepOutcome.fail(step.payload.reason)
+      : StepOutcome.cancel(step.payload.reason);
   }
 }
 
@@ -114,7 +116,13 @@ describe('what a runner returns decides the run', () => {
 
     const audit = app.get(Audit);
     const delivered = await waitFor(() => audit.deliveredFor(runId), 'the @OnTerminal delivery of the failed run');
-    expect(delivered).toMatchObject({ runId, workflow: 'verdict', status: 'failed', error: 'model refused', finalStep: 1 });
+    expect(delivered).toMatchObject({
+      runId,
+      workflow: 'verdict',
+      status: 'failed',
+      error: 'model refused',
+      finalStep: 1,
+    });
   });
 
   it('cancel(reason) cancels the run and keeps the reason', async () => {
@@ -171,7 +179,10 @@ describe('what a runner returns decides the run', () => {
     expect(app.get(GarbageRunner).calls.get(runId)).toBe(1);
 
     const audit = app.get(Audit);
-    const delivered = await waitFor(() => audit.deliveredFor(runId), 'the @OnTerminal delivery of the dead-lettered run');
+    const delivered = await waitFor(
+      () => audit.deliveredFor(runId),
+      'the @OnTerminal delivery of the dead-lettered run',
+    );
     expect(delivered?.status).toBe('failed');
   });
 

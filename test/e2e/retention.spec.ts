@@ -51,7 +51,11 @@ describe('retention', () => {
 
     // Four days on: the dead letter (3 days) is past retention, the finished runs (7 days) are not.
     offset = 4 * DAY;
-    await waitFor(async () => (await service.deadSteps({ workflow: 'keeper' })).length === 0, 'dead letter swept', 20_000);
+    await waitFor(
+      async () => (await service.deadSteps({ workflow: 'keeper' })).length === 0,
+      'dead letter swept',
+      20_000,
+    );
     expect(await service.status(ok.runId)).not.toBeNull();
     expect(await service.status(died.runId)).not.toBeNull();
 

@@ -34,7 +34,8 @@ class Recorder {
 class FlakyRunner extends Recorder {
   runStep(step: Step<{ error: 'plain' | 'transient' }>) {
     const call = this.seen(step);
-    if (call <= 2) throw step.payload.error === 'plain' ? new Error(`flaky call ${call}`) : StepError.transient(`busy ${call}`);
+    if (call <= 2)
+      throw step.payload.error === 'plain' ? new Error(`flaky call ${call}`) : StepError.transient(`busy ${call}`);
     return StepOutcome.succeed({ call });
   }
 }
@@ -151,7 +152,18 @@ describe('retries and dead letters', () => {
   beforeAll(async () => {
     app = await startApp({
       prefix,
-      providers: [FlakyRunner, DoomedRunner, RedriveRunner, NotifyRunner, ReceiptRunner, DeadARunner, DeadBRunner, FlakyAudit, FragileAudit, RedriveAudit],
+      providers: [
+        FlakyRunner,
+        DoomedRunner,
+        RedriveRunner,
+        NotifyRunner,
+        ReceiptRunner,
+        DeadARunner,
+        DeadBRunner,
+        FlakyAudit,
+        FragileAudit,
+        RedriveAudit,
+      ],
       // A default above the runner's own maxAttempts: 3, so the tests can tell which one applied.
       options: { defaults: { maxAttempts: 5, backoff: { baseMs: 20, maxMs: 200 } } },
     });
@@ -229,7 +241,13 @@ describe('retries and dead letters', () => {
 
     const audit = app.get(FlakyAudit);
     const seen = await waitFor(() => audit.seen.find((o) => o.runId === runId), 'the third delivery to succeed');
-    expect(seen).toMatchObject({ runId, workflow: 'notify', status: 'succeeded', result: 'sent', headers: { tenant: 'acme' } });
+    expect(seen).toMatchObject({
+      runId,
+      workflow: 'notify',
+      status: 'succeeded',
+      result: 'sent',
+      headers: { tenant: 'acme' },
+    });
     // Once delivered, the delivery is gone: no fourth call will come.
     await waitFor(async () => (await jobsOfRun(prefix, runId)) === 0, 'the delivery to leave the queue');
     expect(audit.calls.get(runId)).toBe(3);
@@ -260,7 +278,12 @@ describe('retries and dead letters', () => {
     const runner = app.get(RedriveRunner);
     const { runId } = await workflows.submit('redrive', { input: { doc: 'invoice' } });
     const failed = await workflows.waitForOutcome(runId, { timeoutMs: 10_000 });
-    expect(failed).toMatchObject({ status: 'failed', finalStep: 1, error: expect.stringContaining('parser bug'), ending: 1 });
+    expect(failed).toMatchObject({
+      status: 'failed',
+      finalStep: 1,
+      error: expect.stringContaining('parser bug'),
+      ending: 1,
+    });
     const [dead] = await deadOf(runId);
     expect(dead).toMatchObject({ stepNumber: 1, attempts: 1 });
     // Each step has its own jobId, and the dead letter carries the one its step saw.

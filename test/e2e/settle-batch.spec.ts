@@ -1,6 +1,13 @@
 import { Injectable } from '@nestjs/common';
 import type { TestingModule } from '@nestjs/testing';
-import { OnTerminal, type RunOutcome, type Step, StepOutcome, StepRunner, WorkflowService } from 'nestjs-durable-workflow';
+import {
+  OnTerminal,
+  type RunOutcome,
+  type Step,
+  StepOutcome,
+  StepRunner,
+  WorkflowService,
+} from 'nestjs-durable-workflow';
 import { startApp } from '../utils/create-test-app.js';
 import { dropTables, uniquePrefix } from '../utils/db.js';
 import { countRows } from '../utils/tables.js';
@@ -87,14 +94,19 @@ describe('settlements that share a transaction', () => {
     await waitFor(() => plain.started.size + noticed.started.size === runs.length, 'every first step running', 10_000);
     // The worker polls for cancels about once a second: released right after, most of
     // these steps return before it knows, and their settlements meet a cancelling run.
-    const cancelled = await Promise.all(runs.filter((r) => r.cancel).map((r) => control.get(WorkflowService).cancel(r.runId)));
+    const cancelled = await Promise.all(
+      runs.filter((r) => r.cancel).map((r) => control.get(WorkflowService).cancel(r.runId)),
+    );
     expect(cancelled.every(Boolean)).toBe(true);
     plain.gate.resolve();
     noticed.gate.resolve();
 
     for (const r of runs) {
       const outcome = await service.waitForOutcome(r.runId, { timeoutMs: 15_000 });
-      expect({ runId: r.runId, status: outcome.status }).toEqual({ runId: r.runId, status: r.cancel ? 'cancelled' : 'succeeded' });
+      expect({ runId: r.runId, status: outcome.status }).toEqual({
+        runId: r.runId,
+        status: r.cancel ? 'cancelled' : 'succeeded',
+      });
       const second = [...plain.successors, ...noticed.successors].filter((id) => id === r.runId).length;
       expect({ runId: r.runId, secondSteps: second }).toEqual({
         runId: r.runId,

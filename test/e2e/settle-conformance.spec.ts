@@ -19,9 +19,17 @@ const NOW = 1_750_000_000_000;
 
 /** One leased step per case, with what its runner decided. */
 const cases: Array<{ run: string; workflow: string; settle: (job: ClaimedJob) => Settlement }> = [
-  { run: 'r-continue-in-place', workflow: 'plain', settle: (j) => Settle.continueWith(next(j, { leaseToken: `${j.token}+1` })) },
+  {
+    run: 'r-continue-in-place',
+    workflow: 'plain',
+    settle: (j) => Settle.continueWith(next(j, { leaseToken: `${j.token}+1` })),
+  },
   { run: 'r-continue-ready', workflow: 'plain', settle: (j) => Settle.continueWith(next(j, {})) },
-  { run: 'r-continue-later', workflow: 'plain', settle: (j) => Settle.continueWith(next(j, { runAt: NOW + 60_000, scheduled: true })) },
+  {
+    run: 'r-continue-later',
+    workflow: 'plain',
+    settle: (j) => Settle.continueWith(next(j, { runAt: NOW + 60_000, scheduled: true })),
+  },
   { run: 'r-succeed', workflow: 'plain', settle: () => Settle.finish('succeeded', { result: '{"ok":true}' }) },
   { run: 'r-fail', workflow: 'plain', settle: () => Settle.finish('failed', { error: 'no' }) },
   { run: 'r-noticed', workflow: 'noticed', settle: () => Settle.finish('cancelled', { error: 'by runner' }) },
@@ -79,14 +87,27 @@ describe('settlement paths', () => {
       stats: { fastBatches: 0, carefulBatches: 0 },
     };
     // One handler, hosted for 'noticed' only; both copies know it (as a started worker would).
-    await client.query(`INSERT INTO ${ctx.t.handlers} (queue, workflow, seen_at) VALUES ('~terminal:Notices#record', 'noticed', ?)`, [NOW]);
+    await client.query(
+      `INSERT INTO ${ctx.t.handlers} (queue, workflow, seen_at) VALUES ('~terminal:Notices#record', 'noticed', ?)`,
+      [NOW],
+    );
     ctx.handlers.remember([{ workflow: 'noticed', queue: '~terminal:Notices#record' }]);
     const items: SettleItem[] = [];
     for (const [i, c] of cases.entries()) {
       const id = `01JOB${String(i).padStart(21, '0')}`;
       const job: ClaimedJob = {
-        id, queue: c.workflow, kind: JobKind.Step, runId: c.run, stepNumber: 2, attempts: 1, handbacks: 0, maxAttempts: 3,
-        priority: 0, payload: '{"step":2}', headers: '{"h":"1"}', token: `tok/${id}`,
+        id,
+        queue: c.workflow,
+        kind: JobKind.Step,
+        runId: c.run,
+        stepNumber: 2,
+        attempts: 1,
+        handbacks: 0,
+        maxAttempts: 3,
+        priority: 0,
+        payload: '{"step":2}',
+        headers: '{"h":"1"}',
+        token: `tok/${id}`,
       };
       const state = cancelling.includes(c.run) ? 'cancelling' : 'active';
       await client.query(
@@ -114,7 +135,10 @@ describe('settlement paths', () => {
       );
       return {
         runs: await read(`SELECT * FROM ${ctx.t.runs} ORDER BY id`),
-        jobs: jobs.map(({ id, lease_until: _leaseUntil, ...rest }) => ({ ...rest, id: Number(rest.kind) === JobKind.Terminal ? 'delivery' : id })),
+        jobs: jobs.map(({ id, lease_until: _leaseUntil, ...rest }) => ({
+          ...rest,
+          id: Number(rest.kind) === JobKind.Terminal ? 'delivery' : id,
+        })),
         dead: await read(`SELECT * FROM ${ctx.t.dead} ORDER BY job_id`),
       };
     } finally {
@@ -122,7 +146,12 @@ describe('settlement paths', () => {
     }
   }
 
-  async function bothWays(name: string, expectFast: boolean, pick: (items: SettleItem[]) => SettleItem[], cancelling: string[] = []) {
+  async function bothWays(
+    name: string,
+    expectFast: boolean,
+    pick: (items: SettleItem[]) => SettleItem[],
+    cancelling: string[] = [],
+  ) {
     const a = await queue(`${name}a`, cancelling);
     const b = await queue(`${name}b`, cancelling);
     const batchA = pick(a.items);
@@ -134,14 +163,18 @@ describe('settlement paths', () => {
       return out;
     });
     expect(fast).toEqual(careful);
-    expect(a.ctx.stats).toEqual(expectFast ? { fastBatches: 1, carefulBatches: 0 } : { fastBatches: 0, carefulBatches: 1 });
+    expect(a.ctx.stats).toEqual(
+      expectFast ? { fastBatches: 1, carefulBatches: 0 } : { fastBatches: 0, carefulBatches: 1 },
+    );
     const [ta, tb] = [await tables(a.ctx), await tables(b.ctx)];
     expect(ta).toEqual(tb);
     return { results: fast, rows: ta as { runs: any[]; jobs: any[]; dead: any[] } };
   }
 
   it('a batch of fast kinds (continues, finishes with and without handlers) writes what the careful path writes', async () => {
-    const { results, rows } = await bothWays('fast', true, (items) => items.filter((i) => ['continue', 'finish'].includes(i.settlement.type)));
+    const { results, rows } = await bothWays('fast', true, (items) =>
+      items.filter((i) => ['continue', 'finish'].includes(i.settlement.type)),
+    );
     expect(results.every((r) => r === 'settled')).toBe(true);
     // The fast path really ran: the ending runs moved, a delivery exists for the noticed one.
     expect(rows.runs.find((r) => r.id === 'r-succeed')).toMatchObject({ state: 'succeeded', result: '{"ok":true}' });

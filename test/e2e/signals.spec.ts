@@ -83,7 +83,10 @@ describe('signals', () => {
   async function signalRows(runId: string) {
     const conn = await rawConnection();
     try {
-      const [rows] = await conn.query(`SELECT signal_id, name, consumed_at FROM \`${prefix}signals\` WHERE run_id = ? ORDER BY sent_at`, [runId]);
+      const [rows] = await conn.query(
+        `SELECT signal_id, name, consumed_at FROM \`${prefix}signals\` WHERE run_id = ? ORDER BY sent_at`,
+        [runId],
+      );
       return rows as Array<{ signal_id: string; name: string; consumed_at: number | null }>;
     } finally {
       await conn.end();
@@ -155,7 +158,9 @@ describe('signals', () => {
   });
 
   it('a repeated signalId stores nothing more and still returns true', async () => {
-    const { runId } = await service.submit('approval', { input: { waits: [{ name: 'pay' }, { name: 'pay', timeoutMs: 300 }] } });
+    const { runId } = await service.submit('approval', {
+      input: { waits: [{ name: 'pay' }, { name: 'pay', timeoutMs: 300 }] },
+    });
     await waiting(runId);
     expect(await service.signal(runId, 'pay', 'once', { signalId: 'webhook-77' })).toBe(true);
     expect(await service.signal(runId, 'pay', 'twice', { signalId: 'webhook-77' })).toBe(true);
@@ -196,7 +201,9 @@ describe('signals', () => {
   it('bad input gets a named error and stores nothing', async () => {
     await expect(service.signal('bad id!', 'x')).rejects.toBeInstanceOf(InvalidRunIdError);
     await expect(service.signal('some-run', 'bad name!')).rejects.toBeInstanceOf(InvalidRunSpecError);
-    await expect(service.signal('some-run', 'x', 1, { signalId: 'bad id!' })).rejects.toBeInstanceOf(InvalidRunSpecError);
+    await expect(service.signal('some-run', 'x', 1, { signalId: 'bad id!' })).rejects.toBeInstanceOf(
+      InvalidRunSpecError,
+    );
     await expect(service.signal('some-run', 'x', { n: 10n })).rejects.toThrow(/BigInt/);
   });
 });
@@ -213,7 +220,11 @@ describe('signals in the caller’s transaction', () => {
     other = new DataSource({ type: 'mysql', url: DB_URL } as any);
     await ds.initialize();
     await other.initialize();
-    app = await startApp({ prefix, providers: [ApprovalRunner, QuickRunner], options: { connection: undefined, dataSource: ds } });
+    app = await startApp({
+      prefix,
+      providers: [ApprovalRunner, QuickRunner],
+      options: { connection: undefined, dataSource: ds },
+    });
     service = app.get(WorkflowService);
   });
 
@@ -258,7 +269,12 @@ describe('signals in the caller’s transaction', () => {
     try {
       const plain = service.signal(b.runId, 'go', 'outside');
       await expect(
-        Promise.race([plain, new Promise((_, reject) => setTimeout(() => reject(new Error('waited on the open transaction')), 5_000).unref())]),
+        Promise.race([
+          plain,
+          new Promise((_, reject) =>
+            setTimeout(() => reject(new Error('waited on the open transaction')), 5_000).unref(),
+          ),
+        ]),
       ).resolves.toBe(true);
       expect(await service.waitForOutcome(b.runId, { timeoutMs: 5_000 })).toMatchObject({ status: 'succeeded' });
     } finally {

@@ -139,7 +139,8 @@ describe('slots of runners that ignore their aborted signal', () => {
     const first = await service.submitMany('deaf', [{ input: 1 }, { input: 2 }]);
     await Promise.all(first.map((r) => overlap.startedFor(r.runId)));
     for (const r of first) expect(await service.cancel(r.runId)).toBe(true);
-    for (const r of first) expect(await service.waitForOutcome(r.runId, { timeoutMs: 5_000 })).toMatchObject({ status: 'cancelled' });
+    for (const r of first)
+      expect(await service.waitForOutcome(r.runId, { timeoutMs: 5_000 })).toMatchObject({ status: 'cancelled' });
 
     // The cancelled runners still run, so the second pair has to wait for their slots.
     expect(overlap.active).toBe(2);
@@ -163,7 +164,10 @@ describe('slots of runners that ignore their aborted signal', () => {
     try {
       const { runId } = await app.get(WorkflowService).submit('stray', { input: 1 });
       await runner.started.promise;
-      const strayLines = () => recorder.lines.filter((l) => l.level === 'warn' && l.message.includes(runId) && /still running/.test(l.message));
+      const strayLines = () =>
+        recorder.lines.filter(
+          (l) => l.level === 'warn' && l.message.includes(runId) && /still running/.test(l.message),
+        );
       await waitFor(() => strayLines().length >= 2, 'two reports of the stray runner', 5_000);
       const [first, second] = strayLines();
       expect(first.message).toMatch(/^stray step 0 of run \S+ .*still running (\d+) ms after it started/);

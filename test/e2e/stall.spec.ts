@@ -37,7 +37,9 @@ describe('a worker that stalls past its lease', () => {
     const outcome = await service.waitForOutcome(runId, { timeoutMs: 20_000 });
     expect(outcome).toMatchObject({ status: 'succeeded', result: { n: 4 }, finalStep: 3 });
     // The stalled worker wakes up and tries to settle; wait until it has.
-    const staller = await Promise.race(workers.map((w) => w.waitForLine(new RegExp(`^unstalled ${runId} 1$`)).then(() => w)));
+    const staller = await Promise.race(
+      workers.map((w) => w.waitForLine(new RegExp(`^unstalled ${runId} 1$`)).then(() => w)),
+    );
     await waitFor(async () => staller.child.exitCode === null, 'the stalled worker to keep running');
 
     const [rows] = await db.query(
@@ -52,7 +54,10 @@ describe('a worker that stalls past its lease', () => {
     expect(steps.find((s) => s.step === 1 && s.attempt === 1)!.pid).toBe(staller.pid);
     expect(steps.find((s) => s.step === 1 && s.attempt === 2)!.pid).not.toBe(staller.pid);
     await waitFor(async () => {
-      const [t] = await db.query(`SELECT COUNT(*) AS n FROM \`${prefix}journal\` WHERE run_id = ? AND kind LIKE 'terminal:%'`, [runId]);
+      const [t] = await db.query(
+        `SELECT COUNT(*) AS n FROM \`${prefix}journal\` WHERE run_id = ? AND kind LIKE 'terminal:%'`,
+        [runId],
+      );
       return Number((t as Array<{ n: number }>)[0].n) >= 1;
     }, 'the terminal delivery');
     const status = await service.status(runId);

@@ -63,7 +63,9 @@ describe('startup errors', () => {
   });
 
   it('connection.url unset (an unset environment variable) and no host: names connection.url', async () => {
-    const err = await startupError(() => testBuilder({ prefix: 'se_', options: { connection: { url: process.env.WF_NO_SUCH_VAR } } }));
+    const err = await startupError(() =>
+      testBuilder({ prefix: 'se_', options: { connection: { url: process.env.WF_NO_SUCH_VAR } } }),
+    );
     expect(err).toBeInstanceOf(WorkflowConfigError);
     expect(err.message).toContain('connection.url');
     expect(err.message).toContain('connection.host');
@@ -100,7 +102,9 @@ describe('startup errors', () => {
 
   it('a DataSource of another type is refused without connecting anywhere', async () => {
     const dataSource = new DataSource({ type: 'postgres', host: '127.0.0.1', port: 1 } as any);
-    const err = await startupError(() => testBuilder({ prefix: 'se_', options: { connection: undefined, dataSource } }));
+    const err = await startupError(() =>
+      testBuilder({ prefix: 'se_', options: { connection: undefined, dataSource } }),
+    );
     expect(err).toBeInstanceOf(UnsupportedDatabaseError);
     expect(err).toBeInstanceOf(WorkflowConfigError);
     expect(err.message).toContain("'postgres'");
@@ -121,7 +125,9 @@ describe('startup errors', () => {
     expect(err.message).toMatch(/imported 2 times/);
     expect(err.message).toMatch(/once/);
     expect(err.message).toMatch(/root module/);
-    const [tables] = await admin.query(`SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'se\\_%'`);
+    const [tables] = await admin.query(
+      `SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'se\\_%'`,
+    );
     expect(tables).toEqual([]);
   });
 });

@@ -87,7 +87,12 @@ describe('status and waitForOutcome', () => {
 
     const outcome = workflows.waitForOutcome(runId, { timeoutMs: 10_000 });
     runner.release.resolve();
-    expect(await outcome).toMatchObject({ runId, status: 'succeeded', result: { length: 5 }, headers: { tenant: 'acme' } });
+    expect(await outcome).toMatchObject({
+      runId,
+      status: 'succeeded',
+      result: { length: 5 },
+      headers: { tenant: 'acme' },
+    });
 
     const done = await workflows.status(runId);
     expect(done).toMatchObject({ state: 'succeeded', currentStep: 0, result: { length: 5 } });

@@ -71,7 +71,10 @@ describe('submit', () => {
   });
 
   /** Runs `fn`, which must throw `type`, and proves that it wrote nothing. */
-  async function rejectsWithoutWriting(fn: () => Promise<unknown>, type: new (...args: any[]) => Error): Promise<Error> {
+  async function rejectsWithoutWriting(
+    fn: () => Promise<unknown>,
+    type: new (...args: any[]) => Error,
+  ): Promise<Error> {
     const before = await countRows(prefix);
     const err = await fn().then(
       () => undefined,
@@ -83,12 +86,18 @@ describe('submit', () => {
   }
 
   it('is idempotent: the same runId and input (in any key order) return the same run, newlySubmitted false', async () => {
-    const first = await workflows.submit('echo', { runId: 'idem-1', input: { topic: 'queues', opts: { depth: 2, lang: 'en' } } });
+    const first = await workflows.submit('echo', {
+      runId: 'idem-1',
+      input: { topic: 'queues', opts: { depth: 2, lang: 'en' } },
+    });
     expect(first).toEqual({ runId: 'idem-1', newlySubmitted: true });
     await workflows.waitForOutcome('idem-1', { timeoutMs: 10_000 });
     const before = await snapshotRows(prefix);
 
-    const again = await workflows.submit('echo', { runId: 'idem-1', input: { opts: { lang: 'en', depth: 2 }, topic: 'queues' } });
+    const again = await workflows.submit('echo', {
+      runId: 'idem-1',
+      input: { opts: { lang: 'en', depth: 2 }, topic: 'queues' },
+    });
     expect(again).toEqual({ runId: 'idem-1', newlySubmitted: false });
     expect(await snapshotRows(prefix)).toEqual(before);
     expect(await workflows.status('idem-1')).toMatchObject({ state: 'succeeded', result: { topic: 'queues' } });
@@ -158,11 +167,17 @@ describe('submit', () => {
 
     const cyclic: Record<string, unknown> = { name: 'loop' };
     cyclic.self = cyclic;
-    await rejectsWithoutWriting(() => workflows.submit('echo', { runId: 'json-2', input: cyclic }), InvalidPayloadError);
+    await rejectsWithoutWriting(
+      () => workflows.submit('echo', { runId: 'json-2', input: cyclic }),
+      InvalidPayloadError,
+    );
   });
 
   it('submitMany creates 50 runs in one call, and all of them complete', async () => {
-    const specs: RunSpec<{ i: number }>[] = Array.from({ length: 50 }, (_, i) => ({ runId: `many-${i}`, input: { i } }));
+    const specs: RunSpec<{ i: number }>[] = Array.from({ length: 50 }, (_, i) => ({
+      runId: `many-${i}`,
+      input: { i },
+    }));
 
     const submitted = await workflows.submitMany('echo', specs);
     expect(submitted).toEqual(specs.map((s) => ({ runId: s.runId, newlySubmitted: true })));
@@ -261,7 +276,8 @@ describe('submit priorities', () => {
       { name: 'high-2', priority: -5 },
     ];
     const ids: string[] = [];
-    for (const q of queued) ids.push((await workflows.submit('ordered', { input: { name: q.name }, priority: q.priority })).runId);
+    for (const q of queued)
+      ids.push((await workflows.submit('ordered', { input: { name: q.name }, priority: q.priority })).runId);
     runner.gate.resolve();
 
     for (const id of ids) await workflows.waitForOutcome(id, { timeoutMs: 10_000 });

@@ -35,7 +35,11 @@ describe('tampered rows', () => {
 
   it('dead-letters unparseable payloads and orphaned steps, and still runs healthy runs', async () => {
     const service = submitter.get(WorkflowService);
-    const [bad, orphan, healthy] = await service.submitMany('fragile', [{ input: { a: 1 } }, { input: { b: 2 } }, { input: { c: 3 } }]);
+    const [bad, orphan, healthy] = await service.submitMany('fragile', [
+      { input: { a: 1 } },
+      { input: { b: 2 } },
+      { input: { c: 3 } },
+    ]);
     await db.query(`UPDATE \`${prefix}jobs\` SET payload = '{not json' WHERE run_id = ?`, [bad.runId]);
     await db.query(`DELETE FROM \`${prefix}runs\` WHERE id = ?`, [orphan.runId]);
 
@@ -50,7 +54,7 @@ describe('tampered rows', () => {
     const dead = await waitFor(async () => {
       const d = await service.deadSteps({ workflow: 'fragile' });
       return d.length === 2 ? d : null;
-    }, "two dead letters");
+    }, 'two dead letters');
     expect(dead.find((d) => d.runId === bad.runId)!.lastError).toMatch(/not valid JSON/);
     expect(dead.find((d) => d.runId === orphan.runId)!.lastError).toMatch(/missing or already finished/);
     const [left] = await db.query(`SELECT COUNT(*) AS n FROM \`${prefix}jobs\``);

@@ -6,7 +6,14 @@
  */
 import { Injectable } from '@nestjs/common';
 import type { TestingModule } from '@nestjs/testing';
-import { OnTerminal, type RunOutcome, type Step, StepOutcome, StepRunner, WorkflowService } from 'nestjs-durable-workflow';
+import {
+  OnTerminal,
+  type RunOutcome,
+  type Step,
+  StepOutcome,
+  StepRunner,
+  WorkflowService,
+} from 'nestjs-durable-workflow';
 import { startApp } from '../utils/create-test-app.js';
 import { dropTables, uniquePrefix } from '../utils/db.js';
 import { waitFor } from '../utils/wait.js';
@@ -62,7 +69,10 @@ describe('terminal deliveries across processes', () => {
     const { runId } = await web.get(WorkflowService).submit('doc', { input: { n: 1 }, delayMs: 60_000 });
     expect(await web.get(WorkflowService).cancel(runId)).toBe(true);
     const audit = worker.get(Audit);
-    const outcome = await waitFor(() => audit.seen.find((o) => o.runId === runId), 'the cancelled outcome at the worker’s handler');
+    const outcome = await waitFor(
+      () => audit.seen.find((o) => o.runId === runId),
+      'the cancelled outcome at the worker’s handler',
+    );
     expect(outcome).toMatchObject({ status: 'cancelled', workflow: 'doc', ending: 1 });
   });
 
@@ -73,8 +83,15 @@ describe('terminal deliveries across processes', () => {
     const service = runner.get(WorkflowService);
     const ids = await Promise.all([1, 2, 3].map(async (n) => (await service.submit('doc', { input: { n } })).runId));
     const audit = listener.get(Audit);
-    await waitFor(() => ids.every((id) => audit.seen.some((o) => o.runId === id)), 'every outcome at the other process’s handler');
-    expect(audit.seen.filter((o) => ids.includes(o.runId)).map((o) => o.status)).toEqual(['succeeded', 'succeeded', 'succeeded']);
+    await waitFor(
+      () => ids.every((id) => audit.seen.some((o) => o.runId === id)),
+      'every outcome at the other process’s handler',
+    );
+    expect(audit.seen.filter((o) => ids.includes(o.runId)).map((o) => o.status)).toEqual([
+      'succeeded',
+      'succeeded',
+      'succeeded',
+    ]);
   });
 
   it('the deliveries of a handler no process hosts any more dead-letter, naming the handler', async () => {

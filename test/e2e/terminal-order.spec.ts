@@ -1,6 +1,13 @@
 import { Injectable } from '@nestjs/common';
 import type { TestingModule } from '@nestjs/testing';
-import { OnTerminal, type RunOutcome, type Step, StepOutcome, StepRunner, WorkflowService } from 'nestjs-durable-workflow';
+import {
+  OnTerminal,
+  type RunOutcome,
+  type Step,
+  StepOutcome,
+  StepRunner,
+  WorkflowService,
+} from 'nestjs-durable-workflow';
 import { startApp } from '../utils/create-test-app.js';
 import { dropTables, uniquePrefix } from '../utils/db.js';
 import { deferred, waitFor } from '../utils/wait.js';
@@ -57,6 +64,8 @@ describe('waitForOutcome and @OnTerminal handlers', () => {
     // Either way from the README: a promise the handler resolves...
     await expect(handler.done.promise).resolves.toMatchObject({ runId, status: 'succeeded' });
     // ...or polling for its effect with a deadline.
-    expect(await waitFor(() => handler.handled.get(runId), 'the handler to have run', 10_000)).toMatchObject({ result: 7 });
+    expect(await waitFor(() => handler.handled.get(runId), 'the handler to have run', 10_000)).toMatchObject({
+      result: 7,
+    });
   });
 });

@@ -4,7 +4,14 @@
  */
 import { Injectable } from '@nestjs/common';
 import type { TestingModule } from '@nestjs/testing';
-import { OnTerminal, type RunOutcome, type Step, StepOutcome, StepRunner, WorkflowService } from 'nestjs-durable-workflow';
+import {
+  OnTerminal,
+  type RunOutcome,
+  type Step,
+  StepOutcome,
+  StepRunner,
+  WorkflowService,
+} from 'nestjs-durable-workflow';
 import { drainWorkflows, ManualClock } from 'nestjs-durable-workflow/testing';
 import { startApp } from '../utils/create-test-app.js';
 import { dropTables, uniquePrefix } from '../utils/db.js';
@@ -111,7 +118,10 @@ describe('nestjs-durable-workflow/testing', () => {
     expect(await service.status(runId)).toMatchObject({ state: 'waiting' });
     clock.advance(24 * HOUR);
     await drainWorkflows(app);
-    expect(await service.status(runId)).toMatchObject({ state: 'succeeded', result: { name: 'approved', timedOut: true } });
+    expect(await service.status(runId)).toMatchObject({
+      state: 'succeeded',
+      result: { name: 'approved', timedOut: true },
+    });
   });
 
   it('rejects after timeoutMs, naming what is still busy', async () => {

@@ -74,7 +74,9 @@ describe('submit inside the caller’s REPEATABLE READ transaction', () => {
         }),
       ),
     );
-    expect(results.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason))).toEqual([]);
+    expect(
+      results.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason)),
+    ).toEqual([]);
     expect(await runIds('order-%')).toHaveLength(n);
     for (let i = 0; i < n; i++) {
       const outcome = await workflows.waitForOutcome(`order-${String(i).padStart(4, '0')}`, { timeoutMs: 15_000 });
@@ -114,7 +116,9 @@ describe('submit inside the caller’s REPEATABLE READ transaction', () => {
       const plain = workflows.submit('order', { runId: 'open-0002', input: { n: 2 } });
       const outcome = await Promise.race([
         plain,
-        new Promise((_, reject) => setTimeout(() => reject(new Error('plain submit waited on the open transaction')), 5_000).unref()),
+        new Promise((_, reject) =>
+          setTimeout(() => reject(new Error('plain submit waited on the open transaction')), 5_000).unref(),
+        ),
       ]);
       expect(outcome).toEqual({ runId: 'open-0002', newlySubmitted: true });
       // The open transaction's run is invisible until it commits; the plain one runs meanwhile.
@@ -124,7 +128,10 @@ describe('submit inside the caller’s REPEATABLE READ transaction', () => {
       release.resolve();
       await open;
     }
-    await waitFor(async () => (await workflows.status('open-0001'))?.state === 'succeeded', 'the committed run to succeed');
+    await waitFor(
+      async () => (await workflows.status('open-0001'))?.state === 'succeeded',
+      'the committed run to succeed',
+    );
   });
 
   it('re-submitting an existing id inside a business transaction is idempotent and takes no gap lock', async () => {
@@ -143,7 +150,10 @@ describe('submit inside the caller’s REPEATABLE READ transaction', () => {
       // An id in the same gap as the open transaction's ids.
       const plain = workflows.submit('order', { runId: 'again-0002', input: { n: 2 } });
       await expect(
-        Promise.race([plain, new Promise((_, reject) => setTimeout(() => reject(new Error('waited on a gap lock')), 5_000).unref())]),
+        Promise.race([
+          plain,
+          new Promise((_, reject) => setTimeout(() => reject(new Error('waited on a gap lock')), 5_000).unref()),
+        ]),
       ).resolves.toEqual({ runId: 'again-0002', newlySubmitted: true });
     } finally {
       release.resolve();

@@ -1,6 +1,13 @@
 import { Injectable, Logger, type LoggerService } from '@nestjs/common';
 import type { TestingModule } from '@nestjs/testing';
-import { type RunOutcome, type Step, StepOutcome, StepRunner, WaitTimeoutError, WorkflowService } from 'nestjs-durable-workflow';
+import {
+  type RunOutcome,
+  type Step,
+  StepOutcome,
+  StepRunner,
+  WaitTimeoutError,
+  WorkflowService,
+} from 'nestjs-durable-workflow';
 import { startApp } from '../utils/create-test-app.js';
 import { rawConnection } from '../utils/db.js';
 import { PrivateMariaDb } from '../utils/private-db.js';
@@ -28,19 +35,34 @@ class RecordingLogger implements LoggerService {
     const context = typeof rest[rest.length - 1] === 'string' ? (rest[rest.length - 1] as string) : undefined;
     this.entries.push({ level, message: String(message), context });
   }
-  log(m: unknown, ...r: unknown[]) { this.add('log', m, r); }
-  error(m: unknown, ...r: unknown[]) { this.add('error', m, r); }
-  warn(m: unknown, ...r: unknown[]) { this.add('warn', m, r); }
-  debug(m: unknown, ...r: unknown[]) { this.add('debug', m, r); }
-  verbose(m: unknown, ...r: unknown[]) { this.add('verbose', m, r); }
+  log(m: unknown, ...r: unknown[]) {
+    this.add('log', m, r);
+  }
+  error(m: unknown, ...r: unknown[]) {
+    this.add('error', m, r);
+  }
+  warn(m: unknown, ...r: unknown[]) {
+    this.add('warn', m, r);
+  }
+  debug(m: unknown, ...r: unknown[]) {
+    this.add('debug', m, r);
+  }
+  verbose(m: unknown, ...r: unknown[]) {
+    this.add('verbose', m, r);
+  }
   waitWarnings() {
-    return this.entries.filter((e) => e.level === 'warn' && e.context === 'WorkflowService' && /waitForOutcome/.test(e.message));
+    return this.entries.filter(
+      (e) => e.level === 'warn' && e.context === 'WorkflowService' && /waitForOutcome/.test(e.message),
+    );
   }
 }
 
 /** A waiter whose settlement the test can look at without awaiting it. */
 function watch(p: Promise<RunOutcome>) {
-  const w: { settled: boolean; promise: Promise<PromiseSettledResult<RunOutcome>> } = { settled: false, promise: undefined! };
+  const w: { settled: boolean; promise: Promise<PromiseSettledResult<RunOutcome>> } = {
+    settled: false,
+    promise: undefined!,
+  };
   w.promise = p.then(
     (value) => ((w.settled = true), { status: 'fulfilled' as const, value }),
     (reason) => ((w.settled = true), { status: 'rejected' as const, reason }),
@@ -80,7 +102,10 @@ describe('waitForOutcome during a database outage', () => {
   });
 
   it('every waiter rides out a SIGKILLed and restarted server and resolves succeeded', async () => {
-    const runs = await service.submitMany('held', Array.from({ length: 12 }, (_, i) => ({ input: { n: i } })));
+    const runs = await service.submitMany(
+      'held',
+      Array.from({ length: 12 }, (_, i) => ({ input: { n: i } })),
+    );
     await waitFor(() => runner.atStep1.size === runs.length, 'every run to be held at step 1');
     const waiters = runs.map((r) => watch(service.waitForOutcome(r.runId, { timeoutMs: 60_000 })));
 
@@ -98,7 +123,9 @@ describe('waitForOutcome during a database outage', () => {
     const rejected = results.filter((r) => r.status === 'rejected');
     expect(rejected.map((r) => String((r as PromiseRejectedResult).reason))).toEqual([]);
     const outcomes = results.map((r) => (r as PromiseFulfilledResult<RunOutcome>).value);
-    expect(outcomes.map((o) => [o.runId, o.status, o.result])).toEqual(runs.map((r, i) => [r.runId, 'succeeded', (i + 1) * 10]));
+    expect(outcomes.map((o) => [o.runId, o.status, o.result])).toEqual(
+      runs.map((r, i) => [r.runId, 'succeeded', (i + 1) * 10]),
+    );
     // Twelve waiters polling for a second or more: one warning, not one per poll or per waiter.
     expect(logger.waitWarnings()).toHaveLength(1);
   }, 90_000);
@@ -118,7 +145,10 @@ describe('waitForOutcome during a database outage', () => {
       await db.start();
       runner.gate.resolve();
     }
-    await expect(service.waitForOutcome(runId, { timeoutMs: 30_000 })).resolves.toMatchObject({ status: 'succeeded', result: 20 });
+    await expect(service.waitForOutcome(runId, { timeoutMs: 30_000 })).resolves.toMatchObject({
+      status: 'succeeded',
+      result: 20,
+    });
   }, 90_000);
 
   it('an error that is not about the connection still rejects at once', async () => {
@@ -138,6 +168,9 @@ describe('waitForOutcome during a database outage', () => {
       await conn.end();
       runner.gate.resolve();
     }
-    await expect(service.waitForOutcome(runId, { timeoutMs: 30_000 })).resolves.toMatchObject({ status: 'succeeded', result: 30 });
+    await expect(service.waitForOutcome(runId, { timeoutMs: 30_000 })).resolves.toMatchObject({
+      status: 'succeeded',
+      result: 30,
+    });
   }, 90_000);
 });

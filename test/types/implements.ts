@@ -32,7 +32,9 @@ export class TypedRunner implements StepRunner<In, Out> {
 @StepRunner('sync')
 export class SyncRunner implements StepRunner<In, Out> {
   runStep(step: Step<In>): StepOutcome<In, Out> {
-    return step.stepNumber === 0 ? StepOutcome.continue({ topic: step.payload.topic }) : StepOutcome.succeed({ words: 0 });
+    return step.stepNumber === 0
+      ? StepOutcome.continue({ topic: step.payload.topic })
+      : StepOutcome.succeed({ words: 0 });
   }
 }
 

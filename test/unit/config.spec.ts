@@ -25,22 +25,70 @@ describe('resolveConfig', () => {
     ['a fractional lease', { connection, worker: { leaseMs: 1.5 } }, /worker.leaseMs/],
     ['maxMs below baseMs', { connection, defaults: { backoff: { baseMs: 10, maxMs: 5 } } }, /maxMs/],
     ['a bad workflow name', { connection, workflows: ['has space'] }, /workflow name/],
-    ['connection.url unset and no host (an unset environment variable)', { connection: { url: undefined } }, /connection\.url is not set.*connection\.host/],
+    [
+      'connection.url unset and no host (an unset environment variable)',
+      { connection: { url: undefined } },
+      /connection\.url is not set.*connection\.host/,
+    ],
     ['an empty connection.url and no host', { connection: { url: '' } }, /connection\.url is empty/],
-    ['a connection.url that is not a URL', { connection: { url: 'root@localhost/test' } }, /connection\.url is not a valid URL/],
-    ['a connection.url of another database', { connection: { url: 'postgres://u@h/db' } }, /mysql:\/\/ or mariadb:\/\//],
+    [
+      'a connection.url that is not a URL',
+      { connection: { url: 'root@localhost/test' } },
+      /connection\.url is not a valid URL/,
+    ],
+    [
+      'a connection.url of another database',
+      { connection: { url: 'postgres://u@h/db' } },
+      /mysql:\/\/ or mariadb:\/\//,
+    ],
     ['a port out of range', { connection: { host: 'h', port: 70000 } }, /connection\.port/],
     ['?ssl= that is broken JSON', { connection: { url: 'mysql://u@h/db?ssl={"ca":' } }, /ssl parameter.*JSON/],
     ['a connection.ssl of the wrong type', { connection: { host: 'h', ssl: 1 } }, /connection\.ssl/],
-    ['defaults.priority below the INT range it is stored in', { connection, defaults: { priority: -2_000_000_001 } }, /defaults\.priority must be an integer from -2000000000 to 2000000000, got -2000000001/],
-    ['defaults.priority above it', { connection, defaults: { priority: 2_000_000_001 } }, /defaults\.priority .*got 2000000001/],
-    ['defaults.maxAttempts over 1,000,000', { connection, defaults: { maxAttempts: 1_000_001 } }, /defaults\.maxAttempts must be an integer from 1 to 1000000/],
-    ['a backoff past 10 years', { connection, defaults: { backoff: { maxMs: 315_360_000_001 } } }, /defaults\.backoff\.maxMs must be an integer from 0 to 315360000000/],
-    ['worker.concurrency over 10,000', { connection, worker: { concurrency: 10_001 } }, /worker\.concurrency must be an integer from 1 to 10000/],
-    ['a lease past the timer range', { connection, worker: { leaseMs: 2 ** 31 } }, /worker\.leaseMs must be an integer from 100 to 2147483647/],
-    ['a poll interval past the timer range', { connection, worker: { pollIntervalMs: 2 ** 31 } }, /worker\.pollIntervalMs/],
-    ['a shutdown timeout past the timer range', { connection, worker: { shutdownTimeoutMs: 2 ** 31 } }, /worker\.shutdownTimeoutMs/],
-    ['maxPayloadBytes over 1 GiB', { connection, maxPayloadBytes: 2 ** 30 + 1 }, /maxPayloadBytes must be an integer from 1 to 1073741824/],
+    [
+      'defaults.priority below the INT range it is stored in',
+      { connection, defaults: { priority: -2_000_000_001 } },
+      /defaults\.priority must be an integer from -2000000000 to 2000000000, got -2000000001/,
+    ],
+    [
+      'defaults.priority above it',
+      { connection, defaults: { priority: 2_000_000_001 } },
+      /defaults\.priority .*got 2000000001/,
+    ],
+    [
+      'defaults.maxAttempts over 1,000,000',
+      { connection, defaults: { maxAttempts: 1_000_001 } },
+      /defaults\.maxAttempts must be an integer from 1 to 1000000/,
+    ],
+    [
+      'a backoff past 10 years',
+      { connection, defaults: { backoff: { maxMs: 315_360_000_001 } } },
+      /defaults\.backoff\.maxMs must be an integer from 0 to 315360000000/,
+    ],
+    [
+      'worker.concurrency over 10,000',
+      { connection, worker: { concurrency: 10_001 } },
+      /worker\.concurrency must be an integer from 1 to 10000/,
+    ],
+    [
+      'a lease past the timer range',
+      { connection, worker: { leaseMs: 2 ** 31 } },
+      /worker\.leaseMs must be an integer from 100 to 2147483647/,
+    ],
+    [
+      'a poll interval past the timer range',
+      { connection, worker: { pollIntervalMs: 2 ** 31 } },
+      /worker\.pollIntervalMs/,
+    ],
+    [
+      'a shutdown timeout past the timer range',
+      { connection, worker: { shutdownTimeoutMs: 2 ** 31 } },
+      /worker\.shutdownTimeoutMs/,
+    ],
+    [
+      'maxPayloadBytes over 1 GiB',
+      { connection, maxPayloadBytes: 2 ** 30 + 1 },
+      /maxPayloadBytes must be an integer from 1 to 1073741824/,
+    ],
     ['a NaN option, shown as NaN', { connection, defaults: { priority: Number.NaN } }, /got NaN/],
   ])('rejects %s with WorkflowConfigError', (_name, options, message) => {
     expect(() => resolveConfig(options as any)).toThrow(WorkflowConfigError);
@@ -51,7 +99,11 @@ describe('resolveConfig', () => {
 it('accepts every option at its bound', () => {
   const c = resolveConfig({
     connection: { url: 'mysql://root@127.0.0.1:3306/test' },
-    defaults: { priority: -2_000_000_000, maxAttempts: 1_000_000, backoff: { baseMs: 315_360_000_000, maxMs: 315_360_000_000 } },
+    defaults: {
+      priority: -2_000_000_000,
+      maxAttempts: 1_000_000,
+      backoff: { baseMs: 315_360_000_000, maxMs: 315_360_000_000 },
+    },
     worker: { concurrency: 10_000, leaseMs: 2 ** 31 - 1, pollIntervalMs: 2 ** 31 - 1, shutdownTimeoutMs: 2 ** 31 - 1 },
     maxPayloadBytes: 2 ** 30,
   });
@@ -74,7 +126,14 @@ describe('connectionTarget (connection.url and the fields)', () => {
 
   it('lets the fields override the parts of the URL, as documented', () => {
     expect(
-      connectionTarget({ url: 'mysql://u:p@h:1/a', host: 'other', port: 2, username: 'v', password: 'q', database: 'b' }),
+      connectionTarget({
+        url: 'mysql://u:p@h:1/a',
+        host: 'other',
+        port: 2,
+        username: 'v',
+        password: 'q',
+        database: 'b',
+      }),
     ).toMatchObject({ host: 'other', port: 2, username: 'v', password: 'q', database: 'b' });
   });
 
@@ -87,7 +146,11 @@ describe('connectionTarget (connection.url and the fields)', () => {
     ['?ssl=true', 'mysql://u@h/db?ssl=true', {}],
     ['?ssl=1', 'mysql://u@h/db?ssl=1', {}],
     ['?ssl=false', 'mysql://u@h/db?ssl=false', undefined],
-    ['mysql2 JSON form', 'mysql://u@h/db?ssl={"rejectUnauthorized":true,"ca":"PEM"}', { rejectUnauthorized: true, ca: 'PEM' }],
+    [
+      'mysql2 JSON form',
+      'mysql://u@h/db?ssl={"rejectUnauthorized":true,"ca":"PEM"}',
+      { rejectUnauthorized: true, ca: 'PEM' },
+    ],
     ['a profile name', 'mysql://u@h/db?ssl=Amazon%20RDS', 'Amazon RDS'],
   ])('honours %s in the URL', (_name, url, ssl) => {
     expect(connectionTarget({ url }).ssl).toEqual(ssl);

@@ -185,7 +185,14 @@ describe('JobExecutor', () => {
       seen = step;
       return StepOutcome.succeed(null);
     });
-    expect(seen).toMatchObject({ runId: 'run-1', workflow: 'orders', stepNumber: 3, payload: { n: 1 }, jobId: 'row1.3', attempts: 1 });
+    expect(seen).toMatchObject({
+      runId: 'run-1',
+      workflow: 'orders',
+      stepNumber: 3,
+      payload: { n: 1 },
+      jobId: 'row1.3',
+      attempts: 1,
+    });
     expect(seen!.headers).toEqual({ tenant: 'acme' });
     expect(Object.isFrozen(seen!.headers)).toBe(true);
   });
@@ -214,7 +221,14 @@ describe('JobExecutor', () => {
         }),
       ]);
       // The worker runs exec.next in the same slot, so the slot must not have been given back.
-      expect(exec.next).toMatchObject({ id: 'row1', stepNumber: 4, attempts: 1, maxAttempts: 3, token: 'in-place-1', payload: '{"n":2}' });
+      expect(exec.next).toMatchObject({
+        id: 'row1',
+        stepNumber: 4,
+        attempts: 1,
+        maxAttempts: 3,
+        token: 'in-place-1',
+        payload: '{"n":2}',
+      });
       expect(exec.next!.parsedHeaders).toBe(job.parsedHeaders);
       expect(freeSlot).not.toHaveBeenCalled();
     });
@@ -231,7 +245,10 @@ describe('JobExecutor', () => {
       const inPlaceToken = jest.fn(() => 'unused');
       const exec = execution(claimed(), inPlaceToken);
       await executor.execute(exec);
-      expect(batcher.settlements[0]).toMatchObject({ type: 'continue', next: { stepNumber: 4, runAt: NOW + 5_000, scheduled: true } });
+      expect(batcher.settlements[0]).toMatchObject({
+        type: 'continue',
+        next: { stepNumber: 4, runAt: NOW + 5_000, scheduled: true },
+      });
       expect(inPlaceToken).not.toHaveBeenCalled();
       expect(exec.next).toBeUndefined();
     });
@@ -239,13 +256,19 @@ describe('JobExecutor', () => {
     it('dead-letters a continueAfter whose delay cannot be stored', async () => {
       const s = await settlementOf(() => StepOutcome.continueAfter({}, -1));
       expect(s.type).toBe('deadLetter');
-      expect((s as Extract<Settlement, { type: 'deadLetter' }>).error).toContain('OrdersRunner#runStep returned an invalid continue outcome');
+      expect((s as Extract<Settlement, { type: 'deadLetter' }>).error).toContain(
+        'OrdersRunner#runStep returned an invalid continue outcome',
+      );
     });
   });
 
   it.each([
     ['succeed', () => StepOutcome.succeed({ ok: true }), Settle.finish('succeeded', { result: '{"ok":true}' })],
-    ['succeed without a result', () => StepOutcome.succeed(undefined), Settle.finish('succeeded', { result: undefined })],
+    [
+      'succeed without a result',
+      () => StepOutcome.succeed(undefined),
+      Settle.finish('succeeded', { result: undefined }),
+    ],
     ['fail', () => StepOutcome.fail('card declined'), Settle.finish('failed', { error: 'card declined' })],
     ['cancel', () => StepOutcome.cancel('customer left'), Settle.finish('cancelled', { error: 'customer left' })],
   ])('%s finishes the run with that status', async (_name, behave, expected) => {
@@ -329,7 +352,9 @@ describe('JobExecutor', () => {
   it('dead-letters a step of a workflow this process has no runner for', async () => {
     await executor.execute(execution(claimed({ queue: 'ghost' })));
     expect(batcher.settlements).toHaveLength(1);
-    expect((batcher.settlements[0] as Extract<Settlement, { type: 'deadLetter' }>).error).toContain("no @StepRunner('ghost')");
+    expect((batcher.settlements[0] as Extract<Settlement, { type: 'deadLetter' }>).error).toContain(
+      "no @StepRunner('ghost')",
+    );
   });
 
   describe('a takeover by the runtime', () => {
@@ -393,7 +418,14 @@ describe('JobExecutor', () => {
         kind: JobKind.Terminal,
         queue: '~terminal:Hooks#record',
         stepNumber: 0,
-        payload: JSON.stringify({ runId: 'run-1', workflow: 'orders', status: 'succeeded', finalStep: 3, submittedAt: 0, finishedAt: 5 }),
+        payload: JSON.stringify({
+          runId: 'run-1',
+          workflow: 'orders',
+          status: 'succeeded',
+          finalStep: 3,
+          submittedAt: 0,
+          finishedAt: 5,
+        }),
         ...over,
       });
 

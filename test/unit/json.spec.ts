@@ -5,7 +5,7 @@ describe('serializeJson', () => {
   const max = 1024;
 
   it('keeps JSON values exactly, including odd Unicode and SQL metacharacters', () => {
-    const value = { s: "'; DROP TABLE x; -- \\ \" \u0000 😀 \u202e", n: [0, -1.5, 1e300], b: true, z: null, o: {} };
+    const value = { s: '\'; DROP TABLE x; -- \\ " \u0000 😀 \u202e', n: [0, -1.5, 1e300], b: true, z: null, o: {} };
     expect(JSON.parse(serializeJson(value, 'input', 10_000))).toEqual(value);
   });
 
@@ -33,7 +33,10 @@ describe('serializeJson', () => {
     expect(serializeJson({ b: undefined }, 'run input', max)).toBe('{}');
     expect(serializeJson({ '': undefined, x: null }, 'run input', max)).toBe('{"x":null}');
     const nested = { list: [{ keep: 'x', drop: undefined }], deep: { a: { b: undefined, c: [1] } } };
-    expect(JSON.parse(serializeJson(nested, 'run input', max))).toEqual({ list: [{ keep: 'x' }], deep: { a: { c: [1] } } });
+    expect(JSON.parse(serializeJson(nested, 'run input', max))).toEqual({
+      list: [{ keep: 'x' }],
+      deep: { a: { c: [1] } },
+    });
     // A DTO-style object with an optional field left unset (null prototype too).
     const bare = Object.assign(Object.create(null), { id: 7, note: undefined });
     expect(serializeJson(bare, 'run input', max)).toBe('{"id":7}');
@@ -62,7 +65,6 @@ describe('hashJson', () => {
     expect(hash({ b: undefined, a: { c: undefined, d: [2] } })).toBe(hash({ a: { d: [2] } }));
     expect(hash({ a: 1, b: undefined })).not.toBe(hash({ a: 1, b: null }));
   });
-
 
   it('ignores object key order but not values or array order', () => {
     expect(hashJson('{"a":1,"b":{"c":2,"d":3}}')).toBe(hashJson('{"b":{"d":3,"c":2},"a":1}'));

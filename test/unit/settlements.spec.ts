@@ -44,7 +44,14 @@ interface Expected {
 const EXPECTED: Record<SettlementType, Expected[]> = {
   continue: [{ settlement: Settle.continueWith(successor), job: 'successor', run: 'advance', fast: true }],
   // Careful path only: after the run moves on it may find the signal already in the mailbox.
-  wait: [{ settlement: Settle.waitFor({ ...successor, waitFor: 'approval' }), job: 'successor', run: 'advance', fast: false }],
+  wait: [
+    {
+      settlement: Settle.waitFor({ ...successor, waitFor: 'approval' }),
+      job: 'successor',
+      run: 'advance',
+      fast: false,
+    },
+  ],
   finish: [
     {
       settlement: Settle.finish('succeeded', { result: '{"ok":true}' }),
@@ -101,30 +108,29 @@ describe('settlements', () => {
     for (const [type, cases] of Object.entries(EXPECTED)) for (const c of cases) expect(c.settlement.type).toBe(type);
   });
 
-  describe.each(Object.entries(EXPECTED).flatMap(([type, cases]) => cases.map((c, i) => [`${type} #${i + 1}`, c] as const)))(
-    '%s',
-    (_name, c) => {
-      const kind = kindOf(c.settlement);
+  describe.each(
+    Object.entries(EXPECTED).flatMap(([type, cases]) => cases.map((c, i) => [`${type} #${i + 1}`, c] as const)),
+  )('%s', (_name, c) => {
+    const kind = kindOf(c.settlement);
 
-      it('touches its job row and its run as declared', () => {
-        expect([kind.job, kind.run]).toEqual([c.job, c.run]);
-        expect(endsRun(c.settlement)).toBe(c.run === 'end');
-      });
+    it('touches its job row and its run as declared', () => {
+      expect([kind.job, kind.run]).toEqual([c.job, c.run]);
+      expect(endsRun(c.settlement)).toBe(c.run === 'end');
+    });
 
-      it('ends the run with the declared status, result and error (or says nothing of an ending)', () => {
-        if (c.run === 'end') expect(kind.ending!(c.settlement)).toEqual(c.ending);
-        else expect(kind.ending).toBeUndefined();
-      });
+    it('ends the run with the declared status, result and error (or says nothing of an ending)', () => {
+      if (c.run === 'end') expect(kind.ending!(c.settlement)).toEqual(c.ending);
+      else expect(kind.ending).toBeUndefined();
+    });
 
-      it('leaves a dead letter only when it is one, with the full error text', () => {
-        expect(kind.deadLetter?.(c.settlement)).toBe(c.deadLetter);
-      });
+    it('leaves a dead letter only when it is one, with the full error text', () => {
+      expect(kind.deadLetter?.(c.settlement)).toBe(c.deadLetter);
+    });
 
-      it('goes the fast path only when its row counts alone prove it applied', () => {
-        expect(kind.fast).toBe(c.fast);
-      });
-    },
-  );
+    it('goes the fast path only when its row counts alone prove it applied', () => {
+      expect(kind.fast).toBe(c.fast);
+    });
+  });
 
   it('builds plain data: a settlement survives a JSON round trip unchanged', () => {
     for (const cases of Object.values(EXPECTED)) {

@@ -201,7 +201,12 @@ describe('worker slots', () => {
   /** Lets every held step go, again and again, until `steps` steps have finished. */
   async function drain(steps: number): Promise<void> {
     while (tracker.finished < steps) {
-      await waitFor(() => tracker.held > 0 || tracker.finished >= steps, `a held step (${tracker.finished}/${steps} finished)`, 5_000, 1);
+      await waitFor(
+        () => tracker.held > 0 || tracker.finished >= steps,
+        `a held step (${tracker.finished}/${steps} finished)`,
+        5_000,
+        1,
+      );
       tracker.releaseAll();
     }
   }
@@ -264,9 +269,19 @@ describe('worker slots', () => {
     await app.init();
     await waitFor(() => batcher.settled.some((s) => s.type === 'retry'), 'the first step to time out', 5_000, 1);
     // Its job is settled, yet its runner still runs: with a limit of 1, the second job must wait.
-    await holdsFor(() => tracker.runningOf('stubborn') === 1 && tracker.finished === 0, 60, 'the second job waits for the slot', 5);
+    await holdsFor(
+      () => tracker.runningOf('stubborn') === 1 && tracker.finished === 0,
+      60,
+      'the second job waits for the slot',
+      5,
+    );
     tracker.releaseAll();
-    await waitFor(() => tracker.finished === 1 && tracker.runningOf('stubborn') === 1, 'the second job to take the slot', 5_000, 1);
+    await waitFor(
+      () => tracker.finished === 1 && tracker.runningOf('stubborn') === 1,
+      'the second job to take the slot',
+      5_000,
+      1,
+    );
     expect(tracker.perQueue.get('stubborn')!.max).toBe(1);
   });
 });

@@ -7,7 +7,13 @@ import { Reflector } from '@nestjs/core';
 import { OnTerminal, StepOutcome, StepRunner } from 'nestjs-durable-workflow';
 import { WorkflowMetadataAccessor } from '../../lib/workflow-metadata.accessor.js';
 
-@StepRunner('orders', { maxAttempts: 5, concurrency: 2, priority: -1, timeoutMs: 1_000, backoff: { baseMs: 10, maxMs: 80 } })
+@StepRunner('orders', {
+  maxAttempts: 5,
+  concurrency: 2,
+  priority: -1,
+  timeoutMs: 1_000,
+  backoff: { baseMs: 10, maxMs: 80 },
+})
 class OrdersRunner {
   runStep() {
     return StepOutcome.succeed(null);

@@ -69,7 +69,13 @@ class PerStepRunner {
   }
 }
 
-@StepRunner('tuned', { maxAttempts: 7, concurrency: 3, priority: -5, timeoutMs: 250, backoff: { baseMs: 10, maxMs: 90 } })
+@StepRunner('tuned', {
+  maxAttempts: 7,
+  concurrency: 3,
+  priority: -5,
+  timeoutMs: 250,
+  backoff: { baseMs: 10, maxMs: 90 },
+})
 class TunedRunner {
   runStep() {
     return StepOutcome.succeed(null);
@@ -165,7 +171,16 @@ async function explore(b: TestingModuleBuilder): Promise<{ app: TestingModule; r
 
 function outcome(runId: string, workflow: string): RunOutcome {
   const at = new Date(0);
-  return { runId, workflow, status: 'succeeded', headers: {}, finalStep: 0, submittedAt: at, finishedAt: at, ending: 1 };
+  return {
+    runId,
+    workflow,
+    status: 'succeeded',
+    headers: {},
+    finalStep: 0,
+    submittedAt: at,
+    finishedAt: at,
+    ending: 1,
+  };
 }
 
 const step = (runId: string) => ({ runId }) as unknown as Step;
@@ -208,7 +223,9 @@ describe('WorkflowExplorer', () => {
   it('registers a runner reachable through a useExisting alias once, without a duplicate warning', async () => {
     const warn = jest.spyOn(Logger.prototype, 'warn');
     try {
-      const { app, registry } = await started(builder([AliasedRunner, { provide: 'ALIAS', useExisting: AliasedRunner }]));
+      const { app, registry } = await started(
+        builder([AliasedRunner, { provide: 'ALIAS', useExisting: AliasedRunner }]),
+      );
       expect([...registry.runners.keys()]).toEqual(['aliased']);
       expect(await registry.runners.get('aliased')!.resolve({})).toBe(app.get(AliasedRunner));
       expect(warn).not.toHaveBeenCalled();
@@ -285,7 +302,11 @@ describe('WorkflowExplorer', () => {
     // The queue name is what deliveries are stored under: it must follow the class and method names.
     expect(byLabel.get('Hooks#onlyA')!.queue).toBe('~terminal:Hooks#onlyA');
 
-    const labels = (workflow: string) => registry.queuesFor(workflow).map((q) => registry.handlers.get(q)!.label).sort();
+    const labels = (workflow: string) =>
+      registry
+        .queuesFor(workflow)
+        .map((q) => registry.handlers.get(q)!.label)
+        .sort();
     expect(labels('a')).toEqual(['Hooks#aOrB', 'Hooks#everyWorkflow', 'Hooks#onlyA']);
     expect(labels('b')).toEqual(['Hooks#aOrB', 'Hooks#everyWorkflow']);
     expect(labels('elsewhere')).toEqual(['Hooks#everyWorkflow']);
@@ -308,7 +329,11 @@ describe('WorkflowExplorer', () => {
     it('claims every hosted workflow by default', async () => {
       const { registry } = await started(builder([ARunner, BRunner]));
       expect(registry.claims).toBe('all');
-      expect([registry.runsHere('a'), registry.runsHere('b'), registry.runsHere('unknown')]).toEqual([true, true, false]);
+      expect([registry.runsHere('a'), registry.runsHere('b'), registry.runsHere('unknown')]).toEqual([
+        true,
+        true,
+        false,
+      ]);
     });
 
     it('claims only the workflows listed in worker.workflows; the others stay submittable', async () => {
@@ -325,7 +350,9 @@ describe('WorkflowExplorer', () => {
     });
 
     it('rejects worker.workflows naming a workflow no provider runs, listing the known ones', async () => {
-      const err = await thrownBy(() => explore(builder([ARunner, BRunner], { worker: { workflows: ['a', 'missing'] } })));
+      const err = await thrownBy(() =>
+        explore(builder([ARunner, BRunner], { worker: { workflows: ['a', 'missing'] } })),
+      );
       expect(err).toBeInstanceOf(WorkflowConfigError);
       expect(err.message).toContain('"missing"');
       expect(err.message).toContain('Known runners: a, b');

@@ -109,7 +109,10 @@ export class PrivateMariaDb {
     child.stderr?.on('data', (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-2000)));
     const deadline = Date.now() + 30_000;
     for (;;) {
-      if (child.exitCode !== null) throw new Error(`private mariadbd on ${this.port} exited with ${child.exitCode}: ${stderr.trim().split('\n').slice(-5).join(' | ')}`);
+      if (child.exitCode !== null)
+        throw new Error(
+          `private mariadbd on ${this.port} exited with ${child.exitCode}: ${stderr.trim().split('\n').slice(-5).join(' | ')}`,
+        );
       try {
         // TCP as well as the socket: clients of the tests connect over TCP.
         const conn = await mysql.createConnection({
@@ -121,7 +124,8 @@ export class PrivateMariaDb {
         await conn.end();
         return;
       } catch (err) {
-        if (Date.now() > deadline) throw new Error(`private mariadbd on ${this.port} did not start: ${err}`, { cause: err });
+        if (Date.now() > deadline)
+          throw new Error(`private mariadbd on ${this.port} did not start: ${err}`, { cause: err });
         await new Promise((r) => setTimeout(r, 100));
       }
     }
@@ -147,12 +151,50 @@ async function makeCertificates(dir: string): Promise<string> {
   mkdirSync(dir, { recursive: true });
   const at = (f: string) => join(dir, f);
   writeFileSync(at('san.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
-  await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=workflow test CA',
-    '-keyout', at('ca-key.pem'), '-out', at('ca.pem')]);
-  await run('openssl', ['req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1',
-    '-keyout', at('server-key.pem'), '-out', at('server.csr')]);
-  await run('openssl', ['x509', '-req', '-in', at('server.csr'), '-CA', at('ca.pem'), '-CAkey', at('ca-key.pem'),
-    '-CAcreateserial', '-days', '2', '-extfile', at('san.cnf'), '-out', at('server.pem')]);
+  await run('openssl', [
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-days',
+    '2',
+    '-subj',
+    '/CN=workflow test CA',
+    '-keyout',
+    at('ca-key.pem'),
+    '-out',
+    at('ca.pem'),
+  ]);
+  await run('openssl', [
+    'req',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-subj',
+    '/CN=127.0.0.1',
+    '-keyout',
+    at('server-key.pem'),
+    '-out',
+    at('server.csr'),
+  ]);
+  await run('openssl', [
+    'x509',
+    '-req',
+    '-in',
+    at('server.csr'),
+    '-CA',
+    at('ca.pem'),
+    '-CAkey',
+    at('ca-key.pem'),
+    '-CAcreateserial',
+    '-days',
+    '2',
+    '-extfile',
+    at('san.cnf'),
+    '-out',
+    at('server.pem'),
+  ]);
   return readFileSync(at('ca.pem'), 'utf8');
 }
 

@@ -44,7 +44,13 @@ export async function startWorker(env: Record<string, string>): Promise<WorkerPr
       const seen = lines.find((l) => pattern.test(l));
       if (seen) return Promise.resolve(seen);
       return new Promise((res, rej) => {
-        const timer = setTimeout(() => rej(new Error(`worker ${child.pid}: no line ${pattern} in ${timeoutMs} ms; stderr: ${stderr.slice(-2000)}`)), timeoutMs);
+        const timer = setTimeout(
+          () =>
+            rej(
+              new Error(`worker ${child.pid}: no line ${pattern} in ${timeoutMs} ms; stderr: ${stderr.slice(-2000)}`),
+            ),
+          timeoutMs,
+        );
         timer.unref();
         waiters.push({ pattern, resolve: (l) => (clearTimeout(timer), res(l)) });
       });

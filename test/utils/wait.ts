@@ -1,6 +1,11 @@
 /** Promise and polling helpers; no database and no Nest, so unit specs may use them too. */
 /** Polls `check` until it returns a truthy value or the deadline passes (then throws with `what`). */
-export async function waitFor<T>(check: () => T | Promise<T>, what: string, timeoutMs = 15_000, everyMs = 20): Promise<NonNullable<T>> {
+export async function waitFor<T>(
+  check: () => T | Promise<T>,
+  what: string,
+  timeoutMs = 15_000,
+  everyMs = 20,
+): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {
@@ -10,7 +15,8 @@ export async function waitFor<T>(check: () => T | Promise<T>, what: string, time
     } catch (err) {
       last = err;
     }
-    if (Date.now() > deadline) throw new Error(`Timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${last})` : ''}`);
+    if (Date.now() > deadline)
+      throw new Error(`Timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${last})` : ''}`);
     await new Promise((r) => setTimeout(r, everyMs));
   }
 }
@@ -26,7 +32,12 @@ export function deferred<T = void>(): { promise: Promise<T>; resolve: (v: T) => 
  * Asserts that `check` stays truthy for the whole window, polling it; fails as soon as
  * it turns falsy. The way to prove that something does NOT happen within a bounded time.
  */
-export async function holdsFor(check: () => boolean | Promise<boolean>, ms: number, what: string, everyMs = 20): Promise<void> {
+export async function holdsFor(
+  check: () => boolean | Promise<boolean>,
+  ms: number,
+  what: string,
+  everyMs = 20,
+): Promise<void> {
   const until = Date.now() + ms;
   for (;;) {
     if (!(await check())) throw new Error(`Expected to hold for ${ms} ms, but stopped holding: ${what}`);

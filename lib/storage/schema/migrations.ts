@@ -141,7 +141,9 @@ export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
  */
 export function alreadyApplied(err: unknown): boolean {
   const errno = (err as { errno?: number })?.errno;
-  return errno === 1060 /* duplicate column */ || errno === 1061 /* duplicate key name */ || errno === 1050 /* table exists */;
+  return (
+    errno === 1060 /* duplicate column */ || errno === 1061 /* duplicate key name */ || errno === 1050
+  ); /* table exists */
 }
 
 /** Runs one migration statement, tolerating a re-run after a crash. */

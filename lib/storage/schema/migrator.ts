@@ -19,10 +19,11 @@ export async function migrate(client: SqlClient, prefix: string, now: () => numb
     for (const m of WORKFLOW_SCHEMA) {
       if (seen.has(m.version)) continue;
       for (const statement of m.statements(prefix)) await applyStatement((q) => sql.query(q), statement);
-      await sql.query(
-        `INSERT INTO \`${prefix}migrations\` (\`version\`, \`name\`, \`applied_at\`) VALUES (?, ?, ?)`,
-        [m.version, m.name, now()],
-      );
+      await sql.query(`INSERT INTO \`${prefix}migrations\` (\`version\`, \`name\`, \`applied_at\`) VALUES (?, ?, ?)`, [
+        m.version,
+        m.name,
+        now(),
+      ]);
       logger.log(`Applied schema version ${m.version} (${m.name}) with prefix "${prefix}"`);
       done.push(m.version);
     }
