@@ -25,11 +25,11 @@ export async function drainWorkflows(app: INestApplicationContext, options: Drai
   const queues = worker.hostedQueues();
   const deadline = Date.now() + timeoutMs;
   let quietChecks = 0;
-  let busy: string[] = [];
   for (;;) {
-    busy = [];
+    const busy: string[] = [];
     if (worker.activeCount > 0) busy.push(`${worker.activeCount} job(s) running in this process`);
-    for (const b of await storage.busyJobs(queues, config.clock.now())) busy.push(`${b.count} ${b.state} in ${b.queue}`);
+    for (const b of await storage.busyJobs(queues, config.clock.now()))
+      busy.push(`${b.count} ${b.state} in ${b.queue}`);
     quietChecks = busy.length === 0 ? quietChecks + 1 : 0;
     if (quietChecks >= 2) return;
     if (Date.now() > deadline) {
