@@ -66,10 +66,12 @@ export async function reapExpired(
 }
 
 /**
- * Deletes finished runs and dead letters older than the cut-offs, in small batches by
- * index range so no statement holds many locks. Under a named lock, so one process
- * sweeps at a time; the others skip (null). A crash leaves a partial sweep that the
- * next one continues.
+ * Deletes finished runs (with their mailboxes) and dead letters older than the cut-offs.
+ *
+ * Commits: small batches by index range, each its own statement, so none holds many locks.
+ * Locks:   a named lock for the whole sweep (one process sweeps at a time; the others
+ *          skip and get null), then the rows of each batch.
+ * Crash:   a partial sweep, which the next one continues.
  */
 export async function sweepRetention(
   ctx: StorageContext,
