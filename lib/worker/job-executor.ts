@@ -4,7 +4,14 @@ import type { StepOutcome } from '../outcomes/step-outcome.js';
 import type { ReceivedSignal, Step } from '../interfaces/step.interface.js';
 import type { RunOutcome } from '../interfaces/run.interface.js';
 import { WorkflowStorage } from '../storage/workflow.storage.js';
-import { type ClaimedJob, countedAttempts, JobKind, NEVER, publicJobId } from '../storage/storage.types.js';
+import {
+  type ClaimedJob,
+  countedAttempts,
+  JobKind,
+  NEVER,
+  type NewJob,
+  publicJobId,
+} from '../storage/storage.types.js';
 import { endsRun, Settle, type Settlement } from '../storage/settlements.js';
 import { CommitUnknownError, isConnectionError } from '../storage/sql-client.js';
 import { serializeJson } from '../utils/json.js';
@@ -229,22 +236,11 @@ export class JobExecutor {
           );
         }
         const delay = Math.round(raw);
-        const payload = serializeJson(o.payload, `payload returned by step ${job.stepNumber}`, max);
-        const now = this.now();
         const token = delay === 0 ? exec.inPlaceToken() : undefined;
         return Settle.continueWith({
-          // The successor takes over its predecessor's job row (rewriteAsSuccessors).
-          id: job.id,
-          queue: job.queue,
-          kind: JobKind.Step,
-          runId: job.runId,
-          stepNumber: job.stepNumber + 1,
-          priority: job.priority,
-          runAt: now + delay,
+          ...successorOf(job, serializeJson(o.payload, `payload returned by step ${job.stepNumber}`, max)),
+          runAt: this.now() + delay,
           scheduled: delay > 0,
-          maxAttempts: job.maxAttempts,
-          payload,
-          headers: job.headers,
           leaseToken: token,
           leaseMs: token ? this.leaseMs : undefined,
         });
@@ -262,18 +258,8 @@ export class JobExecutor {
           );
         }
         return Settle.waitFor({
-          // Parked in its predecessor's job row, like any successor.
-          id: job.id,
-          queue: job.queue,
-          kind: JobKind.Step,
-          runId: job.runId,
-          stepNumber: job.stepNumber + 1,
-          priority: job.priority,
+          ...successorOf(job, serializeJson(o.payload, `payload returned by step ${job.stepNumber}`, max)),
           runAt: raw === undefined ? NEVER : this.now() + Math.round(raw),
-          scheduled: false,
-          maxAttempts: job.maxAttempts,
-          payload: serializeJson(o.payload, `payload returned by step ${job.stepNumber}`, max),
-          headers: job.headers,
           waitFor: o.signal,
         });
       }
@@ -501,4 +487,21 @@ function toReceived(raw: {
         signalId: raw.signalId!,
         sentAt: new Date(raw.sentAt!),
       });
+}
+
+/** Step n + 1 of a job's run, in the job's own row (rewriteAsSuccessors): ready now unless the caller says otherwise. */
+function successorOf(job: ClaimedJob, payload: string): NewJob {
+  return {
+    id: job.id,
+    queue: job.queue,
+    kind: JobKind.Step,
+    runId: job.runId,
+    stepNumber: job.stepNumber + 1,
+    priority: job.priority,
+    runAt: 0,
+    scheduled: false,
+    maxAttempts: job.maxAttempts,
+    payload,
+    headers: job.headers,
+  };
 }
