@@ -4,13 +4,26 @@ import { FakeModelClient, RateLimitedError } from './fake-model.client.js';
 
 export interface ResearchInput {
   topic: string;
+  /** Wait for a person to approve the draft (`POST /runs/:id/approve`) before the review. */
+  approval?: boolean;
 }
+
+/** What `POST /runs/:id/approve` sends as the `approval` signal. */
+export interface ApprovalDecision {
+  approved: boolean;
+  note?: string;
+}
+
+/** How long a draft waits for a person before the run gives up. */
+const APPROVAL_TIMEOUT_MS = 60 * 60_000;
 
 /** What travels from one step to the next; each step adds what its model call produced. */
 interface ResearchState {
   topic: string;
   summary?: string;
   draft?: string;
+  /** 'waiting' once the draft is written and a person has to approve it; 'approved' after. */
+  approval?: 'wanted' | 'waiting' | 'approved';
   /**
    * Lets the simulated 429 fire once per run. It has to live in the payload: the
    * retried draft is a new step whose `attempts` starts again at 1.
@@ -47,7 +60,12 @@ export class ResearchAgentRunner {
       const topic = typeof state?.topic === 'string' ? state.topic.trim() : '';
       if (!topic) return StepOutcome.fail('topic is empty');
       const summary = await this.model.complete({ prompt: `List the key facts about ${topic}.`, signal: step.signal });
-      return StepOutcome.continue({ topic, summary });
+      return StepOutcome.continue({
+        topic,
+        summary,
+        // Step 0's payload is the request (ResearchInput), whose `approval` is a boolean.
+        ...((state as ResearchInput).approval === true ? { approval: 'wanted' as const } : {}),
+      });
     }
 
     if (state.draft === undefined) {
@@ -67,6 +85,22 @@ export class ResearchAgentRunner {
         }
         throw err;
       }
+    }
+
+    // A human in the loop: the run waits without holding a worker until the approval
+    // signal comes (or the timeout), then goes on from this very state.
+    if (state.approval === 'wanted')
+      return StepOutcome.waitForSignal(
+        'approval',
+        { ...state, approval: 'waiting' },
+        { timeoutMs: APPROVAL_TIMEOUT_MS },
+      );
+    if (state.approval === 'waiting') {
+      const got = step.received;
+      if (!got || got.timedOut) return StepOutcome.fail('nobody approved the draft within an hour');
+      const decision = got.data as ApprovalDecision;
+      if (!decision?.approved) return StepOutcome.cancel(`draft rejected${decision?.note ? `: ${decision.note}` : ''}`);
+      return StepOutcome.continue({ ...state, approval: 'approved' });
     }
 
     const review = await this.model.complete({ prompt: `Review the article on ${state.topic}.`, signal: step.signal });

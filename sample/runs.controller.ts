@@ -27,10 +27,12 @@ import {
   WaitTimeoutError,
   WorkflowService,
 } from 'nestjs-durable-workflow';
-import type { ResearchInput } from './research-agent.runner.js';
+import type { ApprovalDecision, ResearchInput } from './research-agent.runner.js';
 
 interface SubmitRunBody {
   topic?: string;
+  /** Wait for `POST /runs/:id/approve` after the draft. */
+  approval?: boolean;
   /** Lets a client retry a POST safely: the same id and topic never start a second run. */
   runId?: string;
 }
@@ -43,12 +45,31 @@ export class RunsController {
   async submit(@Body() body: SubmitRunBody = {}): Promise<SubmitOutcome> {
     // Empty topics are accepted on purpose: the runner fails them, which shows how a
     // run ends `failed` with a reason. A real API would validate here too.
-    const input: ResearchInput = { topic: typeof body.topic === 'string' ? body.topic : '' };
+    const input: ResearchInput = {
+      topic: typeof body.topic === 'string' ? body.topic : '',
+      ...(body.approval === true ? { approval: true } : {}),
+    };
     try {
       return await this.workflows.submit('research-agent', { runId: body.runId, input });
     } catch (err) {
       throw toHttpError(err);
     }
+  }
+
+  /** A person's decision on the draft: the `approval` signal the waiting run takes. */
+  @Post(':id/approve')
+  @HttpCode(200)
+  async approve(
+    @Param('id') id: string,
+    @Body() body: { approved?: boolean; note?: string } = {},
+  ): Promise<{ sent: true }> {
+    const decision: ApprovalDecision = {
+      approved: body.approved !== false,
+      ...(body.note ? { note: String(body.note) } : {}),
+    };
+    const sent = await this.workflows.signal(id, 'approval', decision).catch((err) => Promise.reject(toHttpError(err)));
+    if (!sent) throw new NotFoundException(`no running run ${id}`);
+    return { sent: true };
   }
 
   @Get(':id')
