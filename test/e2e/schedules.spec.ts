@@ -301,6 +301,20 @@ describe('schedules at runtime', () => {
     await service.unschedule('berlin');
   });
 
+  it("timeZone 'Europe/Berlin' across the autumn DST change: 02:30 occurs twice on 2026-10-25, it fires once", async () => {
+    clock.set(at('2026-10-24T12:00:00Z'));
+    await service.schedule({ id: 'berlin-autumn', workflow: 'echo', cron: '30 2 * * *', timeZone: 'Europe/Berlin' });
+    // The first 02:30 (CEST, UTC+2) fires; the second (CET, UTC+1) one hour later does not.
+    for (const t of ['2026-10-25T00:30:00Z', '2026-10-25T01:30:00Z', '2026-10-26T01:30:00Z']) {
+      clock.set(at(t));
+      await drainWorkflows(app);
+    }
+    expect(await runsOf(prefix, 'berlin-autumn')).toEqual(
+      ['2026-10-25T00:30:00Z', '2026-10-26T01:30:00Z'].map((t) => `berlin-autumn-${at(t)}`),
+    );
+    await service.unschedule('berlin-autumn');
+  });
+
   it('an invalid cron, time zone, workflow or id throws InvalidScheduleError and writes nothing', async () => {
     const before = await service.schedules();
     const good: ScheduleSpec = { id: 'ok', workflow: 'echo', cron: '* * * * *' };
