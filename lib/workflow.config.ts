@@ -8,6 +8,8 @@ import type {
 import { connectionTarget } from './storage/connection-target.js';
 import { DEFAULTS, LIMITS, TABLE_PREFIX_PATTERN, WORKFLOW_NAME_PATTERN } from './workflow.constants.js';
 import type { BackoffPolicy } from './interfaces/backoff-policy.interface.js';
+import type { ScheduleSpec } from './interfaces/schedule.interface.js';
+import { InvalidScheduleError } from './errors/invalid-schedule.error.js';
 
 export interface ResolvedWorkerConfig {
   concurrency: number;
@@ -28,6 +30,8 @@ export interface ResolvedWorkflowConfig {
   workflows: string[];
   maxPayloadBytes: number;
   clock: WorkflowClock;
+  /** Declared schedules, checked against the discovered workflows and upserted at bootstrap. */
+  schedules: ScheduleSpec[];
 }
 
 const systemClock: WorkflowClock = { now: () => Date.now() };
@@ -85,6 +89,9 @@ export function resolveConfig(options: WorkflowModuleOptions | undefined): Resol
         };
   const clock = options.clock ?? systemClock;
   if (typeof clock.now !== 'function') throw new WorkflowConfigError('WorkflowModule: clock must have a now() method.');
+  if (options.schedules !== undefined && !Array.isArray(options.schedules)) {
+    throw new InvalidScheduleError(undefined, 'WorkflowModule option `schedules` must be an array of ScheduleSpec.');
+  }
   return {
     connection: hasConnection ? options.connection : undefined,
     dataSource: hasDataSource ? options.dataSource : undefined,
@@ -121,6 +128,7 @@ export function resolveConfig(options: WorkflowModuleOptions | undefined): Resol
       LIMITS.maxPayloadBytes,
     ),
     clock,
+    schedules: options.schedules ? [...options.schedules] : [],
   };
 }
 

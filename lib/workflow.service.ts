@@ -1,4 +1,5 @@
-import { Inject, Injectable, Logger } from '@nestjs/common';
+import { Inject, Injectable, Logger, type OnApplicationBootstrap } from '@nestjs/common';
+import { InvalidScheduleError } from './errors/invalid-schedule.error.js';
 import { InputMismatchError } from './errors/input-mismatch.error.js';
 import { InvalidRunIdError } from './errors/invalid-run-id.error.js';
 import { InvalidRunSpecError } from './errors/invalid-run-spec.error.js';
@@ -7,6 +8,8 @@ import { ReservedHeaderError } from './errors/reserved-header.error.js';
 import { RunNotFoundError } from './errors/run-not-found.error.js';
 import { UnknownWorkflowError } from './errors/unknown-workflow.error.js';
 import { WaitTimeoutError } from './errors/wait-timeout.error.js';
+import type { ScheduleInfo, ScheduleSpec } from './interfaces/schedule.interface.js';
+import { resolveSchedule, SCHEDULE_ID_PATTERN } from './utils/schedule-spec.js';
 import type {
   DeadStep,
   DeadStepFilter,
@@ -52,13 +55,73 @@ const TERMINAL = new Set<string>(['succeeded', 'failed', 'cancelled']);
 
 /** Submit, cancel and observe runs, from any process that imports WorkflowModule. */
 @Injectable()
-export class WorkflowService {
+export class WorkflowService implements OnApplicationBootstrap {
   constructor(
     @Inject(WORKFLOW_CONFIG) private readonly config: ResolvedWorkflowConfig,
     private readonly registry: WorkflowRegistry,
     private readonly storage: WorkflowStorage,
     private readonly notifier: WorkflowNotifier,
   ) {}
+
+  /**
+   * Upserts the declared `schedules` (after the explorer has found the runners, so an
+   * unknown workflow is known to be one). All are checked before any is written: one bad
+   * spec fails startup with InvalidScheduleError and stores nothing. Never deletes one.
+   */
+  async onApplicationBootstrap(): Promise<void> {
+    if (this.config.schedules.length === 0) return;
+    const now = this.config.clock.now();
+    const resolved = this.config.schedules.map((s) =>
+      resolveSchedule(s, this.registry.submittable, this.config.maxPayloadBytes, now),
+    );
+    const seen = new Set<string>();
+    for (const s of resolved) {
+      if (seen.has(s.id)) throw new InvalidScheduleError(s.id, 'declared twice in `schedules`.');
+      seen.add(s.id);
+    }
+    await this.storage.upsertSchedules(resolved);
+  }
+
+  /**
+   * Creates or replaces a schedule, for every process. Its next tick is kept when neither
+   * cron, time zone nor paused changed; otherwise it is the first tick after now.
+   * InvalidScheduleError (nothing written) for a bad id, cron, time zone or an unknown workflow.
+   */
+  async schedule(spec: ScheduleSpec): Promise<void> {
+    const resolved = resolveSchedule(
+      spec,
+      this.registry.submittable,
+      this.config.maxPayloadBytes,
+      this.config.clock.now(),
+    );
+    await this.storage.upsertSchedules([resolved]);
+  }
+
+  /** Removes a schedule; the runs it started stay. False if there was none. */
+  async unschedule(id: string): Promise<boolean> {
+    if (typeof id !== 'string' || !SCHEDULE_ID_PATTERN.test(id)) return false; // no schedule can have that id
+    return this.storage.deleteSchedule(id);
+  }
+
+  /** Every stored schedule, by id, with the defaults applied. */
+  async schedules(): Promise<ScheduleInfo[]> {
+    const rows = await this.storage.listSchedules();
+    return rows.map((r) => {
+      const info: ScheduleInfo = {
+        id: r.id,
+        workflow: r.workflow,
+        cron: r.cron,
+        timeZone: r.time_zone,
+        input: parseJson(r.input),
+        headers: JSON.parse(r.headers),
+        overlap: r.overlap,
+        paused: Number(r.paused) === 1,
+        nextRunAt: r.next_run_at === null ? null : new Date(Number(r.next_run_at)),
+      };
+      if (r.last_run_id) info.lastRunId = r.last_run_id;
+      return info;
+    });
+  }
 
   /**
    * Starts a run at step 0 with `spec.input`. With a `runId` that already exists: the
@@ -369,6 +432,7 @@ function toStatus(row: RunRow): RunStatus {
   if (row.finished_at != null) status.finishedAt = new Date(Number(row.finished_at));
   if (row.result != null) status.result = parseJson(row.result);
   if (row.error != null) status.error = row.error;
+  if (row.schedule_id != null) status.scheduleId = row.schedule_id;
   if (state === 'pending' && row.job_run_at != null) status.runAt = new Date(Number(row.job_run_at));
   if (state === 'waiting') {
     const until = Number(row.job_run_at);

@@ -18,3 +18,4 @@ export * from './packet-too-large.error.js';
 export * from './duplicate-workflow.error.js';
 export * from './invalid-step-runner-class.error.js';
 export * from './foreign-entity-manager.error.js';
+export * from './invalid-schedule.error.js';

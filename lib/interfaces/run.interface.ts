@@ -60,6 +60,8 @@ export interface RunStatus {
   runAt?: Date;
   /** While `waiting`: the signal it waits for and when the wait times out (absent: never). */
   waitingFor?: { signal?: string; children?: number; until?: Date };
+  /** The schedule whose tick started this run. */
+  scheduleId?: string;
 }
 
 export interface WaitOptions {

@@ -1,3 +1,4 @@
+import type { ScheduleSpec } from './schedule.interface.js';
 import type { SslOptions } from 'mysql2';
 import type { DataSource } from 'typeorm';
 
@@ -81,4 +82,6 @@ export interface WorkflowModuleOptions {
   maxPayloadBytes?: number;
   /** Time source for schedules (delays, backoff, timestamps). Default Date.now. */
   clock?: WorkflowClock;
+  /** Upserted at startup by every process (never deleted by it); see WorkflowService.schedule. */
+  schedules?: ScheduleSpec[];
 }

@@ -101,6 +101,8 @@ export interface NewRun {
   maxAttempts: number | null;
   submittedAt: number;
   firstJob: NewJob;
+  /** Set for a run a schedule's tick started. */
+  scheduleId?: string;
 }
 
 export type { Settlement } from './settlements.js';
@@ -124,6 +126,7 @@ export interface RunRow {
   updated_at: number | string;
   finished_at: number | string | null;
   ending: number | string;
+  schedule_id?: string | null;
   job_state?: number | string | null;
   job_attempts?: number | string | null;
   job_run_at?: number | string | null;

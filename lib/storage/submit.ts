@@ -57,6 +57,20 @@ export async function submitRuns(
   }
 }
 
+/**
+ * submitRuns' writes inside a transaction someone else opened and commits (a schedule's
+ * tick): the same statements, the same row locks, no COMMIT of its own.
+ */
+export function insertRunsIn(
+  ctx: StorageContext,
+  sql: Sql,
+  runs: NewRun[],
+  check: (existing: Map<string, ExistingRun>) => void,
+  maxAllowedPacket = Number.POSITIVE_INFINITY,
+): Promise<Set<string>> {
+  return insertRuns(ctx, sql, runs, check, false, [], maxAllowedPacket);
+}
+
 async function insertRuns(
   ctx: StorageContext,
   sql: Sql,
@@ -75,7 +89,7 @@ async function insertRuns(
     ['SAVEPOINT wf_submit', []],
     [
       `INSERT INTO ${t.runs} (\`id\`, \`workflow\`, \`state\`, \`current_step\`, \`current_job_id\`, \`input_hash\`, \`headers\`, \`priority\`,
-        \`max_attempts\`, \`submitted_at\`, \`updated_at\`, \`submit_key\`) VALUES ? ON DUPLICATE KEY UPDATE \`id\` = \`id\``,
+        \`max_attempts\`, \`submitted_at\`, \`updated_at\`, \`submit_key\`, \`schedule_id\`) VALUES ? ON DUPLICATE KEY UPDATE \`id\` = \`id\``,
       [
         runs.map((r) => [
           r.id,
@@ -90,6 +104,7 @@ async function insertRuns(
           r.submittedAt,
           r.submittedAt,
           key,
+          r.scheduleId ?? null,
         ]),
       ],
     ],

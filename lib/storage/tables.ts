@@ -9,11 +9,19 @@ export interface Tables {
   dead: string;
   handlers: string;
   signals: string;
+  schedules: string;
 }
 
 export function tablesOf(prefix: string): Tables {
   const t = (name: string) => `\`${prefix}${name}\``;
-  return { runs: t('runs'), jobs: t('jobs'), dead: t('dead'), handlers: t('handlers'), signals: t('signals') };
+  return {
+    runs: t('runs'),
+    jobs: t('jobs'),
+    dead: t('dead'),
+    handlers: t('handlers'),
+    signals: t('signals'),
+    schedules: t('schedules'),
+  };
 }
 
 /** What every storage operation needs: the way to the database, the tables, the runtime clock, what it knows of the handlers. */

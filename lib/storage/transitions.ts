@@ -6,6 +6,9 @@
  *
  * Lock order, in every transaction of this folder: job row, then run row, then dead
  * row. That one order is why two of them can wait on each other but never deadlock.
+ * A schedule tick (schedules.ts) locks its schedule rows before anything else, and then
+ * only run and job rows it creates, as submit does; no transaction locks a schedule row
+ * after another row, so the order stays acyclic.
  *
  * Statements that touch several rows by primary key say FORCE INDEX (PRIMARY): on a
  * small or freshly emptied table the optimizer otherwise picks a full scan, and a

@@ -10,13 +10,22 @@ import { cancellingAmong, renewLeases } from './leases.js';
 import { reapExpired, sweepRetention } from './maintenance.js';
 import { busyJobs, getRun } from './queries.js';
 import { type SettleItem, settleMany } from './settle.js';
+import {
+  deleteSchedule,
+  dueSchedules,
+  fireDueSchedules,
+  listSchedules,
+  type ScheduleRow,
+  upsertSchedules,
+} from './schedules.js';
 import { type OutgoingSignal, sendSignal, wakeTimedOut } from './signals.js';
+import type { ResolvedSchedule } from '../utils/schedule-spec.js';
 import type { ClaimedJob, DeadRow, NewRun, RunRow, SettleResult } from './storage.types.js';
 import { type ExistingRun, submitRuns } from './submit.js';
 import { type StorageContext, tablesOf } from './tables.js';
 import { WorkflowConnection } from './workflow-connection.js';
 
-export type { CancelResult, ClaimedJob, ExistingRun, HostedHandler, OutgoingSignal, SettleItem };
+export type { CancelResult, ClaimedJob, ExistingRun, HostedHandler, OutgoingSignal, ScheduleRow, SettleItem };
 
 /**
  * The module's one door to its tables. Each method is one transaction (or one read),
@@ -152,6 +161,29 @@ export class WorkflowStorage {
 
   async retryDead(jobId: string, stepNumber?: number): Promise<boolean> {
     return retryDead(await this.c(), jobId, stepNumber);
+  }
+
+  async upsertSchedules(schedules: ResolvedSchedule[]): Promise<void> {
+    return upsertSchedules(await this.c(), schedules);
+  }
+
+  async deleteSchedule(id: string): Promise<boolean> {
+    return deleteSchedule(await this.c(), id);
+  }
+
+  async listSchedules(): Promise<ScheduleRow[]> {
+    return listSchedules(await this.c());
+  }
+
+  /** Schedules with a tick due by `now`. */
+  async dueSchedules(now: number): Promise<number> {
+    return dueSchedules(await this.c(), now);
+  }
+
+  /** Starts the runs of the ticks that have come; `priorityOf` gives a workflow's step priority. */
+  async fireDueSchedules(priorityOf: (workflow: string) => number, limit?: number): Promise<number> {
+    const ctx = await this.c();
+    return fireDueSchedules(ctx, priorityOf, this.maxAllowedPacket, limit);
   }
 
   async sweepRetention(runsBefore: number, deadBefore: number, batch?: number) {

@@ -11,7 +11,7 @@ export interface DrainOptions {
 
 /**
  * Resolves when no step or terminal delivery of the workflows and handlers this app's
- * worker hosts is due or running: nothing ready, nothing leased, nothing scheduled or
+ * worker hosts is due or running, and no schedule tick is due: nothing ready, nothing leased, nothing scheduled or
  * waiting whose time (by the app's clock) has come, and no job in flight in this
  * process. Checked twice in a row, so a settlement that just queued a successor is seen.
  * Rejects after `timeoutMs` with what is still busy. Work due later (a delay not yet
@@ -28,8 +28,10 @@ export async function drainWorkflows(app: INestApplicationContext, options: Drai
   for (;;) {
     const busy: string[] = [];
     if (worker.activeCount > 0) busy.push(`${worker.activeCount} job(s) running in this process`);
-    for (const b of await storage.busyJobs(queues, config.clock.now()))
-      busy.push(`${b.count} ${b.state} in ${b.queue}`);
+    const now = config.clock.now();
+    for (const b of await storage.busyJobs(queues, now)) busy.push(`${b.count} ${b.state} in ${b.queue}`);
+    const ticks = await storage.dueSchedules(now);
+    if (ticks) busy.push(`${ticks} schedule tick(s) due`);
     quietChecks = busy.length === 0 ? quietChecks + 1 : 0;
     if (quietChecks >= 2) return;
     if (Date.now() > deadline) {

@@ -2,7 +2,8 @@ import { Logger } from '@nestjs/common';
 import type { HostedHandler, WorkflowStorage } from '../storage/workflow.storage.js';
 
 /**
- * Background upkeep every worker process runs: promote due scheduled jobs, reap
+ * Background upkeep every worker process runs: promote due scheduled jobs, fire due
+ * schedule ticks, reap
  * expired leases, and (one process at a time, by database lock) delete finished runs
  * and dead letters past retention. Errors are logged and tried again next tick.
  */
@@ -21,6 +22,8 @@ export class Maintenance {
       now: () => number;
       /** The @OnTerminal handlers this process hosts, re-registered every heartbeat. */
       hosted: HostedHandler[];
+      /** Step priority of a workflow's runs (its runner's, else the default), for schedule ticks. */
+      priorityOf: (workflow: string) => number;
     },
     private readonly onWork: () => void,
   ) {}
@@ -42,9 +45,12 @@ export class Maintenance {
     this.timers = [];
   }
 
+  /** Also fires due schedule ticks: the same cadence, and a ManualClock jump calls it at once. */
   async promote(): Promise<void> {
     const due = (await this.storage.promoteDue()) + (await this.storage.wakeTimedOut());
     if (due > 0) this.onWork();
+    // After the wake-up above, so a schedule that fails to fire cannot hold back promoted steps.
+    if ((await this.storage.fireDueSchedules(this.opts.priorityOf)) > 0) this.onWork();
   }
 
   async reap(): Promise<void> {

@@ -151,6 +151,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
         deadMs: this.config.retention.deadMs,
         now: () => this.config.clock.now(),
         hosted,
+        priorityOf: (workflow) => this.registry.runners.get(workflow)?.priority ?? this.config.defaults.priority,
       },
       () => this.jobsMayWait(),
     );

@@ -105,11 +105,15 @@ export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
     // jobs.handbacks: deliveries handed back at shutdown, counted in attempts (deliveries)
     // but not against maxAttempts. jobs.wait_for / received and signals: durable waits, a
     // mailbox per run (consumed rows stay, so a repeated signalId stays deduplicated).
+    // runs.schedule_id and schedules: cron schedules, one row each; ix_due holds only
+    // schedules that will fire (a paused one has next_run_at NULL), in firing order, so a
+    // tick reads the due ones from the front of one index range.
     version: 3,
-    name: 'runs.submit_key, runs.ending, jobs.handbacks, jobs.wait_for, jobs.received, handlers, signals',
+    name: 'runs.submit_key, runs.ending, runs.schedule_id, jobs.handbacks, jobs.wait_for, jobs.received, handlers, signals, schedules',
     statements: (p) => [
       `ALTER TABLE \`${p}runs\` ADD COLUMN \`submit_key\` CHAR(26) ${ASCII} NULL`,
       `ALTER TABLE \`${p}runs\` ADD COLUMN \`ending\` INT UNSIGNED NOT NULL DEFAULT 0`,
+      `ALTER TABLE \`${p}runs\` ADD COLUMN \`schedule_id\` VARCHAR(100) ${ASCII} NULL`,
       `ALTER TABLE \`${p}jobs\` ADD COLUMN \`handbacks\` INT UNSIGNED NOT NULL DEFAULT 0`,
       `ALTER TABLE \`${p}jobs\` ADD COLUMN \`wait_for\` VARCHAR(128) ${ASCII} NULL`,
       `ALTER TABLE \`${p}jobs\` ADD COLUMN \`received\` LONGTEXT NULL`,
@@ -130,6 +134,23 @@ export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
         \`seen_at\` BIGINT NOT NULL,
         PRIMARY KEY (\`queue\`, \`workflow\`),
         KEY \`ix_workflow\` (\`workflow\`)
+      ) ${TABLE}`,
+      `CREATE TABLE IF NOT EXISTS \`${p}schedules\` (
+        \`id\` VARCHAR(100) ${ASCII} NOT NULL,
+        \`workflow\` VARCHAR(128) ${ASCII} NOT NULL,
+        \`cron\` VARCHAR(255) NOT NULL,
+        \`time_zone\` VARCHAR(64) ${ASCII} NOT NULL,
+        \`input\` LONGTEXT NOT NULL,
+        \`input_hash\` CHAR(64) ${ASCII} NOT NULL,
+        \`headers\` MEDIUMTEXT NOT NULL,
+        \`overlap\` VARCHAR(8) ${ASCII} NOT NULL,
+        \`paused\` TINYINT UNSIGNED NOT NULL DEFAULT 0,
+        \`next_run_at\` BIGINT NULL,
+        \`last_run_id\` VARCHAR(128) ${ASCII} NULL,
+        \`created_at\` BIGINT NOT NULL,
+        \`updated_at\` BIGINT NOT NULL,
+        PRIMARY KEY (\`id\`),
+        KEY \`ix_due\` (\`next_run_at\`)
       ) ${TABLE}`,
     ],
   },
@@ -185,7 +206,7 @@ export function createWorkflowMigrations(tablePrefix = 'workflow_'): Array<new (
       }
       async down(queryRunner: QueryRunner): Promise<void> {
         if (m.version === 1) {
-          for (const t of ['signals', 'handlers', 'dead', 'jobs', 'runs', 'migrations']) {
+          for (const t of ['schedules', 'signals', 'handlers', 'dead', 'jobs', 'runs', 'migrations']) {
             await queryRunner.query(`DROP TABLE IF EXISTS \`${tablePrefix}${t}\``);
           }
         }
