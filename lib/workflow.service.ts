@@ -15,27 +15,16 @@ import type {
   DeadStepFilter,
   RunOutcome,
   RunSpec,
-  RunState,
   RunStatus,
   SignalOptions,
   SubmitOptions,
   SubmitOutcome,
-  TerminalStatus,
   WaitOptions,
 } from './interfaces/run.interface.js';
 import { isConnectionError } from './storage/sql-client.js';
 import { WorkflowStorage } from './storage/workflow.storage.js';
-import {
-  handlerOf,
-  JobKind,
-  JobState,
-  NEVER,
-  type NewRun,
-  parseJobId,
-  publicJobId,
-  type RunRow,
-  RunRowState,
-} from './storage/storage.types.js';
+import { toOutcome, toStatus } from './run-views.js';
+import { handlerOf, JobKind, type NewRun, parseJobId, publicJobId } from './storage/storage.types.js';
 import { hashJson, parseJson, serializeJson } from './utils/json.js';
 import { ulid } from './utils/ulid.js';
 import { range, type ResolvedWorkflowConfig, show } from './workflow.config.js';
@@ -235,6 +224,8 @@ export class WorkflowService implements OnApplicationBootstrap {
     // Refused like submit, so a caller's bug (an id from the wrong field) is not taken for an unknown run.
     if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId)) throw new InvalidRunIdError(runId);
     const result = await this.storage.cancelRun(runId);
+    // Children are cancelled in transactions of their own: a parent's transaction never locks a child's rows.
+    if (result) for (const child of await this.storage.liveChildren(runId)) await this.cancel(child);
     if (result === 'cancelled') {
       this.notifier.runFinished(runId);
       this.notifier.wake();
@@ -410,49 +401,4 @@ function assertFitsPacket(run: NewRun, maxAllowedPacket: number): void {
   if (size(false) <= budget) return;
   const bytes = size(true);
   if (bytes > budget) throw new PacketTooLargeError(`run input (with its headers) of run ${run.id}`, bytes, budget);
-}
-
-function toStatus(row: RunRow): RunStatus {
-  let state: RunState;
-  const jobState = Number(row.job_state);
-  if (row.state === RunRowState.Active) {
-    state = jobState === JobState.Leased ? 'running' : jobState === JobState.Waiting ? 'waiting' : 'pending';
-  } else state = row.state as RunState;
-  const active = row.state === RunRowState.Active || row.state === RunRowState.Cancelling;
-  const status: RunStatus = {
-    runId: row.id,
-    workflow: row.workflow,
-    state,
-    currentStep: Number(row.current_step),
-    attempts: Number(active ? (row.job_attempts ?? 0) : row.attempts),
-    headers: JSON.parse(row.headers),
-    submittedAt: new Date(Number(row.submitted_at)),
-    updatedAt: new Date(Number(row.updated_at)),
-  };
-  if (row.finished_at != null) status.finishedAt = new Date(Number(row.finished_at));
-  if (row.result != null) status.result = parseJson(row.result);
-  if (row.error != null) status.error = row.error;
-  if (row.schedule_id != null) status.scheduleId = row.schedule_id;
-  if (state === 'pending' && row.job_run_at != null) status.runAt = new Date(Number(row.job_run_at));
-  if (state === 'waiting') {
-    const until = Number(row.job_run_at);
-    status.waitingFor = { signal: row.job_wait_for ?? undefined, ...(until < NEVER ? { until: new Date(until) } : {}) };
-  }
-  return status;
-}
-
-function toOutcome(s: RunStatus, ending: number): RunOutcome {
-  const outcome: RunOutcome = {
-    runId: s.runId,
-    workflow: s.workflow,
-    status: s.state as TerminalStatus,
-    headers: s.headers,
-    finalStep: s.currentStep,
-    submittedAt: s.submittedAt,
-    finishedAt: s.finishedAt ?? s.updatedAt,
-    ending,
-  };
-  if ('result' in s) outcome.result = s.result;
-  if (s.error !== undefined) outcome.error = s.error;
-  return outcome;
 }

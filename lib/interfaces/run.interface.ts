@@ -62,6 +62,8 @@ export interface RunStatus {
   waitingFor?: { signal?: string; children?: number; until?: Date };
   /** The schedule whose tick started this run. */
   scheduleId?: string;
+  /** Set on a child run: the run whose step spawned it. */
+  parentRunId?: string;
 }
 
 export interface WaitOptions {
@@ -93,4 +95,16 @@ export interface SignalOptions {
   signalId?: string;
   /** Store the signal through this EntityManager: it exists if and only if that transaction commits. */
   manager?: EntityManager;
+}
+
+/** A child run a step spawns (`StepOutcome.spawn`). */
+export interface ChildSpec {
+  workflow: string;
+  input: unknown;
+  /** Default: derived from the parent's run id, step and the child's position, so a redelivered spawn creates nothing twice. */
+  runId?: string;
+  /** Over the parent's headers, which the child inherits. */
+  headers?: Record<string, string>;
+  priority?: number;
+  concurrencyKey?: string;
 }

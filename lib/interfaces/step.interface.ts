@@ -1,3 +1,5 @@
+import type { RunOutcome } from './run.interface.js';
+
 export interface Step<P = unknown> {
   readonly runId: string;
   readonly workflow: string;
@@ -15,6 +17,8 @@ export interface Step<P = unknown> {
   extendLease(ms: number): Promise<void>;
   /** Only on the step after a `waitForSignal`: the signal it received, or that the wait timed out. */
   readonly received?: ReceivedSignal;
+  /** Only on the step after a `spawn`: every child's outcome, in spawn order. */
+  readonly children?: readonly RunOutcome[];
 }
 
 /** What the step after a `waitForSignal` received. */

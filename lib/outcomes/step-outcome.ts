@@ -1,9 +1,12 @@
+import type { ChildSpec } from '../interfaces/run.interface.js';
+
 export type StepOutcome<P = unknown, R = unknown> =
   | { kind: 'continue'; payload: P; delayMs?: number }
   | { kind: 'succeed'; result: R }
   | { kind: 'fail'; reason: string }
   | { kind: 'cancel'; reason: string }
-  | { kind: 'wait'; signal: string; payload: P; timeoutMs?: number };
+  | { kind: 'wait'; signal: string; payload: P; timeoutMs?: number }
+  | { kind: 'spawn'; children: ChildSpec[]; payload: P; failFast?: boolean };
 
 /** Builders for what a runner returns after a step. */
 export const StepOutcome = {
@@ -33,6 +36,17 @@ export const StepOutcome = {
     return options.timeoutMs === undefined
       ? { kind: 'wait', signal: name, payload }
       : { kind: 'wait', signal: name, payload, timeoutMs: options.timeoutMs };
+  },
+  /**
+   * Step done; starts `children` (in this step's settling transaction) and waits for all
+   * of them to end, holding no worker slot. The next step runs with `payload` and
+   * `step.children` (every child's RunOutcome, in spawn order). With `failFast`, the first
+   * child that fails or is cancelled cancels its siblings.
+   */
+  spawn<P>(children: ChildSpec[], payload: P, options: { failFast?: boolean } = {}): StepOutcome<P, never> {
+    return options.failFast
+      ? { kind: 'spawn', children, payload, failFast: true }
+      : { kind: 'spawn', children, payload };
   },
   /** Run cancelled by the runner's verdict (no dead letter). */
   cancel(reason: string): StepOutcome<never, never> {

@@ -58,7 +58,7 @@ async function cancelOnce(
           )
         : [];
       const [run] = await sql.query<Array<LockedRun & { current_job_id: string | null }>>(
-        `SELECT \`id\`, \`workflow\`, \`state\`, \`submitted_at\`, \`ending\`, \`current_job_id\` FROM ${t.runs} WHERE \`id\` = ? FOR UPDATE`,
+        `SELECT \`id\`, \`workflow\`, \`state\`, \`submitted_at\`, \`ending\`, \`parent_run_id\`, \`current_job_id\` FROM ${t.runs} WHERE \`id\` = ? FOR UPDATE`,
         [runId],
       );
       if (!run || !isLive(run.state)) return false;

@@ -50,6 +50,14 @@ export interface SettlementSize {
 export function settlementSize(job: ClaimedJob, s: Settlement, handlers: number, exact: boolean): SettlementSize {
   const b = (t: string | undefined | null) => escapedBytes(t, exact);
   switch (s.type) {
+    case 'spawn':
+      return {
+        bytes: s.children.reduce(
+          (sum, c) => sum + 2 * ROW_OVERHEAD + b(c.firstJob.payload) + 2 * b(c.headers),
+          ROW_OVERHEAD + b(s.next.payload),
+        ),
+        copies: 1,
+      };
     case 'continue':
     case 'wait':
       return { bytes: ROW_OVERHEAD + b(s.next.payload), copies: 1 };

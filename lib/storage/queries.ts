@@ -4,7 +4,7 @@ import type { StorageContext } from './tables.js';
 /** One run with its current job's state, attempts and due time. */
 export async function getRun(ctx: StorageContext, runId: string): Promise<RunRow | null> {
   const rows = await ctx.client.query<RunRow[]>(
-    `SELECT r.*, j.\`state\` AS job_state, j.\`attempts\` AS job_attempts, j.\`run_at\` AS job_run_at, j.\`wait_for\` AS job_wait_for
+    `SELECT r.*, j.\`state\` AS job_state, j.\`attempts\` AS job_attempts, j.\`run_at\` AS job_run_at, j.\`wait_for\` AS job_wait_for, j.\`children_open\` AS job_children_open
       FROM ${ctx.t.runs} r LEFT JOIN ${ctx.t.jobs} j ON j.\`id\` = r.\`current_job_id\` WHERE r.\`id\` = ?`,
     [runId],
   );
@@ -31,4 +31,36 @@ export async function busyJobs(
     [queues, now],
   );
   return rows.map((r) => ({ queue: r.queue, state: BUSY[Number(r.state)] ?? String(r.state), count: Number(r.n) }));
+}
+
+/** The children a parent's step spawned, in spawn order, as they are now. */
+export async function childRuns(ctx: StorageContext, parentRunId: string, parentStep: number): Promise<RunRow[]> {
+  return ctx.client.query<RunRow[]>(
+    `SELECT * FROM ${ctx.t.runs} FORCE INDEX (\`ix_parent\`) WHERE \`parent_run_id\` = ? AND \`parent_step\` = ?
+      ORDER BY \`child_index\``,
+    [parentRunId, parentStep],
+  );
+}
+
+/** Children of a run that have not ended (for a cancel's cascade). */
+export async function liveChildren(ctx: StorageContext, parentRunId: string): Promise<string[]> {
+  const rows = await ctx.client.query<Array<{ id: string }>>(
+    `SELECT \`id\` FROM ${ctx.t.runs} FORCE INDEX (\`ix_parent\`) WHERE \`parent_run_id\` = ? AND \`finished_at\` IS NULL`,
+    [parentRunId],
+  );
+  return rows.map((r) => r.id);
+}
+
+/** Parents whose failFast join was tripped by a failed child: their live children are to be cancelled. */
+export async function trippedJoins(ctx: StorageContext, limit = 50): Promise<Array<{ jobId: string; runId: string }>> {
+  const rows = await ctx.client.query<Array<{ id: string; run_id: string }>>(
+    `SELECT \`id\`, \`run_id\` FROM ${ctx.t.jobs} FORCE INDEX (\`ix_fail_fast\`) WHERE \`fail_fast\` = 2 LIMIT ?`,
+    [limit],
+  );
+  return rows.map((r) => ({ jobId: r.id, runId: r.run_id }));
+}
+
+/** A tripped join whose siblings have been cancelled: not looked at again. */
+export async function joinHandled(ctx: StorageContext, jobId: string): Promise<void> {
+  await ctx.client.query(`UPDATE ${ctx.t.jobs} SET \`fail_fast\` = 3 WHERE \`id\` = ? AND \`fail_fast\` = 2`, [jobId]);
 }

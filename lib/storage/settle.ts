@@ -1,8 +1,9 @@
 import { noHandlersGuard, queuesByWorkflow, readHandlers } from './handlers.js';
 import { takeFromMailbox } from './signals.js';
 import { runBatch, type Sql, type WriteResult } from './sql-client.js';
-import { kindOf, type Settlement } from './settlements.js';
-import { type ClaimedJob, JobKind, type NewJob, RunRowState, type SettleResult } from './storage.types.js';
+import { kindOf, Settle, type Settlement } from './settlements.js';
+import { type ClaimedJob, JobKind, type NewJob, type NewRun, RunRowState, type SettleResult } from './storage.types.js';
+import { insertRunsIn } from './submit.js';
 import type { StorageContext } from './tables.js';
 import {
   advanceRuns,
@@ -155,7 +156,15 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
     );
   }
   if (ending.length && !notify) {
-    first.push(endRuns(ctx.t, ending.map(runEnd), now, true), countIs(ending.length), noHandlersGuard(ctx, workflows));
+    first.push(
+      endRuns(ctx.t, ending.map(runEnd), now, true),
+      countIs(ending.length),
+      noHandlersGuard(ctx, workflows),
+      noParentsGuard(
+        ctx,
+        ending.map((e) => e.job.runId),
+      ),
+    );
   }
   if (ending.length && notify)
     first.push(
@@ -174,7 +183,9 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
     results[first.length - 2] as Array<{ workflow: string; queue: string }>,
     workflows,
   );
-  if (runs.length !== ending.length || runs.some((r) => r.state !== RunRowState.Active)) throw CAREFUL;
+  // A child's ending also counts toward its parent: the careful path does that.
+  if (runs.length !== ending.length || runs.some((r) => r.state !== RunRowState.Active || r.parent_run_id))
+    throw CAREFUL;
   const byId = new Map(runs.map((r) => [r.id, r]));
   const ends = ending.map(runEnd);
   const jobs = ends.flatMap((e) => {
@@ -194,8 +205,9 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
  * whatever the step decided; missing or finished (a hand-edited table), the step is
  * kept as a dead letter an operator can see.
  */
-export async function settleOne(ctx: StorageContext, sql: Sql, item: SettleItem): Promise<SettleResult> {
+export async function settleOne(ctx: StorageContext, sql: Sql, given: SettleItem): Promise<SettleResult> {
   const now = ctx.now();
+  const item = await spawnable(ctx, sql, given);
   const { job, settlement } = item;
   const kind = kindOf(settlement);
   const res = await sql.query<WriteResult>(...jobEffect(ctx, kind.job, [item], now));
@@ -226,9 +238,40 @@ export async function settleOne(ctx: StorageContext, sql: Sql, item: SettleItem)
     await sql.query(...advanceRuns(ctx.t, [{ runId: job.runId, stepNumber: next.stepNumber }], now));
     if (kind.mailbox && next.waitFor !== undefined)
       await takeFromMailbox(ctx, sql, job.id, job.runId, next.waitFor, now);
+    if (kind.spawn) {
+      const children = (settlement as { children: NewRun[] }).children;
+      // Checked just before (spawnable); one taken since makes the whole transaction fail and the step run again.
+      await insertRunsIn(ctx, sql, children, (existing) => {
+        if (existing.size) throw new Error(`child run ids taken meanwhile: ${[...existing.keys()].join(', ')}`);
+      });
+    }
   } else if (kind.run === 'end') {
     await endRun(sql, ctx, run, runEnd(item), now);
   }
   if (dead !== undefined) await sql.query(...insertDead(ctx.t, job, dead, now));
   return 'settled';
+}
+
+/**
+ * A spawn whose child run ids are taken already (by runs of other inputs, or not this
+ * spawn's) cannot be applied: it fails the step permanently instead, saying which.
+ */
+async function spawnable(ctx: StorageContext, sql: Sql, item: SettleItem): Promise<SettleItem> {
+  if (item.settlement.type !== 'spawn' || item.settlement.children.length === 0) return item;
+  const ids = item.settlement.children.map((c) => c.id);
+  const taken = await sql.query<Array<{ id: string }>>(`SELECT \`id\` FROM ${ctx.t.runs} WHERE \`id\` IN (?)`, [ids]);
+  if (taken.length === 0) return item;
+  const error = `spawn: child run id(s) already taken by other runs: ${taken
+    .map((t) => t.id)
+    .slice(0, 10)
+    .join(', ')}`;
+  return { job: item.job, settlement: Settle.deadLetter(error) };
+}
+
+/** A guard (see countIs) that trips when one of these runs is a child: its ending counts toward its parent. */
+function noParentsGuard(ctx: StorageContext, runIds: string[]): Statement {
+  return [
+    `SET @wf_guard = ~0 + ((SELECT COUNT(*) FROM ${ctx.t.runs} FORCE INDEX (PRIMARY) WHERE \`id\` IN (?) AND \`parent_run_id\` IS NOT NULL) <> 0)`,
+    [runIds],
+  ];
 }

@@ -1,5 +1,5 @@
 import type { TerminalStatus } from '../interfaces/run.interface.js';
-import type { NewJob } from './storage.types.js';
+import type { NewJob, NewRun } from './storage.types.js';
 
 /**
  * How a leased job ends, as data. The executor only names a settlement through these
@@ -13,6 +13,8 @@ export type Settlement =
   | { type: 'continue'; next: NewJob }
   /** The step is done and the run waits for a signal: the successor `next` is parked (`next.waitFor`). */
   | { type: 'wait'; next: NewJob }
+  /** The step is done, `children` start, and the successor `next` is parked until they have all ended. */
+  | { type: 'spawn'; next: NewJob; children: NewRun[] }
   /** The runner's verdict ends the run. */
   | { type: 'finish'; status: TerminalStatus; result?: string; error?: string }
   /** `error`: the full text kept on the dead letter; `reason`: the run's error (default `error`). */
@@ -31,6 +33,7 @@ export type SettlementType = Settlement['type'];
 export const Settle = {
   continueWith: (next: NewJob): Settlement => ({ type: 'continue', next }),
   waitFor: (next: NewJob): Settlement => ({ type: 'wait', next }),
+  spawn: (next: NewJob, children: NewRun[]): Settlement => ({ type: 'spawn', next, children }),
   finish: (status: TerminalStatus, fields: { result?: string; error?: string } = {}): Settlement => ({
     type: 'finish',
     status,
@@ -66,6 +69,8 @@ export interface SettlementKind<S extends Settlement = Settlement> {
   fast: boolean;
   /** After the run moved on, a signal already in the run's mailbox may wake the parked successor at once. */
   mailbox?: boolean;
+  /** After the run moved on, its children are inserted (runs and their step 0), in the same transaction. */
+  spawn?: boolean;
 }
 
 type Kinds = { [K in SettlementType]: SettlementKind<Extract<Settlement, { type: K }>> };
@@ -74,6 +79,7 @@ type Kinds = { [K in SettlementType]: SettlementKind<Extract<Settlement, { type:
 export const SETTLEMENT_KINDS: Kinds = {
   continue: { job: 'successor', run: 'advance', fast: true },
   wait: { job: 'successor', run: 'advance', fast: false, mailbox: true },
+  spawn: { job: 'successor', run: 'advance', fast: false, spawn: true },
   finish: {
     job: 'delete',
     run: 'end',

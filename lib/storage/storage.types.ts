@@ -67,6 +67,8 @@ export interface ClaimedJob {
   token: string;
   /** The ReceivedSignal (JSON) of the step after a wait. */
   received?: string | null;
+  /** 0 on the step after a spawn (its children have all ended); null otherwise. */
+  childrenOpen?: number | null;
   /** `headers` already parsed and frozen, handed from a step to its successor run in place. */
   parsedHeaders?: Readonly<Record<string, string>>;
 }
@@ -87,6 +89,9 @@ export interface NewJob {
   headers: string;
   /** Park it waiting for this signal (until runAt, or NEVER). */
   waitFor?: string;
+  /** Park it waiting for this many children to end; `failFast`: the first failure cancels the rest. */
+  childrenOpen?: number;
+  failFast?: boolean;
   /** Insert already leased to this token (continuation in place): no claim needed. */
   leaseToken?: string;
   leaseMs?: number;
@@ -103,6 +108,8 @@ export interface NewRun {
   firstJob: NewJob;
   /** Set for a run a schedule's tick started. */
   scheduleId?: string;
+  /** A child run: its parent, the parent's step that spawned it, and its position. */
+  parent?: { runId: string; step: number; index: number };
 }
 
 export type { Settlement } from './settlements.js';
@@ -127,6 +134,10 @@ export interface RunRow {
   finished_at: number | string | null;
   ending: number | string;
   schedule_id?: string | null;
+  parent_run_id?: string | null;
+  parent_step?: number | string | null;
+  child_index?: number | string | null;
+  job_children_open?: number | string | null;
   job_state?: number | string | null;
   job_attempts?: number | string | null;
   job_run_at?: number | string | null;

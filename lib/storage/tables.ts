@@ -39,7 +39,7 @@ export interface StorageContext {
 export const JOB_COLUMNS =
   '`id`, `queue`, `kind`, `state`, `priority`, `run_at`, `run_id`, `step_number`, `attempts`, `max_attempts`, `lease_token`, `lease_until`, `payload`, `headers`, `created_at`';
 export const CLAIM_COLUMNS =
-  '`id`, `queue`, `kind`, `run_id`, `step_number`, `attempts`, `handbacks`, `max_attempts`, `priority`, `payload`, `headers`, `received`';
+  '`id`, `queue`, `kind`, `run_id`, `step_number`, `attempts`, `handbacks`, `max_attempts`, `priority`, `payload`, `headers`, `received`, `children_open`';
 
 /** A job row as `CLAIM_COLUMNS` reads it. */
 export interface JobRow {
@@ -55,6 +55,7 @@ export interface JobRow {
   payload: string;
   headers: string;
   received?: string | null;
+  children_open?: number | string | null;
 }
 
 export function toClaimed(r: JobRow, token: string, attempts: number): ClaimedJob {
@@ -71,6 +72,7 @@ export function toClaimed(r: JobRow, token: string, attempts: number): ClaimedJo
     payload: r.payload,
     headers: r.headers,
     received: r.received ?? null,
+    childrenOpen: r.children_open == null ? null : Number(r.children_open),
     token,
   };
 }

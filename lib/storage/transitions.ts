@@ -68,6 +68,7 @@ export function rewriteAsSuccessors(
   const leased = moves.filter((m) => m.next.leaseToken);
   const waiting = moves.filter((m) => !m.next.leaseToken);
   const parked = moves.filter((m) => m.next.waitFor !== undefined);
+  const joining = moves.filter((m) => m.next.childrenOpen !== undefined);
   const sets = [
     caseById(params, 'step_number', moves, id, '?', (m) => [m.next.stepNumber], '`step_number`'),
     caseById(params, 'payload', moves, id, '?', (m) => [m.next.payload], '`payload`'),
@@ -86,6 +87,8 @@ export function rewriteAsSuccessors(
     caseById(params, 'state', waiting, id, '?', (m) => [stateOf(m.next)], '`state`'),
     caseById(params, 'run_at', waiting, id, '?', (m) => [m.next.runAt], '`run_at`'),
     caseById(params, 'wait_for', parked, id, '?', (m) => [m.next.waitFor], 'NULL'),
+    caseById(params, 'children_open', joining, id, '?', (m) => [m.next.childrenOpen], 'NULL'),
+    caseById(params, 'fail_fast', joining, id, '?', (m) => [m.next.failFast ? 1 : 0], 'NULL'),
     // What a wait received belongs to the one step after it.
     '`received` = NULL',
   ];
@@ -103,7 +106,8 @@ export function rewriteAsSuccessors(
 
 /** The queue state a job that is not leased starts in. */
 function stateOf(j: NewJob): number {
-  return j.waitFor !== undefined ? JobState.Waiting : j.scheduled ? JobState.Scheduled : JobState.Ready;
+  if (j.waitFor !== undefined || j.childrenOpen !== undefined) return JobState.Waiting;
+  return j.scheduled ? JobState.Scheduled : JobState.Ready;
 }
 
 /** Deletes held job rows. Tokens are unique per job, so the IN lists cannot match a row by another item's token. */
@@ -197,12 +201,14 @@ export interface LockedRun {
   submitted_at: number | string;
   /** Endings so far; the one being written is this + 1. */
   ending: number | string;
+  /** A child run's parent, whose join it counts toward when it ends. */
+  parent_run_id?: string | null;
 }
 
 /** Locks run rows (after their job rows: the lock order). */
 export function lockRuns(t: Tables, runIds: string[]): Statement {
   return [
-    `SELECT \`id\`, \`workflow\`, \`state\`, \`submitted_at\`, \`ending\` FROM ${t.runs} FORCE INDEX (PRIMARY) WHERE \`id\` IN (?) FOR UPDATE`,
+    `SELECT \`id\`, \`workflow\`, \`state\`, \`submitted_at\`, \`ending\`, \`parent_run_id\` FROM ${t.runs} FORCE INDEX (PRIMARY) WHERE \`id\` IN (?) FOR UPDATE`,
     [runIds],
   ];
 }
@@ -257,7 +263,39 @@ export async function endRun(
   const queuesFor = await handlerQueues(ctx, sql, [run.workflow]);
   const jobs = deliveries(queuesFor(run.workflow), ctx.deliveryAttempts, d, run, now);
   if (jobs.length) await sql.query(...insertJobs(ctx.t, jobs, now));
+  if (run.parent_run_id) await countTowardParent(ctx, sql, run.parent_run_id, d.status, now);
   return d;
+}
+
+/**
+ * A child's ending counts toward its parent's join: the last one makes the parent's next
+ * step claimable, in this same transaction. Lock order: the child's own rows (already
+ * held), then the parent's job row: a run's descendants before its ancestors. A parent's
+ * own transactions never lock a child's rows (its cancel reaches the children in
+ * transactions of their own), so the two orders never cross. With failFast, a failed or
+ * cancelled child marks the join, and maintenance cancels the siblings.
+ */
+async function countTowardParent(
+  ctx: StorageContext,
+  sql: Sql,
+  parentRunId: string,
+  status: string,
+  now: number,
+): Promise<void> {
+  const [parent] = await sql.query<Array<{ current_job_id: string | null }>>(
+    `SELECT \`current_job_id\` FROM ${ctx.t.runs} WHERE \`id\` = ?`,
+    [parentRunId],
+  );
+  if (!parent?.current_job_id) return; // the parent ended meanwhile (cancelled): nobody waits
+  const failed = status !== 'succeeded';
+  await sql.query(
+    `UPDATE ${ctx.t.jobs} SET \`state\` = IF(\`children_open\` <= 1, ${JobState.Ready}, \`state\`),
+      \`run_at\` = IF(\`children_open\` <= 1, ?, \`run_at\`),
+      \`fail_fast\` = IF(\`fail_fast\` = 1 AND ?, 2, \`fail_fast\`),
+      \`children_open\` = \`children_open\` - 1
+      WHERE \`id\` = ? AND \`state\` = ${JobState.Waiting} AND \`children_open\` > 0`,
+    [now, failed, parent.current_job_id],
+  );
 }
 
 // ---------------------------------------------------------------- inserts

@@ -8,7 +8,7 @@ import { deadSteps, retryDead } from './dead-letters.js';
 import { expireHandlers, HandlerDirectory, type HostedHandler, registerHandlers } from './handlers.js';
 import { cancellingAmong, renewLeases } from './leases.js';
 import { reapExpired, sweepRetention } from './maintenance.js';
-import { busyJobs, getRun } from './queries.js';
+import { busyJobs, childRuns, getRun, joinHandled, liveChildren, trippedJoins } from './queries.js';
 import { type SettleItem, settleMany } from './settle.js';
 import {
   deleteSchedule,
@@ -149,6 +149,22 @@ export class WorkflowStorage {
 
   async busyJobs(queues: string[], now: number) {
     return busyJobs(await this.c(), queues, now);
+  }
+
+  async childRuns(parentRunId: string, parentStep: number): Promise<RunRow[]> {
+    return childRuns(await this.c(), parentRunId, parentStep);
+  }
+
+  async liveChildren(parentRunId: string): Promise<string[]> {
+    return liveChildren(await this.c(), parentRunId);
+  }
+
+  async trippedJoins(limit?: number) {
+    return trippedJoins(await this.c(), limit);
+  }
+
+  async joinHandled(jobId: string): Promise<void> {
+    return joinHandled(await this.c(), jobId);
   }
 
   async getRun(runId: string): Promise<RunRow | null> {

@@ -2,7 +2,10 @@ import { Inject, Injectable, Logger } from '@nestjs/common';
 import { StepError } from '../outcomes/step-error.js';
 import type { StepOutcome } from '../outcomes/step-outcome.js';
 import type { ReceivedSignal, Step } from '../interfaces/step.interface.js';
-import type { RunOutcome } from '../interfaces/run.interface.js';
+import type { ChildSpec, RunOutcome } from '../interfaces/run.interface.js';
+import { createHash } from 'node:crypto';
+import { ulid } from '../utils/ulid.js';
+import { outcomeOfRow } from '../run-views.js';
 import { WorkflowStorage } from '../storage/workflow.storage.js';
 import {
   type ClaimedJob,
@@ -10,13 +13,20 @@ import {
   JobKind,
   NEVER,
   type NewJob,
+  type NewRun,
   publicJobId,
 } from '../storage/storage.types.js';
 import { endsRun, Settle, type Settlement } from '../storage/settlements.js';
 import { CommitUnknownError, isConnectionError } from '../storage/sql-client.js';
-import { serializeJson } from '../utils/json.js';
+import { hashJson, serializeJson } from '../utils/json.js';
 import type { ResolvedWorkflowConfig } from '../workflow.config.js';
-import { LIMITS, SIGNAL_NAME_PATTERN, WORKFLOW_CONFIG } from '../workflow.constants.js';
+import {
+  LIMITS,
+  RESERVED_HEADER_PREFIX,
+  RUN_ID_PATTERN,
+  SIGNAL_NAME_PATTERN,
+  WORKFLOW_CONFIG,
+} from '../workflow.constants.js';
 import { WorkflowRegistry, type RunnerBinding } from '../workflow.registry.js';
 import { backoffDelay, type BackoffPolicy } from './backoff.js';
 import { Execution } from './execution.js';
@@ -24,7 +34,9 @@ import { packetBudget, settlementSize } from '../storage/packet.js';
 import { SettleBatcher } from './settle-batcher.js';
 import { WorkflowNotifier } from '../workflow.notifier.js';
 
-const OUTCOME_KINDS = new Set(['continue', 'wait', 'succeed', 'fail', 'cancel']);
+const OUTCOME_KINDS = new Set(['continue', 'wait', 'spawn', 'succeed', 'fail', 'cancel']);
+/** Most children one step may spawn. */
+const MAX_CHILDREN = 1000;
 
 /**
  * Runs one claimed job (a step through its runner, or a terminal delivery through its
@@ -139,6 +151,11 @@ export class JobExecutor {
     let thrown: unknown;
     let threw = false;
     try {
+      // The step after a spawn: every child has ended (the last one made it claimable).
+      if (job.childrenOpen === 0) {
+        const rows = await this.storage.childRuns(job.runId, job.stepNumber - 1);
+        Object.defineProperty(step, 'children', { value: Object.freeze(rows.map(outcomeOfRow)), enumerable: true });
+      }
       const runner = await binding.resolve(step);
       outcome = await runner.runStep(step);
     } catch (err) {
@@ -263,6 +280,23 @@ export class JobExecutor {
           waitFor: o.signal,
         });
       }
+      case 'spawn': {
+        if (!Array.isArray(o.children))
+          throw new Error(`spawn(children, payload) needs an array of ChildSpec, got ${describe(o.children)}`);
+        if (o.children.length > MAX_CHILDREN) {
+          throw new Error(`spawn: ${o.children.length} children, over the limit of ${MAX_CHILDREN} per step`);
+        }
+        const children = o.children.map((c: unknown, i: number) => this.childRun(job, c, i, max));
+        return Settle.spawn(
+          {
+            ...successorOf(job, serializeJson(o.payload, `payload returned by step ${job.stepNumber}`, max)),
+            runAt: NEVER,
+            childrenOpen: children.length,
+            failFast: o.failFast === true,
+          },
+          children,
+        );
+      }
       case 'succeed':
         return Settle.finish('succeeded', {
           result: o.result === undefined ? undefined : serializeJson(o.result, 'run result', max),
@@ -303,6 +337,58 @@ export class JobExecutor {
       `${what} about ${bytes} bytes after escaping, over the server's max_allowed_packet ` +
       `(${storage.maxAllowedPacket} bytes, ${budget} usable). Store large data elsewhere and return a reference, or raise max_allowed_packet.`
     );
+  }
+
+  /** One ChildSpec as the run it starts: validated like a submit, its id derived unless given. */
+  private childRun(parent: ClaimedJob, spec: unknown, index: number, max: number): NewRun {
+    const c = spec as ChildSpec;
+    const where = `spawn: child ${index}`;
+    if (!c || typeof c !== 'object') throw new Error(`${where} is not a ChildSpec`);
+    if (!this.registry.submittable.has(c.workflow)) {
+      throw new Error(
+        `${where} names workflow ${JSON.stringify(c.workflow) ?? describe(c.workflow)}, which this process does not know (known: ${[...this.registry.submittable].sort().join(', ')})`,
+      );
+    }
+    const runId = c.runId ?? childRunId(parent.runId, parent.stepNumber, index);
+    if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId))
+      throw new Error(`${where} has an invalid runId ${describe(runId)}`);
+    const headers: Record<string, string> = Object.assign(Object.create(null), JSON.parse(parent.headers));
+    for (const [key, value] of Object.entries(c.headers ?? {})) {
+      if (key.startsWith(RESERVED_HEADER_PREFIX)) throw new Error(`${where} sets the reserved header "${key}"`);
+      if (typeof value !== 'string') throw new Error(`${where}: header "${key}" must be a string`);
+      headers[key] = value;
+    }
+    const runner = this.registry.runners.get(c.workflow);
+    const priority = c.priority ?? runner?.priority ?? this.config.defaults.priority;
+    if (!Number.isSafeInteger(priority) || Math.abs(priority) > LIMITS.maxPriority) {
+      throw new Error(`${where}: priority must be an integer within ±${LIMITS.maxPriority}, got ${describe(priority)}`);
+    }
+    const input = serializeJson(c.input === undefined ? null : c.input, `${where} input`, max);
+    const headersJson = serializeJson(headers, `${where} headers`, max);
+    const now = this.now();
+    return {
+      id: runId,
+      workflow: c.workflow,
+      inputHash: hashJson(input),
+      headers: headersJson,
+      priority,
+      maxAttempts: null,
+      submittedAt: now,
+      parent: { runId: parent.runId, step: parent.stepNumber, index },
+      firstJob: {
+        id: ulid(now),
+        queue: c.workflow,
+        kind: JobKind.Step,
+        runId,
+        stepNumber: 0,
+        priority,
+        runAt: now,
+        scheduled: false,
+        maxAttempts: null,
+        payload: input,
+        headers: headersJson,
+      },
+    };
   }
 
   private failure(job: ClaimedJob, err: unknown, policy: BackoffPolicy | undefined): Settlement {
@@ -401,6 +487,7 @@ export class JobExecutor {
       if (s.next.scheduled) this.notifier.dueIn(s.next.runAt - this.now());
       else this.notifier.wake();
     }
+    if (s.type === 'spawn' && !cancelled) this.notifier.wake(); // the children are claimable now
     if (s.type === 'wait' && !cancelled) {
       // A signal already in the mailbox woke it in the settlement; else its timeout, if any, is a due time.
       this.notifier.wake();
@@ -504,4 +591,12 @@ function successorOf(job: ClaimedJob, payload: string): NewJob {
     payload,
     headers: job.headers,
   };
+}
+
+/** A child's run id when the spec gives none: the same for every delivery of the spawning step. */
+function childRunId(parentRunId: string, step: number, index: number): string {
+  const plain = `${parentRunId}-${step}-${index}`;
+  return plain.length <= 128
+    ? plain
+    : `c${createHash('sha256').update(`${parentRunId}/${step}`).digest('hex').slice(0, 40)}-${index}`;
 }

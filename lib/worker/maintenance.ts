@@ -30,6 +30,7 @@ export class Maintenance {
 
   start(): void {
     this.every('promote', this.opts.pollIntervalMs, () => this.promote());
+    this.every('joins', this.opts.pollIntervalMs, () => this.joins());
     this.every('reap', Math.min(5000, Math.max(200, Math.floor(this.opts.leaseMs / 4))), () => this.reap());
     // A sweep that finds nothing is two index probes: cheap enough to run every few seconds.
     const upkeepMs = Math.min(60_000, Math.max(1_000, this.opts.pollIntervalMs * 40));
@@ -46,6 +47,14 @@ export class Maintenance {
   }
 
   /** Also fires due schedule ticks: the same cadence, and a ManualClock jump calls it at once. */
+  /** failFast joins a failed child tripped: their other children are cancelled (each in a transaction of its own). */
+  async joins(): Promise<void> {
+    for (const join of await this.storage.trippedJoins()) {
+      for (const child of await this.storage.liveChildren(join.runId)) await this.storage.cancelRun(child);
+      await this.storage.joinHandled(join.jobId);
+    }
+  }
+
   async promote(): Promise<void> {
     const due = (await this.storage.promoteDue()) + (await this.storage.wakeTimedOut());
     if (due > 0) this.onWork();

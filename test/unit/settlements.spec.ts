@@ -43,6 +43,15 @@ interface Expected {
 // A Record over SettlementType: a kind added to the union without a row here fails to compile.
 const EXPECTED: Record<SettlementType, Expected[]> = {
   continue: [{ settlement: Settle.continueWith(successor), job: 'successor', run: 'advance', fast: true }],
+  // Careful path only: the children are inserted after the run moves on.
+  spawn: [
+    {
+      settlement: Settle.spawn({ ...successor, childrenOpen: 2 }, []),
+      job: 'successor',
+      run: 'advance',
+      fast: false,
+    },
+  ],
   // Careful path only: after the run moves on it may find the signal already in the mailbox.
   wait: [
     {

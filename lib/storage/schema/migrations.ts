@@ -109,11 +109,18 @@ export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
     // schedules that will fire (a paused one has next_run_at NULL), in firing order, so a
     // tick reads the due ones from the front of one index range.
     version: 3,
-    name: 'runs.submit_key, runs.ending, runs.schedule_id, jobs.handbacks, jobs.wait_for, jobs.received, handlers, signals, schedules',
+    name: 'runs.submit_key, runs.ending, runs.schedule_id, runs.parent_*, jobs.handbacks, jobs.wait_for, jobs.received, jobs.children_open, jobs.fail_fast, handlers, signals, schedules',
     statements: (p) => [
       `ALTER TABLE \`${p}runs\` ADD COLUMN \`submit_key\` CHAR(26) ${ASCII} NULL`,
       `ALTER TABLE \`${p}runs\` ADD COLUMN \`ending\` INT UNSIGNED NOT NULL DEFAULT 0`,
       `ALTER TABLE \`${p}runs\` ADD COLUMN \`schedule_id\` VARCHAR(100) ${ASCII} NULL`,
+      `ALTER TABLE \`${p}runs\` ADD COLUMN \`parent_run_id\` VARCHAR(128) ${ASCII} NULL`,
+      `ALTER TABLE \`${p}runs\` ADD COLUMN \`parent_step\` INT UNSIGNED NULL`,
+      `ALTER TABLE \`${p}runs\` ADD COLUMN \`child_index\` INT UNSIGNED NULL`,
+      `ALTER TABLE \`${p}runs\` ADD KEY \`ix_parent\` (\`parent_run_id\`, \`parent_step\`, \`child_index\`)`,
+      `ALTER TABLE \`${p}jobs\` ADD COLUMN \`children_open\` INT UNSIGNED NULL`,
+      `ALTER TABLE \`${p}jobs\` ADD COLUMN \`fail_fast\` TINYINT UNSIGNED NULL`,
+      `ALTER TABLE \`${p}jobs\` ADD KEY \`ix_fail_fast\` (\`fail_fast\`)`,
       `ALTER TABLE \`${p}jobs\` ADD COLUMN \`handbacks\` INT UNSIGNED NOT NULL DEFAULT 0`,
       `ALTER TABLE \`${p}jobs\` ADD COLUMN \`wait_for\` VARCHAR(128) ${ASCII} NULL`,
       `ALTER TABLE \`${p}jobs\` ADD COLUMN \`received\` LONGTEXT NULL`,

@@ -1,0 +1,57 @@
+/** The public views of a run row: RunStatus and RunOutcome. */
+import type { RunOutcome, RunState, RunStatus, TerminalStatus } from './interfaces/run.interface.js';
+import { JobState, NEVER, type RunRow, RunRowState } from './storage/storage.types.js';
+import { parseJson } from './utils/json.js';
+
+export function toStatus(row: RunRow): RunStatus {
+  let state: RunState;
+  const jobState = Number(row.job_state);
+  if (row.state === RunRowState.Active) {
+    state = jobState === JobState.Leased ? 'running' : jobState === JobState.Waiting ? 'waiting' : 'pending';
+  } else state = row.state as RunState;
+  const active = row.state === RunRowState.Active || row.state === RunRowState.Cancelling;
+  const status: RunStatus = {
+    runId: row.id,
+    workflow: row.workflow,
+    state,
+    currentStep: Number(row.current_step),
+    attempts: Number(active ? (row.job_attempts ?? 0) : row.attempts),
+    headers: JSON.parse(row.headers),
+    submittedAt: new Date(Number(row.submitted_at)),
+    updatedAt: new Date(Number(row.updated_at)),
+  };
+  if (row.finished_at != null) status.finishedAt = new Date(Number(row.finished_at));
+  if (row.result != null) status.result = parseJson(row.result);
+  if (row.error != null) status.error = row.error;
+  if (row.schedule_id != null) status.scheduleId = row.schedule_id;
+  if (state === 'pending' && row.job_run_at != null) status.runAt = new Date(Number(row.job_run_at));
+  if (state === 'waiting' && row.job_children_open != null) {
+    status.waitingFor = { children: Number(row.job_children_open) };
+  } else if (state === 'waiting') {
+    const until = Number(row.job_run_at);
+    status.waitingFor = { signal: row.job_wait_for ?? undefined, ...(until < NEVER ? { until: new Date(until) } : {}) };
+  }
+  if (row.parent_run_id) status.parentRunId = row.parent_run_id;
+  return status;
+}
+
+export function toOutcome(s: RunStatus, ending: number): RunOutcome {
+  const outcome: RunOutcome = {
+    runId: s.runId,
+    workflow: s.workflow,
+    status: s.state as TerminalStatus,
+    headers: s.headers,
+    finalStep: s.currentStep,
+    submittedAt: s.submittedAt,
+    finishedAt: s.finishedAt ?? s.updatedAt,
+    ending,
+  };
+  if ('result' in s) outcome.result = s.result;
+  if (s.error !== undefined) outcome.error = s.error;
+  return outcome;
+}
+
+/** The outcome of a run row that has ended. */
+export function outcomeOfRow(row: RunRow): RunOutcome {
+  return toOutcome(toStatus(row), Number(row.ending));
+}
