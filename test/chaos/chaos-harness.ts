@@ -139,6 +139,8 @@ export interface ChaosReport {
     deliveries: string;
     killsMs: number[];
     crashesMs: number[];
+    /** With signals: the run's signals, as step:mode/duplicate@when their send completed (relative, as above). */
+    signals?: string[];
   }>;
   runsWithoutTerminalDelivery: number;
   leftoverJobs: number;
@@ -671,6 +673,13 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
             deliveries: String(s.deliveries),
             killsMs: deliveries.flatMap(([p]) => killedAt.get(p) ?? []).map((k) => k - first),
             crashesMs: crashes.map((c) => c - first),
+            ...(signalEvery > 0
+              ? {
+                  signals: (plan.get(s.run_id) ?? []).map(
+                    (p) => `${p.step}:${p.mode}/${p.duplicate}@${p.sent ? p.sent.doneAt - first : '-'}`,
+                  ),
+                }
+              : {}),
           });
         }
       }
