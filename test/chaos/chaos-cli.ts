@@ -4,9 +4,12 @@
  * With CHAOS_DB_RESTART_EVERY_MS=30000 it runs on a private MariaDB (port CHAOS_DB_PORT,
  * default a free one) that is SIGKILLed and restarted every 30 s as well
  * (CHAOS_DB_RESTARTS caps how many times).
+ * With CHAOS_SIGNAL_EVERY=k (default 3; 0 turns it off) every k-th step waits for a signal
+ * that the harness sends (CHAOS_SIGNAL_TIMEOUT_EVERY=m, default 50: the first wait of every
+ * m-th run is left to time out).
  * Prints the figures; exits 1 if any invariant is broken.
  */
-import { runChaos } from './chaos-harness.js';
+import { runChaos, signalsHold } from './chaos-harness.js';
 
 const env = process.env;
 const num = (name: string, fallback: number) => Number(env[name] ?? fallback);
@@ -25,6 +28,9 @@ const report = await runChaos({
   dbRestartEveryMs,
   dbRestartLimit: env.CHAOS_DB_RESTARTS ? Number(env.CHAOS_DB_RESTARTS) : undefined,
   dbPort: num('CHAOS_DB_PORT', 0),
+  signalEvery: num('CHAOS_SIGNAL_EVERY', 3),
+  signalTimeoutEvery: num('CHAOS_SIGNAL_TIMEOUT_EVERY', 50),
+  signalTimeoutMs: num('CHAOS_SIGNAL_TIMEOUT_MS', 1_000),
   log: (line) => process.stdout.write(`${new Date().toISOString()} ${line}\n`),
 });
 process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
@@ -35,7 +41,8 @@ const ok =
   report.runsWithoutTerminalDelivery === 0 &&
   report.leftoverJobs === 0 &&
   report.deadLetters === 0 &&
-  report.unexpectedWorkerExits.length === 0;
+  report.unexpectedWorkerExits.length === 0 &&
+  signalsHold(report.signals);
 // A run that asked for database restarts and got none did not test what it claims.
 const restarted = dbRestartEveryMs === 0 || report.dbRestarts > 0;
 process.stdout.write(ok ? 'chaos: all invariants hold\n' : 'chaos: INVARIANT BROKEN\n');

@@ -31,7 +31,63 @@ export interface ChaosOptions {
   dbRestartLimit?: number;
   /** TCP port of the private MariaDB (with `dbRestartEveryMs`). */
   dbPort?: number;
+  /**
+   * 0 (the default): no waits. Otherwise every step n with n % signalEvery === signalEvery - 1
+   * (but the last) waits for the signal `chaos-<n + 1>`, which a signaller in this process (a
+   * `worker: false` app of its own) sends while the kills go on: some before the run reaches
+   * the wait (the mailbox), some twice with one signalId (dedup); the step after journals what
+   * it received.
+   */
+  signalEvery?: number;
+  /** Runs `run-<i>` with i % signalTimeoutEvery === 0 get no signal for their first wait, which times out (0: none; default 0). */
+  signalTimeoutEvery?: number;
+  /** The timeout of those waits (default 1000 ms). */
+  signalTimeoutMs?: number;
+  /** The share of signals sent before the run waits (default 0.3). */
+  signalEarlyShare?: number;
+  /** The share of signals sent twice with one signalId (default 0.2), half of them concurrently. */
+  signalDuplicateShare?: number;
   log?: (line: string) => void;
+}
+
+export interface SignalReport {
+  /** `signalEvery`; 0 when no run waits. */
+  every: number;
+  /** Waits planned (every run's), deliberate timeouts included. */
+  waits: number;
+  /** Distinct signals sent (signalIds), extras not included. */
+  sent: number;
+  /** Of those, sent twice with the same signalId (concurrently or one after the other). */
+  duplicatesSent: number;
+  /** Sent before the run was seen waiting for it (the mailbox, or a race with the wait). */
+  early: number;
+  /** Of the early ones, stored before the step that waits had even begun: certainly read from the mailbox. */
+  earlyBeforeWaitStep: number;
+  /** Sent once the run was seen waiting for it. */
+  late: number;
+  /** Signals whose following step journaled exactly that signal (id and data), and nothing else, in every delivery. */
+  read: number;
+  /** signal() calls sent again after a connection error (same signalId). */
+  retries: number;
+  /** Waits left to time out on purpose, and how many of them the next step saw as timedOut. */
+  deliberateTimeouts: number;
+  timedOut: number;
+  /** Signals of a name no step waits for, sent to the runs that time out: must stay unread. */
+  extras: number;
+  /** Must all be 0: */
+  refused: number;
+  unexpectedTimeouts: number;
+  wrongReceived: number;
+  unread: number;
+  extrasConsumed: number;
+  missingSignalRows: number;
+  unknownSignalRows: number;
+  /** A poll begun after a signal was stored still saw its run waiting for it. */
+  parkedWithSignalStored: number;
+  /** Jobs parked (waiting) once every run had finished. */
+  waitingAtEnd: number;
+  /** Examples of what broke, for the investigation. */
+  problems: string[];
 }
 
 export interface ChaosReport {
@@ -83,6 +139,8 @@ export interface ChaosReport {
     deliveries: string;
     killsMs: number[];
     crashesMs: number[];
+    /** With signals: the run's signals, as step:mode/duplicate@when their send completed (relative, as above). */
+    signals?: string[];
   }>;
   runsWithoutTerminalDelivery: number;
   leftoverJobs: number;
@@ -90,6 +148,41 @@ export interface ChaosReport {
   runsLost: number;
   /** Worker processes that exited without being killed by the harness (e.g. because the database went away): must be empty. */
   unexpectedWorkerExits: Array<{ pid: number; code: number | null; signal: string | null; stderr: string }>;
+  signals: SignalReport;
+}
+
+/** True when every signal invariant of the report holds. */
+export function signalsHold(s: SignalReport): boolean {
+  return (
+    s.read === s.sent &&
+    s.timedOut === s.deliberateTimeouts &&
+    s.refused === 0 &&
+    s.unexpectedTimeouts === 0 &&
+    s.wrongReceived === 0 &&
+    s.unread === 0 &&
+    s.extrasConsumed === 0 &&
+    s.missingSignalRows === 0 &&
+    s.unknownSignalRows === 0 &&
+    s.parkedWithSignalStored === 0 &&
+    s.waitingAtEnd === 0
+  );
+}
+
+interface PlannedSignal {
+  runId: string;
+  /** Which wait of its run (0, 1, ...). */
+  wait: number;
+  /** The step that receives it (the one after the wait). */
+  step: number;
+  name: string;
+  signalId: string;
+  data: { runId: string; step: number; nonce: string };
+  mode: 'early' | 'late' | 'timeout';
+  duplicate: 'none' | 'concurrent' | 'sequential';
+  seenParked?: boolean;
+  flagged?: boolean;
+  sending?: boolean;
+  sent?: { doneAt: number; early: boolean };
 }
 
 const CONNECTION_ERROR_CODES =
@@ -156,6 +249,8 @@ class HarnessConnection {
  */
 export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   const log = o.log ?? (() => undefined);
+  const signalEvery = o.signalEvery ?? 0;
+  const signalTimeoutEvery = signalEvery > 0 ? (o.signalTimeoutEvery ?? 0) : 0;
   const restartEveryMs = o.dbRestartEveryMs ?? 0;
   let privateDb: PrivateMariaDb | undefined;
   if (restartEveryMs > 0) {
@@ -177,6 +272,12 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   const dbDowntimeMs: number[] = [];
   let submitRetries = 0;
   let app: TestingModule | undefined;
+  let signaller: TestingModule | undefined;
+  let signalling: Promise<void> | undefined;
+  let stopSignals = false;
+  /** signal() calls under way. */
+  const inFlight = new Set<Promise<void>>();
+  const signalDb = new HarnessConnection(url);
   let chaos: Promise<void> | undefined;
   let stop = false;
   let stopped!: () => void;
@@ -203,6 +304,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       await createJournal(setup, o.prefix);
       // When each delivery began, by the server's clock (the same host's as ours): places deliveries relative to crashes.
       await setup.query(`ALTER TABLE ${journal} ADD COLUMN at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3)`);
+      // What the step after a wait received (JSON), as the worker saw it.
+      await setup.query(`ALTER TABLE ${journal} ADD COLUMN received VARCHAR(1000) NULL`);
     } finally {
       await setup.end();
     }
@@ -219,6 +322,9 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       MAX_ATTEMPTS: '25',
       CONCURRENCY: String(o.concurrency),
       WORKFLOW_DB_URL: url,
+      SIGNAL_EVERY: String(signalEvery),
+      SIGNAL_TIMEOUT_EVERY: String(signalTimeoutEvery),
+      SIGNAL_TIMEOUT_MS: String(o.signalTimeoutMs ?? 1_000),
     };
     const spawnWorker = () =>
       exclusive(async () => {
@@ -237,6 +343,182 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       });
     for (let i = 0; i < o.workers; i++) await spawnWorker();
     const service = app.get(WorkflowService);
+    // The signaller: another app on the same tables, submit-only, as a web process would be.
+    signaller = await startApp({
+      prefix: o.prefix,
+      worker: false,
+      options: { workflows: ['crashy'], ...(privateDb ? { connection: { url } } : {}) },
+    });
+    const signals = signaller.get(WorkflowService);
+    const ids = Array.from({ length: o.runs }, (_, i) => `run-${String(i).padStart(7, '0')}`);
+
+    // The plan: which waits get their signal early, which twice, which none (a deliberate timeout).
+    const plan = new Map<string, PlannedSignal[]>();
+    const byWait = new Map<string, PlannedSignal>();
+    const extras = new Set<string>();
+    const sig: SignalReport = {
+      every: signalEvery,
+      waits: 0,
+      sent: 0,
+      duplicatesSent: 0,
+      early: 0,
+      earlyBeforeWaitStep: 0,
+      late: 0,
+      read: 0,
+      retries: 0,
+      deliberateTimeouts: 0,
+      timedOut: 0,
+      extras: 0,
+      refused: 0,
+      unexpectedTimeouts: 0,
+      wrongReceived: 0,
+      unread: 0,
+      extrasConsumed: 0,
+      missingSignalRows: 0,
+      unknownSignalRows: 0,
+      parkedWithSignalStored: 0,
+      waitingAtEnd: 0,
+      problems: [],
+    };
+    const problem = (line: string) => {
+      if (sig.problems.length < 20) sig.problems.push(line);
+      log(`SIGNAL PROBLEM: ${line}`);
+    };
+    if (signalEvery > 0) {
+      ids.forEach((runId, i) => {
+        const waits: PlannedSignal[] = [];
+        for (let s = signalEvery - 1, w = 0; s + 1 < o.steps; s += signalEvery, w++) {
+          const timesOut = signalTimeoutEvery > 0 && i % signalTimeoutEvery === 0 && w === 0;
+          const r = Math.random();
+          const p: PlannedSignal = {
+            runId,
+            wait: w,
+            step: s + 1,
+            name: `chaos-${s + 1}`,
+            signalId: `sig-${i}-${s + 1}`,
+            data: { runId, step: s + 1, nonce: Math.random().toString(36).slice(2, 10) },
+            mode: timesOut ? 'timeout' : Math.random() < (o.signalEarlyShare ?? 0.3) ? 'early' : 'late',
+            duplicate:
+              r < (o.signalDuplicateShare ?? 0.2) / 2
+                ? 'concurrent'
+                : r < (o.signalDuplicateShare ?? 0.2)
+                  ? 'sequential'
+                  : 'none',
+          };
+          waits.push(p);
+          byWait.set(`${runId}|${p.name}`, p);
+        }
+        plan.set(runId, waits);
+        sig.waits += waits.length;
+      });
+    }
+    // At most this many signal() calls at once.
+    let active = 0;
+    const queued: Array<() => void> = [];
+    const limited = async <T>(fn: () => Promise<T>): Promise<T> => {
+      while (active >= 8) await new Promise<void>((r) => queued.push(r));
+      active++;
+      try {
+        return await fn();
+      } finally {
+        active--;
+        queued.shift()?.();
+      }
+    };
+    /** signal(), sent again as is (same signalId: idempotent) after a connection error. */
+    const signalOnce = async (runId: string, name: string, data: unknown, signalId: string) => {
+      const deadline = Date.now() + 120_000;
+      for (;;) {
+        try {
+          return await signals.signal(runId, name, data, { signalId });
+        } catch (err) {
+          if (!isConnectionError(err) || Date.now() > deadline) throw err;
+          sig.retries++;
+          await delay(100);
+        }
+      }
+    };
+    let signalError: unknown;
+    const send = (p: PlannedSignal, early: boolean) => {
+      if (p.sending || p.mode === 'timeout') return;
+      p.sending = true;
+      const job = limited(async () => {
+        const once = () => signalOnce(p.runId, p.name, p.data, p.signalId);
+        let results: boolean[];
+        if (p.duplicate === 'concurrent') results = await Promise.all([once(), once()]);
+        else if (p.duplicate === 'sequential') results = [await once(), await once()];
+        else results = [await once()];
+        p.sent = { doneAt: Date.now(), early };
+        sig.sent++;
+        if (p.duplicate !== 'none') sig.duplicatesSent++;
+        if (early) sig.early++;
+        else sig.late++;
+        if (results.some((ok) => !ok)) {
+          sig.refused++;
+          problem(`signal ${p.signalId} to live run ${p.runId} returned ${JSON.stringify(results)}`);
+        }
+      }).then(
+        () => void inFlight.delete(job),
+        (err) => {
+          inFlight.delete(job);
+          signalError ??= err;
+        },
+      );
+      inFlight.add(job);
+    };
+    /** Sends the signals of waits `from`, `from + 1`, ... that are planned early, up to the first that is not. */
+    const sendEarly = (runId: string, from: number) => {
+      const waits = plan.get(runId) ?? [];
+      for (let w = from; w < waits.length && waits[w].mode === 'early'; w++) send(waits[w], true);
+    };
+    const sendExtra = (runId: string) => {
+      const signalId = `extra-${runId}`;
+      const job = limited(async () => {
+        if (await signalOnce(runId, 'chaos-never', { extra: true }, signalId)) {
+          extras.add(`${runId}|${signalId}`);
+          sig.extras++;
+        }
+      }).then(
+        () => void inFlight.delete(job),
+        (err) => {
+          inFlight.delete(job);
+          signalError ??= err;
+        },
+      );
+      inFlight.add(job);
+    };
+    // Polls the parked jobs; a run seen waiting gets its signal (unless it is to time out),
+    // and the next waits planned early get theirs before the run reaches them.
+    signalling = (async () => {
+      if (signalEvery === 0) return;
+      while (!stopSignals && !signalError) {
+        const pollStarted = Date.now();
+        const parked = await signalDb.query<Array<{ run_id: string; wait_for: string }>>(
+          `SELECT run_id, wait_for FROM \`${o.prefix}jobs\` WHERE state = 3`,
+        );
+        let fresh = 0;
+        for (const row of parked) {
+          const p = byWait.get(`${row.run_id}|${row.wait_for}`);
+          if (!p) {
+            problem(`run ${row.run_id} waits for ${row.wait_for}, which no step should`);
+            continue;
+          }
+          if (p.sent && p.sent.doneAt < pollStarted && !p.flagged) {
+            p.flagged = true;
+            sig.parkedWithSignalStored++;
+            problem(`run ${row.run_id} still waits for ${p.name} after ${p.signalId} was stored`);
+          }
+          if (p.seenParked) continue;
+          p.seenParked = true;
+          fresh++;
+          send(p, false);
+          sendEarly(p.runId, p.wait + 1);
+        }
+        if (fresh === 0) await delay(100);
+      }
+    })().catch((err) => {
+      signalError ??= err;
+    });
     const started = Date.now();
 
     let halfSubmitted!: () => void;
@@ -287,7 +569,6 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     );
 
     // Fixed run ids: a batch whose submit failed with the connection is sent again as is (idempotent).
-    const ids = Array.from({ length: o.runs }, (_, i) => `run-${String(i).padStart(7, '0')}`);
     const batch = o.submitBatch ?? 500;
     for (let i = 0; i < o.runs; i += batch) {
       const specs = ids.slice(i, i + batch).map((runId) => ({ runId, input: { n: 0 } }));
@@ -303,6 +584,10 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
           await delay(100);
         }
       }
+      for (const { runId } of specs) {
+        sendEarly(runId, 0);
+        if (plan.get(runId)?.[0]?.mode === 'timeout') sendExtra(runId);
+      }
       if (i + batch >= o.runs / 2) halfSubmitted();
     }
     halfSubmitted();
@@ -310,7 +595,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
 
     const deadline = started + o.timeoutMs;
     let finished = 0;
-    while (Date.now() < deadline && !chaosError) {
+    while (Date.now() < deadline && !chaosError && !signalError) {
       const rows = await db.query<Array<{ n: number }>>(
         `SELECT COUNT(*) AS n FROM \`${o.prefix}runs\` WHERE state IN ('succeeded', 'failed', 'cancelled')`,
       );
@@ -321,9 +606,13 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     const elapsedMs = Date.now() - started;
     stop = true;
     stopped();
+    stopSignals = true;
     // Any restart under way completes first: the verdict is read after the final restart.
     await chaos;
+    await signalling;
+    await Promise.all(inFlight);
     if (chaosError) throw chaosError;
+    if (signalError) throw signalError;
     log(`finished ${finished}/${o.runs} runs in ${elapsedMs} ms; judging`);
     // Let terminal deliveries in flight finish on the surviving workers before judging the queue.
     const settleDeadline = Date.now() + Math.max(10_000, o.leaseMs * 4);
@@ -384,9 +673,101 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
             deliveries: String(s.deliveries),
             killsMs: deliveries.flatMap(([p]) => killedAt.get(p) ?? []).map((k) => k - first),
             crashesMs: crashes.map((c) => c - first),
+            ...(signalEvery > 0
+              ? {
+                  signals: (plan.get(s.run_id) ?? []).map(
+                    (p) => `${p.step}:${p.mode}/${p.duplicate}@${p.sent ? p.sent.doneAt - first : '-'}`,
+                  ),
+                }
+              : {}),
           });
         }
       }
+    }
+    if (signalEvery > 0) {
+      // When the first delivery of each step began: was an early signal stored before its wait step began?
+      const firstAt = new Map<string, number>();
+      for (const s of steps)
+        firstAt.set(`${s.run_id}|${s.step_number}`, Number(String(s.deliveries).split(/[@#,]/)[1]));
+      const receivedRows = await db.query<Array<{ run_id: string; step_number: number; received: string | null }>>(
+        `SELECT run_id, step_number, received FROM ${journal} WHERE kind = 'step' AND (received IS NOT NULL OR step_number % ${signalEvery} = 0) AND step_number > 0`,
+      );
+      const seen = new Map<string, Array<string | null>>();
+      for (const r of receivedRows) {
+        const key = `${r.run_id}|${r.step_number}`;
+        seen.set(key, [...(seen.get(key) ?? []), r.received]);
+      }
+      const expected = new Set<string>();
+      for (const waits of plan.values()) {
+        for (const p of waits) {
+          const key = `${p.runId}|${p.step}`;
+          expected.add(key);
+          const got = (seen.get(key) ?? []).map((r) => (r === null ? null : (JSON.parse(r) as Record<string, any>)));
+          if (p.mode === 'timeout') {
+            sig.deliberateTimeouts++;
+            if (got.length > 0 && got.every((g) => g?.timedOut === true && g.name === p.name)) sig.timedOut++;
+            else
+              problem(
+                `run ${p.runId} step ${p.step} should have timed out waiting for ${p.name}: ${JSON.stringify(got)}`,
+              );
+            continue;
+          }
+          if (p.sent?.early && p.sent.doneAt < (firstAt.get(`${p.runId}|${p.step - 1}`) ?? 0))
+            sig.earlyBeforeWaitStep++;
+          if (got.some((g) => g?.timedOut === true)) sig.unexpectedTimeouts++;
+          const right = (g: Record<string, any> | null) =>
+            g?.timedOut === false &&
+            g.name === p.name &&
+            g.signalId === p.signalId &&
+            g.data?.nonce === p.data.nonce &&
+            g.data?.step === p.step;
+          if (p.sent && got.length > 0 && got.every(right)) sig.read++;
+          else {
+            sig.wrongReceived++;
+            problem(
+              `run ${p.runId} step ${p.step}: sent ${p.sent ? JSON.stringify(p.data) : 'nothing'} as ${p.signalId}, journaled ${JSON.stringify(got)}`,
+            );
+          }
+        }
+      }
+      for (const [key, got] of seen) {
+        if (expected.has(key) || got.every((g) => g === null)) continue;
+        sig.wrongReceived++;
+        problem(`step ${key} is after no wait but journaled ${JSON.stringify(got)}`);
+      }
+      const signalRows = await db.query<Array<{ run_id: string; signal_id: string; consumed_at: number | null }>>(
+        `SELECT run_id, signal_id, consumed_at FROM \`${o.prefix}signals\``,
+      );
+      const sentIds = new Map<string, PlannedSignal>();
+      for (const p of byWait.values()) if (p.sent) sentIds.set(`${p.runId}|${p.signalId}`, p);
+      const stored = new Set<string>();
+      for (const r of signalRows) {
+        const key = `${r.run_id}|${r.signal_id}`;
+        stored.add(key);
+        if (extras.has(key)) {
+          if (r.consumed_at !== null) {
+            sig.extrasConsumed++;
+            problem(`extra signal ${key} was read`);
+          }
+        } else if (sentIds.has(key)) {
+          if (r.consumed_at === null) {
+            sig.unread++;
+            problem(`signal ${key} was never read`);
+          }
+        } else {
+          sig.unknownSignalRows++;
+          problem(`signals row ${key} was never sent`);
+        }
+      }
+      for (const key of [...sentIds.keys(), ...extras]) {
+        if (stored.has(key)) continue;
+        sig.missingSignalRows++;
+        problem(`signal ${key} was sent but is not stored`);
+      }
+      const parkedRows = await db.query<Array<{ n: number }>>(
+        `SELECT COUNT(*) AS n FROM \`${o.prefix}jobs\` WHERE state = 3`,
+      );
+      sig.waitingAtEnd = Number(parkedRows[0].n);
     }
     const terminalRows = await db.query<Array<{ n: number }>>(
       `SELECT COUNT(DISTINCT run_id) AS n FROM ${journal} WHERE kind = 'terminal:succeeded'`,
@@ -419,6 +800,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       deadLetters: Number(deadRows[0].n),
       runsLost: ids.filter((id) => !idSet.has(id)).length + notSucceeded.length,
       unexpectedWorkerExits,
+      signals: sig,
     };
   } finally {
     stop = true;
@@ -427,6 +809,11 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     await chaos;
     for (const w of workers) killed.add(w.pid);
     await Promise.all(workers.map((w) => w.kill('SIGKILL')));
+    stopSignals = true;
+    await signalling;
+    await Promise.all(inFlight);
+    await signaller?.close();
+    await signalDb.end();
     await app?.close();
     if (privateDb) {
       await db.end();

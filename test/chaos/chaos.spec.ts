@@ -4,10 +4,11 @@ import { runChaos } from './chaos-harness.js';
 /**
  * CI-sized chaos: 300 runs × 5 steps, 3 worker processes, one SIGKILLed every 2 s, on a
  * private MariaDB that is SIGKILLed and restarted once, while half the runs are still
- * being submitted. `npm run chaos` for soaks.
+ * being submitted. Every second step waits for a signal that the harness sends (some early,
+ * some twice); the first wait of every 30th run is left to time out. `npm run chaos` for soaks.
  */
 describe('chaos: SIGKILL a random worker every 2 s, and the database once', () => {
-  it('loses no run, runs every step, duplicates only around kills and crashes, leaves nothing claimed', async () => {
+  it('loses no run, runs every step, reads every signal once, duplicates only around kills and crashes, leaves nothing claimed', async () => {
     const report = await runChaos({
       prefix: uniquePrefix('chaos'),
       runs: 300,
@@ -22,6 +23,9 @@ describe('chaos: SIGKILL a random worker every 2 s, and the database once', () =
       dbRestartEveryMs: 60_000,
       dbRestartLimit: 1,
       dbPort: 0,
+      signalEvery: 2,
+      signalTimeoutEvery: 30,
+      signalTimeoutMs: 1_000,
     });
 
     console.log(`chaos: ${JSON.stringify(report)}`);
@@ -37,5 +41,24 @@ describe('chaos: SIGKILL a random worker every 2 s, and the database once', () =
     expect(report.runsWithoutTerminalDelivery).toBe(0);
     expect(report.leftoverJobs).toBe(0);
     expect(report.deadLetters).toBe(0);
+    const s = report.signals;
+    expect(s.waits).toBe(600);
+    expect(s.sent).toBe(590);
+    expect(s.early).toBeGreaterThan(0);
+    expect(s.duplicatesSent).toBeGreaterThan(0);
+    expect(s.problems).toEqual([]);
+    expect(s.read).toBe(s.sent);
+    expect(s.deliberateTimeouts).toBe(10);
+    expect(s.timedOut).toBe(10);
+    expect(s.extras).toBe(10);
+    expect(s.refused).toBe(0);
+    expect(s.unexpectedTimeouts).toBe(0);
+    expect(s.wrongReceived).toBe(0);
+    expect(s.unread).toBe(0);
+    expect(s.extrasConsumed).toBe(0);
+    expect(s.missingSignalRows).toBe(0);
+    expect(s.unknownSignalRows).toBe(0);
+    expect(s.parkedWithSignalStored).toBe(0);
+    expect(s.waitingAtEnd).toBe(0);
   }, 240_000);
 });
