@@ -9,13 +9,16 @@ export class StepError extends Error {
   constructor(
     message: string,
     readonly kind: StepErrorKind,
+    /** For a transient error: retry after exactly this long instead of the backoff (still an attempt). */
+    readonly retryAfterMs?: number,
   ) {
     super(message);
     this.name = 'StepError';
   }
 
-  static transient(message: string): StepError {
-    return new StepError(message, 'transient');
+  /** Retried with backoff, or after `retryAfterMs` when given (a provider's Retry-After). */
+  static transient(message: string, options: { retryAfterMs?: number } = {}): StepError {
+    return new StepError(message, 'transient', options.retryAfterMs);
   }
 
   static permanent(message: string): StepError {

@@ -402,7 +402,15 @@ export class JobExecutor {
         permanent ? reason : `${reason} (gave up after ${countedAttempts(job)} of ${job.maxAttempts} attempts)`,
       );
     }
-    const delay = backoffDelay(policy ?? this.config.defaults.backoff, job.attempts);
+    const asked = err instanceof StepError ? err.retryAfterMs : undefined;
+    const valid = typeof asked === 'number' && asked >= 0 && asked <= LIMITS.maxDelayMs;
+    if (asked !== undefined && !valid) {
+      this.logger.warn(
+        `StepError.transient retryAfterMs ${describe(asked)} is not 0..${LIMITS.maxDelayMs} ms; retrying after the backoff instead.`,
+      );
+    }
+    // A provider's Retry-After wins over the backoff.
+    const delay = valid ? Math.round(asked) : backoffDelay(policy ?? this.config.defaults.backoff, job.attempts);
     return Settle.retryAt(this.now() + delay, text);
   }
 
