@@ -1,7 +1,7 @@
 import { CommitUnknownError } from './sql-client.js';
 import { JobState, RunRowState } from './storage.types.js';
-import { CLAIM_COLUMNS, type JobRow, type StorageContext, toClaimed } from './tables.js';
-import { deleteJobs, endRun, isLive, type LockedRun } from './transitions.js';
+import { type StorageContext, toClaimed } from './tables.js';
+import { deleteJobs, endRun, lockCurrent } from './transitions.js';
 
 export type CancelResult = 'cancelled' | 'cancelling' | 'already-cancelling' | false;
 
@@ -44,56 +44,26 @@ async function cancelOnce(
 ): Promise<CancelResult> {
   const { t } = ctx;
   return ctx.client.transaction(async (sql) => {
-    for (;;) {
-      const [peek] = await sql.query<Array<{ state: string; current_job_id: string | null }>>(
-        `SELECT \`state\`, \`current_job_id\` FROM ${t.runs} WHERE \`id\` = ?`,
-        [runId],
+    const current = await lockCurrent(sql, t, runId);
+    if (!current) return false;
+    const { run, job } = current;
+    if (run.state === RunRowState.Cancelling) return 'already-cancelling';
+    const now = ctx.now();
+    if (job && Number(job.state) === JobState.Leased) {
+      writing('cancelling');
+      await sql.query(
+        `UPDATE ${t.runs} SET \`state\` = '${RunRowState.Cancelling}', \`updated_at\` = ? WHERE \`id\` = ?`,
+        [now, runId],
       );
-      if (!peek || !isLive(peek.state)) return false;
-      if (peek.state === RunRowState.Cancelling) return 'already-cancelling';
-      const jobs = peek.current_job_id
-        ? await sql.query<Array<JobRow & { state: number | string }>>(
-            `SELECT ${CLAIM_COLUMNS}, \`state\` FROM ${t.jobs} WHERE \`id\` = ? FOR UPDATE`,
-            [peek.current_job_id],
-          )
-        : [];
-      const [run] = await sql.query<Array<LockedRun & { current_job_id: string | null }>>(
-        `SELECT \`id\`, \`workflow\`, \`state\`, \`submitted_at\`, \`ending\`, \`parent_run_id\`, \`current_job_id\` FROM ${t.runs} WHERE \`id\` = ? FOR UPDATE`,
-        [runId],
-      );
-      if (!run || !isLive(run.state)) return false;
-      if (run.state === RunRowState.Cancelling) return 'already-cancelling';
-      if (run.current_job_id !== peek.current_job_id) continue; // moved on meanwhile
-      const job = jobs[0];
-      const now = ctx.now();
-      if (job && Number(job.state) === JobState.Leased) {
-        writing('cancelling');
-        await sql.query(
-          `UPDATE ${t.runs} SET \`state\` = '${RunRowState.Cancelling}', \`updated_at\` = ? WHERE \`id\` = ?`,
-          [now, runId],
-        );
-        return 'cancelling';
-      }
-      writing('cancelled');
-      if (job) await sql.query(...deleteJobs(t, [job.id]));
-      const at = job
-        ? toClaimed(job, '', Number(job.attempts))
-        : { runId, stepNumber: 0, attempts: 0, priority: 0, headers: '{}' };
-      await endRun(
-        sql,
-        ctx,
-        run,
-        {
-          runId,
-          stepNumber: at.stepNumber,
-          attempts: at.attempts,
-          priority: at.priority,
-          headers: at.headers,
-          status: 'cancelled',
-        },
-        now,
-      );
-      return 'cancelled';
+      return 'cancelling';
     }
+    writing('cancelled');
+    if (job) await sql.query(...deleteJobs(t, [job.id]));
+    const at = job
+      ? toClaimed(job, '', Number(job.attempts))
+      : { stepNumber: 0, attempts: 0, priority: 0, headers: '{}' };
+    const end = { runId, stepNumber: at.stepNumber, attempts: at.attempts, priority: at.priority, headers: at.headers };
+    await endRun(sql, ctx, run, { ...end, status: 'cancelled' }, now);
+    return 'cancelled';
   });
 }

@@ -5,7 +5,7 @@ import { MESSAGES } from '../workflow.messages.js';
 import { CommitUnknownError, type Sql, type WriteResult } from './sql-client.js';
 import { JobState } from './storage.types.js';
 import type { StorageContext } from './tables.js';
-import { isLive } from './transitions.js';
+import { lockCurrent } from './transitions.js';
 
 export interface OutgoingSignal {
   runId: string;
@@ -97,41 +97,25 @@ export async function sendSignal(ctx: StorageContext, s: OutgoingSignal, manager
 
 async function deliver(ctx: StorageContext, sql: Sql, s: OutgoingSignal): Promise<boolean> {
   const { t } = ctx;
-  for (;;) {
-    const [peek] = await sql.query<Array<{ state: string; current_job_id: string | null }>>(
-      `SELECT \`state\`, \`current_job_id\` FROM ${t.runs} WHERE \`id\` = ?`,
-      [s.runId],
-    );
-    if (!peek || !isLive(peek.state)) return false;
-    const [job] = peek.current_job_id
-      ? await sql.query<Array<{ id: string; state: number | string; wait_for: string | null }>>(
-          `SELECT \`id\`, \`state\`, \`wait_for\` FROM ${t.jobs} WHERE \`id\` = ? FOR UPDATE`,
-          [peek.current_job_id],
-        )
-      : [];
-    const [run] = await sql.query<Array<{ state: string; current_job_id: string | null }>>(
-      `SELECT \`state\`, \`current_job_id\` FROM ${t.runs} WHERE \`id\` = ? FOR UPDATE`,
-      [s.runId],
-    );
-    if (!run || !isLive(run.state)) return false;
-    if (run.current_job_id !== peek.current_job_id) continue; // moved on meanwhile
-    // A write before a read-back (as submit does): one key per call tells our row from an older one.
-    const key = ulid(s.sentAt);
-    await sql.query<WriteResult>(
-      `INSERT INTO ${t.signals} (\`run_id\`, \`signal_id\`, \`name\`, \`data\`, \`sent_at\`, \`send_key\`)
-        VALUES (?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \`run_id\` = \`run_id\``,
-      [s.runId, s.signalId, s.name, s.data, s.sentAt, key],
-    );
-    const [stored] = await sql.query<Array<{ send_key: string }>>(
-      `SELECT \`send_key\` FROM ${t.signals} WHERE \`run_id\` = ? AND \`signal_id\` = ? LOCK IN SHARE MODE`,
-      [s.runId, s.signalId],
-    );
-    if (stored?.send_key !== key) return true; // a repeat of a signal already stored
-    if (job && Number(job.state) === JobState.Waiting && job.wait_for === s.name) {
-      await takeFromMailbox(ctx, sql, job.id, s.runId, s.name, ctx.now());
-    }
-    return true;
+  const current = await lockCurrent(sql, t, s.runId);
+  if (!current) return false;
+  const { job } = current;
+  // A write before a read-back (as submit does): one key per call tells our row from an older one.
+  const key = ulid(s.sentAt);
+  await sql.query<WriteResult>(
+    `INSERT INTO ${t.signals} (\`run_id\`, \`signal_id\`, \`name\`, \`data\`, \`sent_at\`, \`send_key\`)
+      VALUES (?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \`run_id\` = \`run_id\``,
+    [s.runId, s.signalId, s.name, s.data, s.sentAt, key],
+  );
+  const [stored] = await sql.query<Array<{ send_key: string }>>(
+    `SELECT \`send_key\` FROM ${t.signals} WHERE \`run_id\` = ? AND \`signal_id\` = ? LOCK IN SHARE MODE`,
+    [s.runId, s.signalId],
+  );
+  if (stored?.send_key !== key) return true; // a repeat of a signal already stored
+  if (job && Number(job.state) === JobState.Waiting && job.wait_for === s.name) {
+    await takeFromMailbox(ctx, sql, job.id, s.runId, s.name, ctx.now());
   }
+  return true;
 }
 
 /**

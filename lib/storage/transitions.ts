@@ -21,7 +21,7 @@ import type { Sql } from './sql-client.js';
 import type { RunEnding } from './settlements.js';
 import { handlerQueues } from './handlers.js';
 import { type ClaimedJob, JobKind, JobState, type NewJob, RunRowState } from './storage.types.js';
-import { JOB_COLUMNS, type StorageContext, type Tables } from './tables.js';
+import { CLAIM_COLUMNS, JOB_COLUMNS, type JobRow, type StorageContext, type Tables } from './tables.js';
 
 export type Statement = [string, unknown[]];
 
@@ -215,6 +215,42 @@ export function lockRuns(t: Tables, runIds: string[]): Statement {
 
 /** A run that a step may still move: anything else means a hand-edited table. */
 export const isLive = (state: string | undefined) => state === RunRowState.Active || state === RunRowState.Cancelling;
+
+/** A live run and its current job, both locked. */
+export interface LockedCurrent {
+  run: LockedRun & { current_job_id: string | null };
+  job?: JobRow & { state: number | string; wait_for: string | null };
+}
+
+/**
+ * Locks a run's current job row, then the run row (the global order), for the
+ * transactions that start from a run id (cancel, signal). The job is found by a plain read
+ * first and the run re-checked under lock: a run that moved on in between is read again.
+ * Undefined for an unknown or finished run, which is then not locked at all (no gap lock
+ * for a missing id).
+ */
+export async function lockCurrent(sql: Sql, t: Tables, runId: string): Promise<LockedCurrent | undefined> {
+  for (;;) {
+    const [peek] = await sql.query<Array<{ state: string; current_job_id: string | null }>>(
+      `SELECT \`state\`, \`current_job_id\` FROM ${t.runs} WHERE \`id\` = ?`,
+      [runId],
+    );
+    if (!peek || !isLive(peek.state)) return undefined;
+    const [job] = peek.current_job_id
+      ? await sql.query<Array<JobRow & { state: number | string; wait_for: string | null }>>(
+          `SELECT ${CLAIM_COLUMNS}, \`state\`, \`wait_for\` FROM ${t.jobs} WHERE \`id\` = ? FOR UPDATE`,
+          [peek.current_job_id],
+        )
+      : [];
+    const [run] = await sql.query<Array<LockedRun & { current_job_id: string | null }>>(
+      `SELECT \`id\`, \`workflow\`, \`state\`, \`submitted_at\`, \`ending\`, \`parent_run_id\`, \`current_job_id\`
+        FROM ${t.runs} WHERE \`id\` = ? FOR UPDATE`,
+      [runId],
+    );
+    if (!run || !isLive(run.state)) return undefined;
+    if (run.current_job_id === peek.current_job_id) return { run, job };
+  }
+}
 
 /** One delivery per handler queue in `queues`, carrying the whole outcome. */
 export function deliveries(
