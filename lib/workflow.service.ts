@@ -1,3 +1,4 @@
+import { newRun } from './storage/new-run.js';
 import { Inject, Injectable, Logger, type OnApplicationBootstrap } from '@nestjs/common';
 import { InvalidScheduleError } from './errors/invalid-schedule.error.js';
 import { InputMismatchError } from './errors/input-mismatch.error.js';
@@ -191,28 +192,17 @@ export class WorkflowService implements OnApplicationBootstrap {
     const input = serializeJson(spec.input, 'run input', max);
     const headersJson = serializeJson(headers, 'run headers', max);
     const now = this.config.clock.now();
-    return {
+    return newRun({
       id: runId,
       workflow,
+      input,
       inputHash: hashJson(input),
       headers: headersJson,
       priority,
       maxAttempts: maxAttempts ?? null,
-      submittedAt: now,
-      firstJob: {
-        id: ulid(now),
-        queue: workflow,
-        kind: JobKind.Step,
-        runId,
-        stepNumber: 0,
-        priority,
-        runAt: now + delayMs,
-        scheduled: delayMs > 0,
-        maxAttempts: maxAttempts ?? null,
-        payload: input,
-        headers: headersJson,
-      },
-    };
+      now,
+      delayMs,
+    });
   }
 
   /**

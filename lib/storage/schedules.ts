@@ -1,7 +1,7 @@
+import { newRun } from './new-run.js';
 import { type ResolvedSchedule, latestTick, nextTick, tickRunId } from '../utils/schedule-spec.js';
-import { ulid } from '../utils/ulid.js';
 import type { WriteResult } from './sql-client.js';
-import { JobKind, type NewRun, RunRowState } from './storage.types.js';
+import { type NewRun, RunRowState } from './storage.types.js';
 import { insertRunsIn } from './submit.js';
 import type { StorageContext } from './tables.js';
 
@@ -154,27 +154,15 @@ export async function fireDueSchedules(
 }
 
 function tickRun(row: ScheduleRow, runId: string, priority: number, now: number): NewRun {
-  return {
+  return newRun({
     id: runId,
     workflow: row.workflow,
+    input: row.input,
     inputHash: row.input_hash,
     headers: row.headers,
     priority,
     maxAttempts: null,
-    submittedAt: now,
+    now,
     scheduleId: row.id,
-    firstJob: {
-      id: ulid(now),
-      queue: row.workflow,
-      kind: JobKind.Step,
-      runId,
-      stepNumber: 0,
-      priority,
-      runAt: now,
-      scheduled: false,
-      maxAttempts: null,
-      payload: row.input,
-      headers: row.headers,
-    },
-  };
+  });
 }

@@ -1,10 +1,10 @@
+import { newRun } from '../storage/new-run.js';
 import { Inject, Injectable, Logger } from '@nestjs/common';
 import { StepError } from '../outcomes/step-error.js';
 import type { StepOutcome } from '../outcomes/step-outcome.js';
 import type { ReceivedSignal, Step } from '../interfaces/step.interface.js';
 import type { ChildSpec, RunOutcome } from '../interfaces/run.interface.js';
 import { createHash } from 'node:crypto';
-import { ulid } from '../utils/ulid.js';
 import { outcomeOfRow } from '../run-views.js';
 import { WorkflowStorage } from '../storage/workflow.storage.js';
 import {
@@ -365,30 +365,17 @@ export class JobExecutor {
     }
     const input = serializeJson(c.input === undefined ? null : c.input, `${where} input`, max);
     const headersJson = serializeJson(headers, `${where} headers`, max);
-    const now = this.now();
-    return {
+    return newRun({
       id: runId,
       workflow: c.workflow,
+      input,
       inputHash: hashJson(input),
       headers: headersJson,
       priority,
       maxAttempts: null,
-      submittedAt: now,
+      now: this.now(),
       parent: { runId: parent.runId, step: parent.stepNumber, index },
-      firstJob: {
-        id: ulid(now),
-        queue: c.workflow,
-        kind: JobKind.Step,
-        runId,
-        stepNumber: 0,
-        priority,
-        runAt: now,
-        scheduled: false,
-        maxAttempts: null,
-        payload: input,
-        headers: headersJson,
-      },
-    };
+    });
   }
 
   private failure(job: ClaimedJob, err: unknown, policy: BackoffPolicy | undefined): Settlement {
