@@ -3,6 +3,11 @@
  * Tests compare against these instead of pattern-matching prose.
  */
 export const MESSAGES = {
+  transactionNeedsDataSource:
+    "step.transaction(work) needs the application's DataSource: configure WorkflowModule.forRoot({ dataSource }) " +
+    "(a DataSource or its @nestjs/typeorm name), so the step's writes and its settlement can share one transaction.",
+  transactionTwice: (jobId: string) =>
+    `step.transaction(work) was called a second time in one delivery of step ${jobId}; a step settles once, so it has one transaction.`,
   unknownWorkerWorkflow: (name: string, known: string[]) =>
     `worker.workflows lists "${name}", but no provider has @StepRunner('${name}'). Known runners: ${known.join(', ') || '(none)'}.`,
   duplicateWorkflow: (name: string, first: string, second: string) =>

@@ -19,3 +19,4 @@ export * from './duplicate-workflow.error.js';
 export * from './invalid-step-runner-class.error.js';
 export * from './foreign-entity-manager.error.js';
 export * from './invalid-schedule.error.js';
+export * from './lease-lost.error.js';

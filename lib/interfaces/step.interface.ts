@@ -1,3 +1,5 @@
+import type { EntityManager } from 'typeorm';
+import type { StepOutcome } from '../outcomes/step-outcome.js';
 import type { RunOutcome } from './run.interface.js';
 
 export interface Step<P = unknown> {
@@ -15,6 +17,15 @@ export interface Step<P = unknown> {
   readonly signal: AbortSignal;
   /** Make the lease last at least `ms` from now. */
   extendLease(ms: number): Promise<void>;
+  /**
+   * Runs `work` in a transaction of the module's DataSource (`forRoot({ dataSource })`)
+   * that also settles the outcome `work` returns: the writes made through `manager` and
+   * the step's settlement commit together, so they happen exactly once. Return what it
+   * returns. Throws `LeaseLostError` (nothing written) when this delivery no longer owns
+   * the step, `WorkflowConfigError` without a shared DataSource; a throw from `work`
+   * rolls back and is rethrown.
+   */
+  transaction(work: (manager: EntityManager) => Promise<StepOutcome>): Promise<StepOutcome>;
   /** Only on the step after a `waitForSignal`: the signal it received, or that the wait timed out. */
   readonly received?: ReceivedSignal;
   /** Only on the step after a `spawn`: every child's outcome, in spawn order. */

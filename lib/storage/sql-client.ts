@@ -257,8 +257,17 @@ export class SqlClient {
    * one when the manager has none, so our rows commit or vanish with the caller's.
    */
   async inManager<T>(manager: EntityManager, fn: (sql: Sql) => Promise<T>): Promise<T> {
-    const wrap = (m: EntityManager): Sql => ({ query: (text, params) => m.query(text, params as unknown[]) });
-    if (manager.queryRunner?.isTransactionActive) return fn(wrap(manager));
-    return manager.transaction('READ COMMITTED', (m) => fn(wrap(m)));
+    if (manager.queryRunner?.isTransactionActive) return fn(sqlOf(manager));
+    return manager.transaction('READ COMMITTED', (m) => fn(sqlOf(m)));
   }
+
+  /** Whether this is the application's DataSource (not a pool the module made for itself). */
+  get shared(): boolean {
+    return !this.ownPool;
+  }
+}
+
+/** Our statements on an EntityManager's connection (inside its transaction, if it has one). */
+export function sqlOf(manager: EntityManager): Sql {
+  return { query: (text, params) => manager.query(text, params as unknown[]) };
 }

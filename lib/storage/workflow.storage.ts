@@ -19,6 +19,8 @@ import {
   upsertSchedules,
 } from './schedules.js';
 import { type OutgoingSignal, sendSignal, wakeTimedOut } from './signals.js';
+import { settleWithin } from './step-transaction.js';
+import type { Settlement } from './settlements.js';
 import type { ResolvedSchedule } from '../utils/schedule-spec.js';
 import type { ClaimedJob, DeadRow, NewRun, RunRow, SettleResult } from './storage.types.js';
 import { type ExistingRun, submitRuns } from './submit.js';
@@ -137,6 +139,19 @@ export class WorkflowStorage {
 
   async settleMany(items: SettleItem[]): Promise<SettleResult[]> {
     return settleMany(await this.c(), items);
+  }
+
+  /** Whether the module runs on the application's DataSource (so a step's writes can join its settlement). */
+  get sharesDataSource(): boolean {
+    return this.connection.database?.client.shared ?? false;
+  }
+
+  /** Runs `work` and settles the step it decides in one transaction (step.transaction). */
+  async settleWithin<T>(
+    job: ClaimedJob,
+    work: (manager: EntityManager) => Promise<{ value: T; settlement: Settlement }>,
+  ): Promise<{ value: T; settlement: Settlement; cancelled: boolean }> {
+    return settleWithin(await this.c(), job, work);
   }
 
   async reapExpired(limit?: number) {

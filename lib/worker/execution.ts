@@ -17,6 +17,15 @@ export class Execution {
   timer?: NodeJS.Timeout;
   /** The successor, inserted already leased to this worker: run it in this slot without a claim. */
   next?: ClaimedJob;
+  /**
+   * `step.transaction()`: open while it holds the job row (the lease keeper leaves the row
+   * alone, the lock keeps the lease); taken once it owns the settlement; settled once that
+   * committed (or was handed to the batcher), so the runner's return settles nothing more;
+   * failed after taking it: the runner's return or throw settles the step as usual.
+   */
+  transaction?: 'open' | 'taken' | 'settled' | 'failed';
+  /** What the committed step.transaction() returned, to tell the runner returned it too. */
+  committedOutcome?: unknown;
 
   /** When the runner (or handler) was called, for reporting one that outlives its abort. */
   readonly startedAt = Date.now();
@@ -67,6 +76,11 @@ export class Execution {
     const what =
       job.kind === JobKind.Step ? `${this.workflow} step ${job.stepNumber}` : `terminal delivery ${job.queue}`;
     return `${what} of run ${job.runId} (job ${publicJobId(job.id, job.kind, job.stepNumber)})`;
+  }
+
+  /** The settlement is the runner's to make (it returned, or its step.transaction took it). */
+  get ownedByRunner(): boolean {
+    return this.owner === 'runner';
   }
 
   get owned(): boolean {

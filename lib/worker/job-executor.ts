@@ -15,8 +15,14 @@ import {
   type NewJob,
   type NewRun,
   publicJobId,
+  type SettleResult,
 } from '../storage/storage.types.js';
 import { endsRun, Settle, type Settlement } from '../storage/settlements.js';
+import type { EntityManager } from 'typeorm';
+import { LeaseLostError } from '../errors/lease-lost.error.js';
+import { WorkflowConfigError } from '../errors/workflow-config.error.js';
+import { WorkflowError } from '../errors/workflow.error.js';
+import { MESSAGES } from '../workflow.messages.js';
 import { CommitUnknownError, isConnectionError } from '../storage/sql-client.js';
 import { hashJson, serializeJson } from '../utils/json.js';
 import type { ResolvedWorkflowConfig } from '../workflow.config.js';
@@ -139,6 +145,7 @@ export class JobExecutor {
         return exec.signal;
       },
       extendLease: (ms: number) => this.extendLease(exec, ms),
+      transaction: (work) => this.transaction(exec, binding, work),
     };
     if (received) Object.defineProperty(step, 'received', { value: received, enumerable: true });
     if (binding.timeoutMs) {
@@ -162,7 +169,19 @@ export class JobExecutor {
       threw = true;
       thrown = err;
     }
-    if (!exec.takeOver('runner')) {
+    if (exec.transaction === 'settled') {
+      if (threw) {
+        this.logger.warn(
+          `${this.where(exec)}: threw after its step.transaction() committed; the committed outcome stands: ${errorText(thrown)}`,
+        );
+      } else if (outcome !== exec.committedOutcome) {
+        this.logger.warn(
+          `${this.where(exec)}: returned an outcome other than the one its step.transaction() committed; the committed one stands.`,
+        );
+      }
+      return;
+    }
+    if (!exec.takeOver('runner') && !(exec.transaction && exec.ownedByRunner)) {
       this.logger.debug?.(`${this.where(exec)}: outcome discarded (${exec.abortReason}).`);
       return;
     }
@@ -172,6 +191,59 @@ export class JobExecutor {
     } else {
       await this.settle(exec, this.toSettlement(exec, binding, outcome));
     }
+  }
+
+  /**
+   * step.transaction(work): `work`'s writes and the settlement of the outcome it returns
+   * commit together (storage/step-transaction.ts). The runner returns that outcome; the
+   * step is settled already, so runStep writes nothing more.
+   */
+  private async transaction(
+    exec: Execution,
+    binding: RunnerBinding,
+    work: (manager: EntityManager) => Promise<StepOutcome>,
+  ): Promise<StepOutcome> {
+    const jobId = publicJobId(exec.job.id, exec.job.kind, exec.job.stepNumber);
+    if (typeof work !== 'function')
+      throw new TypeError('step.transaction(work) needs a function (manager) => Promise<StepOutcome>');
+    if (!this.storage.sharesDataSource) throw new WorkflowConfigError(MESSAGES.transactionNeedsDataSource);
+    if (exec.transaction) throw new WorkflowError(MESSAGES.transactionTwice(jobId));
+    if (exec.owned) throw new LeaseLostError(jobId, `the runtime took the step from its runner: ${exec.abortReason}`);
+    exec.transaction = 'open';
+    let settlement: Settlement;
+    let outcome: StepOutcome;
+    let cancelled: boolean;
+    try {
+      ({
+        value: outcome,
+        settlement,
+        cancelled,
+      } = await this.storage.settleWithin(exec.job, async (manager) => {
+        const value = await work(manager);
+        const decided = this.toSettlement(exec, binding, value);
+        // Not storable: nothing of the step commits, and it fails permanently as a throw would.
+        if (decided.type === 'deadLetter') throw StepError.permanent(decided.error);
+        // From here on a cancel, timeout or shutdown in this process no longer takes the step: it commits or fails here.
+        if (!exec.takeOver('runner'))
+          throw new LeaseLostError(jobId, `the runtime took the step from its runner: ${exec.abortReason}`);
+        exec.transaction = 'taken';
+        return { value, settlement: decided };
+      }));
+    } catch (err) {
+      exec.transaction = exec.ownedByRunner ? 'failed' : undefined;
+      throw err;
+    }
+    if (cancelled) {
+      // Rolled back: the run was cancelled while the step ran. The cancel is settled on its own.
+      exec.transaction = 'settled';
+      await this.settle(exec, Settle.observeCancel());
+      throw new LeaseLostError(jobId, `run ${exec.job.runId} was cancelled while the step ran`);
+    }
+    exec.transaction = 'settled';
+    exec.committedOutcome = outcome;
+    if (!inPlace(settlement)) exec.releaseSlot();
+    this.settled(exec, settlement, 'settled');
+    return outcome;
   }
 
   private async deliver(exec: Execution): Promise<void> {
@@ -408,7 +480,7 @@ export class JobExecutor {
   private async settle(exec: Execution, settlement: Settlement): Promise<void> {
     // Only a successor leased to this worker keeps the slot; anything else frees it now,
     // while the settlement commits.
-    if (!(settlement.type === 'continue' && settlement.next.leaseToken)) exec.releaseSlot();
+    if (!inPlace(settlement)) exec.releaseSlot();
     const started = Date.now();
     // Set once a try failed with its COMMIT possibly applied: a later 'lost' may be our own write.
     let unanswered = false;
@@ -422,26 +494,7 @@ export class JobExecutor {
           );
           return;
         }
-        if (result === 'settled' && settlement.type === 'continue' && settlement.next.leaseToken) {
-          const n = settlement.next;
-          exec.next = {
-            id: n.id,
-            queue: n.queue,
-            kind: n.kind,
-            runId: n.runId,
-            stepNumber: n.stepNumber,
-            attempts: 1,
-            handbacks: 0,
-            maxAttempts: n.maxAttempts ?? exec.job.maxAttempts,
-            priority: n.priority,
-            payload: n.payload,
-            headers: n.headers,
-            token: n.leaseToken!,
-            parsedHeaders: n.headers === exec.job.headers ? exec.job.parsedHeaders : undefined,
-          };
-          return;
-        }
-        this.afterSettle(exec, settlement, result === 'cancelled');
+        this.settled(exec, settlement, result);
         return;
       } catch (err) {
         if (err instanceof CommitUnknownError) unanswered = true;
@@ -470,6 +523,30 @@ export class JobExecutor {
     const storage = this.storage;
     const lost = await storage.renewLeases([{ id: s.next.id, token: s.next.leaseToken }], this.leaseMs);
     return lost.length ? 'lost' : 'settled';
+  }
+
+  /** After a settlement committed: the successor leased to this worker runs in this slot; anything else wakes whom it concerns. */
+  private settled(exec: Execution, settlement: Settlement, result: SettleResult): void {
+    if (result === 'settled' && inPlace(settlement)) {
+      const n = settlement.next;
+      exec.next = {
+        id: n.id,
+        queue: n.queue,
+        kind: n.kind,
+        runId: n.runId,
+        stepNumber: n.stepNumber,
+        attempts: 1,
+        handbacks: 0,
+        maxAttempts: n.maxAttempts ?? exec.job.maxAttempts,
+        priority: n.priority,
+        payload: n.payload,
+        headers: n.headers,
+        token: n.leaseToken!,
+        parsedHeaders: n.headers === exec.job.headers ? exec.job.parsedHeaders : undefined,
+      };
+      return;
+    }
+    this.afterSettle(exec, settlement, result === 'cancelled');
   }
 
   private afterSettle(exec: Execution, s: Settlement, cancelled: boolean): void {
@@ -569,6 +646,11 @@ function toReceived(raw: {
         signalId: raw.signalId!,
         sentAt: new Date(raw.sentAt!),
       });
+}
+
+/** A continue whose successor is leased to this worker: it keeps the slot and runs without a claim. */
+function inPlace(s: Settlement): s is Extract<Settlement, { type: 'continue' }> & { next: { leaseToken: string } } {
+  return s.type === 'continue' && !!s.next.leaseToken;
 }
 
 /** Step n + 1 of a job's run, in the job's own row (rewriteAsSuccessors): ready now unless the caller says otherwise. */

@@ -72,7 +72,10 @@ export class LeaseKeeper {
   async renew(): Promise<void> {
     if (this.busy.renew) return;
     // Settling executions too: a settlement retried through a database blip must not lose its lease meanwhile.
-    const execs = [...this.inFlight.values()].filter((e) => e.abortReason !== 'lease-lost');
+    // A step.transaction holds its job row locked (and so its lease): a renewal would wait on it.
+    const execs = [...this.inFlight.values()].filter(
+      (e) => e.abortReason !== 'lease-lost' && e.transaction !== 'open' && e.transaction !== 'taken',
+    );
     if (execs.length === 0) return;
     this.busy.renew = true;
     try {

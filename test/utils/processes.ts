@@ -14,11 +14,14 @@ export interface WorkerProcess {
   kill(signal?: NodeJS.Signals): Promise<void>;
 }
 
-const FIXTURE = resolve(process.cwd(), '.tmp/test/fixtures/worker-process.js');
+const FIXTURES = resolve(process.cwd(), '.tmp/test/fixtures');
 
-/** Starts the compiled worker fixture (built by `npm test`'s pretest) and waits until it is ready. */
-export async function startWorker(env: Record<string, string>): Promise<WorkerProcess> {
-  const child = spawn(process.execPath, [FIXTURE], {
+/**
+ * Starts a compiled worker fixture (built by `npm test`'s pretest; `worker-process` unless
+ * another is named) and waits until it is ready.
+ */
+export async function startWorker(env: Record<string, string>, fixture = 'worker-process'): Promise<WorkerProcess> {
+  const child = spawn(process.execPath, [resolve(FIXTURES, `${fixture}.js`)], {
     env: { ...process.env, WORKFLOW_DB_URL: DB_URL, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
