@@ -32,6 +32,7 @@ export function toStatus(row: RunRow): RunStatus {
     status.waitingFor = { signal: row.job_wait_for ?? undefined, ...(until < NEVER ? { until: new Date(until) } : {}) };
   }
   if (row.parent_run_id) status.parentRunId = row.parent_run_id;
+  if (row.concurrency_key != null) status.concurrencyKey = row.concurrency_key;
   return status;
 }
 

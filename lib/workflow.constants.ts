@@ -50,6 +50,12 @@ export const LIMITS = {
   /** In-process timers (timeoutMs, poll, lease, shutdown): setTimeout fires at once past 2^31-1 ms. */
   maxTimerMs: 2_147_483_647,
   maxConcurrency: 10_000,
+  /** A concurrencyKey, in characters (the VARCHAR(128) columns). */
+  maxConcurrencyKeyLength: 128,
+  /** rateLimit.limit: the window keeps one row per start it remembers. */
+  maxRateLimit: 10_000,
+  /** rateLimit.periodMs: one day. */
+  maxRatePeriodMs: 24 * 3600 * 1000,
   /** maxPayloadBytes: the server's max_allowed_packet cannot exceed 1 GiB. */
   maxPayloadBytes: 1024 * 1024 * 1024,
   /** A fail/cancel reason, and the stored text of a thrown error, in UTF-8 bytes. */
@@ -57,3 +63,12 @@ export const LIMITS = {
   /** Room in every packet for the SQL text, the other columns and the protocol header. */
   packetMarginBytes: 64 * 1024,
 } as const;
+
+/** Why `key` cannot be a concurrencyKey (undefined: it can, or it is absent). */
+export function concurrencyKeyProblem(key: unknown): string | undefined {
+  if (key === undefined) return undefined;
+  if (typeof key !== 'string') return `must be a string, got ${key === null ? 'null' : typeof key}`;
+  if (key.length === 0 || key.length > LIMITS.maxConcurrencyKeyLength)
+    return `must be 1 to ${LIMITS.maxConcurrencyKeyLength} characters long, got ${key.length}`;
+  return undefined;
+}

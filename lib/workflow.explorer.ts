@@ -5,7 +5,8 @@ import { DuplicateWorkflowError } from './errors/duplicate-workflow.error.js';
 import { InvalidStepRunnerClassError } from './errors/invalid-step-runner-class.error.js';
 import { WorkflowConfigError } from './errors/workflow-config.error.js';
 import { MESSAGES } from './workflow.messages.js';
-import type { StepRunner } from './interfaces/step-runner.interface.js';
+import type { StepRunner, StepRunnerOptions } from './interfaces/step-runner.interface.js';
+import type { FlowLimits } from './storage/flow.js';
 import type { RunOutcome } from './interfaces/run.interface.js';
 import { assertWorkflowName, backoff, int, type ResolvedWorkflowConfig } from './workflow.config.js';
 import { LIMITS, WORKFLOW_CONFIG } from './workflow.constants.js';
@@ -149,6 +150,7 @@ export class WorkflowExplorer implements OnModuleInit {
         options.timeoutMs === undefined
           ? undefined
           : int(options.timeoutMs, 0, `${where}: timeoutMs`, 1, LIMITS.maxTimerMs),
+      limits: flowLimits(options, where),
       resolve: this.resolver<StepRunner>(wrapper),
     });
     this.registry.submittable.add(name);
@@ -193,4 +195,27 @@ export class WorkflowExplorer implements OnModuleInit {
       return this.moduleRef.resolve(wrapper.token as any, contextId, { strict: false });
     };
   }
+}
+
+/** keyConcurrency and rateLimit checked, or undefined when the runner declares neither (its claims then pay nothing). */
+function flowLimits(options: StepRunnerOptions, where: string): FlowLimits | undefined {
+  const { keyConcurrency, rateLimit } = options;
+  if (keyConcurrency === undefined && rateLimit === undefined) return undefined;
+  const limits: FlowLimits = {};
+  if (keyConcurrency !== undefined)
+    limits.keyConcurrency = int(keyConcurrency, 0, `${where}: keyConcurrency`, 1, LIMITS.maxConcurrency);
+  if (rateLimit !== undefined) {
+    if (!rateLimit || typeof rateLimit !== 'object')
+      throw new WorkflowConfigError(`${where}: rateLimit must be { limit, periodMs, perKey? }.`);
+    if (rateLimit.perKey !== undefined && typeof rateLimit.perKey !== 'boolean')
+      throw new WorkflowConfigError(`${where}: rateLimit.perKey must be a boolean.`);
+    for (const field of ['limit', 'periodMs'] as const)
+      if (rateLimit[field] === undefined) throw new WorkflowConfigError(`${where}: rateLimit.${field} is required.`);
+    limits.rate = {
+      limit: int(rateLimit.limit, 0, `${where}: rateLimit.limit`, 1, LIMITS.maxRateLimit),
+      periodMs: int(rateLimit.periodMs, 0, `${where}: rateLimit.periodMs`, 1, LIMITS.maxRatePeriodMs),
+      perKey: rateLimit.perKey === true,
+    };
+  }
+  return limits;
 }

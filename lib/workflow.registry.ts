@@ -2,6 +2,7 @@ import { Injectable } from '@nestjs/common';
 import type { StepRunner } from './interfaces/step-runner.interface.js';
 import type { RunOutcome } from './interfaces/run.interface.js';
 import type { BackoffPolicy } from './interfaces/backoff-policy.interface.js';
+import type { FlowLimits } from './storage/flow.js';
 
 export interface RunnerBinding {
   name: string;
@@ -12,6 +13,8 @@ export interface RunnerBinding {
   priority: number;
   concurrency: number;
   timeoutMs?: number;
+  /** keyConcurrency and rateLimit, when the runner declares either: its claims go through flow.ts. */
+  limits?: FlowLimits;
   /** The instance for this step: the singleton, or a fresh one for request-scoped runners. */
   resolve(step: object): Promise<StepRunner>;
 }

@@ -30,6 +30,7 @@ import { hashJson, parseJson, serializeJson } from './utils/json.js';
 import { ulid } from './utils/ulid.js';
 import { range, type ResolvedWorkflowConfig, show } from './workflow.config.js';
 import {
+  concurrencyKeyProblem,
   LIMITS,
   RESERVED_HEADER_PREFIX,
   RUN_ID_PATTERN,
@@ -188,6 +189,8 @@ export class WorkflowService implements OnApplicationBootstrap {
       this.config.defaults.priority;
     const maxAttempts = optionalInt(spec.maxAttemptsPerStep, 'maxAttemptsPerStep', 1, LIMITS.maxAttempts);
     const delayMs = optionalInt(spec.delayMs, 'delayMs', 0, LIMITS.maxDelayMs) ?? 0;
+    const keyProblem = concurrencyKeyProblem(spec.concurrencyKey);
+    if (keyProblem) throw new InvalidRunSpecError(`RunSpec.concurrencyKey ${keyProblem}.`);
     const max = this.config.maxPayloadBytes;
     const input = serializeJson(spec.input, 'run input', max);
     const headersJson = serializeJson(headers, 'run headers', max);
@@ -202,6 +205,7 @@ export class WorkflowService implements OnApplicationBootstrap {
       maxAttempts: maxAttempts ?? null,
       now,
       delayMs,
+      concurrencyKey: spec.concurrencyKey,
     });
   }
 

@@ -9,6 +9,11 @@ export interface RunSpec<I = unknown> {
   maxAttemptsPerStep?: number;
   /** Step 0 becomes claimable this long after submit. */
   delayMs?: number;
+  /**
+   * Groups runs for the runner's `keyConcurrency` and per-key `rateLimit` (a tenant, an
+   * API key), 1-128 characters. A run without one is not limited by keyConcurrency.
+   */
+  concurrencyKey?: string;
 }
 
 export interface SubmitOptions {
@@ -64,6 +69,8 @@ export interface RunStatus {
   scheduleId?: string;
   /** Set on a child run: the run whose step spawned it. */
   parentRunId?: string;
+  /** The run's `concurrencyKey`, if it was given one. */
+  concurrencyKey?: string;
 }
 
 export interface WaitOptions {
@@ -106,5 +113,6 @@ export interface ChildSpec {
   /** Over the parent's headers, which the child inherits. */
   headers?: Record<string, string>;
   priority?: number;
+  /** Children do not inherit the parent's key: this sets one. */
   concurrencyKey?: string;
 }

@@ -1,4 +1,6 @@
+import { admit, type FlowLimits } from './flow.js';
 import { CommitUnknownError, runBatch } from './sql-client.js';
+import type { Statement } from './transitions.js';
 import { type ClaimedJob, JobState } from './storage.types.js';
 import { CLAIM_COLUMNS, type JobRow, type StorageContext, toClaimed } from './tables.js';
 
@@ -24,10 +26,11 @@ export async function claimBatch(
   token: string,
   leaseMs: number,
   maxAttempts: number,
-): Promise<{ jobs: ClaimedJob[]; more: boolean }> {
+  limits?: FlowLimits,
+): Promise<ClaimResult> {
   let tried: string[] = [];
   try {
-    return await leaseReady(ctx, queue, limit, token, leaseMs, maxAttempts, (ids) => (tried = ids));
+    return await leaseReady(ctx, queue, limit, token, leaseMs, maxAttempts, limits, (ids) => (tried = ids));
   } catch (err) {
     if (!(err instanceof CommitUnknownError) || tried.length === 0) throw err;
     const rows = await ctx.client.query<JobRow[]>(
@@ -35,8 +38,25 @@ export async function claimBatch(
         WHERE \`id\` IN (?) AND \`state\` = ${JobState.Leased} AND \`lease_token\` = CONCAT(?, '/', \`id\`)`,
       [tried, token],
     );
-    return { jobs: rows.map((r) => toClaimed(r, `${token}/${r.id}`, Number(r.attempts))), more: true };
+    return {
+      jobs: rows.map((r) => withKeySlot(toClaimed(r, `${token}/${r.id}`, Number(r.attempts)), r, limits)),
+      more: true,
+    };
   }
+}
+
+export interface ClaimResult {
+  jobs: ClaimedJob[];
+  /** A ready job was left behind. */
+  more: boolean;
+  /** Steps were throttled by a rate limit whose window has room again in this many ms. */
+  wakeInMs?: number;
+}
+
+/** A step counted against keyConcurrency carries its key, so its settlement frees the slot. */
+function withKeySlot(job: ClaimedJob, row: JobRow, limits: FlowLimits | undefined): ClaimedJob {
+  if (limits?.keyConcurrency && row.ckey != null) job.keySlot = row.ckey;
+  return job;
 }
 
 async function leaseReady(
@@ -46,8 +66,9 @@ async function leaseReady(
   token: string,
   leaseMs: number,
   maxAttempts: number,
+  limits: FlowLimits | undefined,
   trying: (ids: string[]) => void,
-): Promise<{ jobs: ClaimedJob[]; more: boolean }> {
+): Promise<ClaimResult> {
   return ctx.client.transaction(async (sql) => {
     const found = await sql.query<JobRow[]>(
       `SELECT ${CLAIM_COLUMNS} FROM ${ctx.t.jobs} FORCE INDEX (\`ix_claim\`)
@@ -55,14 +76,24 @@ async function leaseReady(
         ORDER BY \`priority\`, \`run_at\`, \`id\` LIMIT ? FOR UPDATE SKIP LOCKED`,
       [queue, limit + 1],
     );
-    const rows = found.slice(0, limit);
+    let rows = found.slice(0, limit);
     if (rows.length === 0) return { jobs: [], more: false };
+    const more = found.length > limit;
+    // A runner without limits pays nothing here: the same two round trips as ever.
+    let parked: Statement[] = [];
+    let wakeInMs: number | undefined;
+    if (limits) ({ admitted: rows, writes: parked, wakeInMs } = await admit(ctx, sql, queue, rows, limits));
+    if (rows.length === 0) {
+      await runBatch(sql, parked, true);
+      return { jobs: [], more, wakeInMs };
+    }
     trying(rows.map((r) => r.id));
     // The rows are locked by the SELECT, so the lease is right whatever the UPDATE
     // reports: it goes with the COMMIT in one round trip.
     await runBatch(
       sql,
       [
+        ...parked,
         [
           // One token per job (claim token + job id), so a token never fences another job's row.
           `UPDATE ${ctx.t.jobs} FORCE INDEX (PRIMARY) SET \`state\` = ${JobState.Leased}, \`attempts\` = \`attempts\` + 1, \`lease_token\` = CONCAT(?, '/', \`id\`),
@@ -73,11 +104,17 @@ async function leaseReady(
       ],
       true,
     );
-    const jobs = rows.map((r) => ({
-      ...toClaimed(r, `${token}/${r.id}`, Number(r.attempts) + 1),
-      maxAttempts: Number(r.max_attempts ?? maxAttempts),
-    }));
-    return { jobs, more: found.length > limit };
+    const jobs = rows.map((r) =>
+      withKeySlot(
+        {
+          ...toClaimed(r, `${token}/${r.id}`, Number(r.attempts) + 1),
+          maxAttempts: Number(r.max_attempts ?? maxAttempts),
+        },
+        r,
+        limits,
+      ),
+    );
+    return { jobs, more, wakeInMs };
   });
 }
 

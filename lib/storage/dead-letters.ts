@@ -81,11 +81,13 @@ async function redriveOnce(
     };
     writing();
     if (job.kind === JobKind.Step) {
-      const [run] = await sql.query<Array<{ state: string; current_step: number | string }>>(
-        `SELECT \`state\`, \`current_step\` FROM ${t.runs} WHERE \`id\` = ? FOR UPDATE`,
-        [dead.run_id],
-      );
+      const [run] = await sql.query<
+        Array<{ state: string; current_step: number | string; concurrency_key: string | null }>
+      >(`SELECT \`state\`, \`current_step\`, \`concurrency_key\` FROM ${t.runs} WHERE \`id\` = ? FOR UPDATE`, [
+        dead.run_id,
+      ]);
       if (!run || run.state !== 'failed' || Number(run.current_step) !== job.stepNumber) return false;
+      job.ckey = run.concurrency_key;
       await sql.query(
         `UPDATE ${t.runs} SET \`state\` = '${RunRowState.Active}', \`current_job_id\` = ?, \`attempts\` = 0, \`result\` = NULL, \`error\` = NULL,
           \`finished_at\` = NULL, \`updated_at\` = ? WHERE \`id\` = ?`,

@@ -1,5 +1,6 @@
 import { withNamedLock } from './named-lock.js';
 import type { WriteResult } from './sql-client.js';
+import { releaseKeySlot } from './flow.js';
 import { settleOne } from './settle.js';
 import { Settle } from './settlements.js';
 import { countedAttempts, JobKind, JobState, RunRowState } from './storage.types.js';
@@ -40,8 +41,11 @@ export async function reapExpired(
         : [],
     );
     const requeue: string[] = [];
+    const freed = new Map<string, { queue: string; key: string }>();
     for (const row of rows) {
       const job = toClaimed(row, row.lease_token, Number(row.attempts));
+      // Whatever claimed it counted it against its key: settled or requeued, the slot is free again.
+      if (row.ckey != null) job.keySlot = row.ckey;
       if (job.kind === JobKind.Step && cancelling.has(job.runId)) {
         await settleOne(ctx, sql, { job, settlement: Settle.observeCancel() });
         counts.cancelled++;
@@ -51,6 +55,8 @@ export async function reapExpired(
         counts.dead++;
       } else {
         requeue.push(job.id);
+        if (job.keySlot !== undefined)
+          freed.set(`${job.queue}\n${job.keySlot}`, { queue: job.queue, key: job.keySlot });
       }
     }
     if (requeue.length) {
@@ -60,6 +66,7 @@ export async function reapExpired(
         [requeue],
       );
       counts.requeued = requeue.length;
+      for (const f of freed.values()) await releaseKeySlot(ctx, sql, f.queue, f.key);
     }
     return counts;
   });

@@ -18,6 +18,7 @@ export function newRun(r: {
   now: number;
   delayMs?: number;
   scheduleId?: string;
+  concurrencyKey?: string;
   parent?: NewRun['parent'];
 }): NewRun {
   const delayMs = r.delayMs ?? 0;
@@ -31,6 +32,7 @@ export function newRun(r: {
     submittedAt: r.now,
     ...(r.scheduleId !== undefined ? { scheduleId: r.scheduleId } : {}),
     ...(r.parent !== undefined ? { parent: r.parent } : {}),
+    ...(r.concurrencyKey !== undefined ? { concurrencyKey: r.concurrencyKey } : {}),
     firstJob: {
       id: ulid(r.now),
       queue: r.workflow,
@@ -43,6 +45,7 @@ export function newRun(r: {
       maxAttempts: r.maxAttempts,
       payload: r.input,
       headers: r.headers,
+      ckey: r.concurrencyKey ?? null,
     },
   };
 }

@@ -11,7 +11,14 @@ export async function getRun(ctx: StorageContext, runId: string): Promise<RunRow
   return rows[0] ?? null;
 }
 
-const BUSY = ['ready', 'due (scheduled)', 'running', 'timed out (waiting)'];
+const BUSY = [
+  'ready',
+  'due (scheduled)',
+  'running',
+  'timed out (waiting)',
+  'held back (keyConcurrency)',
+  'held back (rateLimit)',
+];
 
 /**
  * Jobs of these queues that are due or running now: ready, leased, or scheduled/waiting
@@ -25,7 +32,7 @@ export async function busyJobs(
   if (queues.length === 0) return [];
   const rows = await ctx.client.query<Array<{ queue: string; state: number | string; n: number | string }>>(
     `SELECT \`queue\`, \`state\`, COUNT(*) AS n FROM ${ctx.t.jobs} FORCE INDEX (\`ix_claim\`)
-      WHERE \`queue\` IN (?) AND (\`state\` IN (${JobState.Ready}, ${JobState.Leased})
+      WHERE \`queue\` IN (?) AND (\`state\` IN (${JobState.Ready}, ${JobState.Leased}, ${JobState.Blocked}, ${JobState.Throttled})
         OR (\`state\` IN (${JobState.Scheduled}, ${JobState.Waiting}) AND \`run_at\` <= ?))
       GROUP BY \`queue\`, \`state\``,
     [queues, now],

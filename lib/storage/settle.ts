@@ -1,3 +1,4 @@
+import { releaseKeySlot } from './flow.js';
 import { noHandlersGuard, queuesByWorkflow, readHandlers } from './handlers.js';
 import { takeFromMailbox } from './signals.js';
 import { runBatch, type Sql, type WriteResult } from './sql-client.js';
@@ -74,6 +75,8 @@ export async function settleMany(ctx: StorageContext, items: SettleItem[]): Prom
 
 /** Step settlements that leave their run alone need the careful path's look at the run (it may be cancelling). */
 function fastEligible(i: SettleItem): boolean {
+  // A step holding a key slot frees it under the key's flow lock: the careful path does that.
+  if (i.job.keySlot !== undefined) return false;
   const kind = kindOf(i.settlement);
   return kind.fast && (i.job.kind === JobKind.Step ? kind.run !== 'keep' : kind.run === 'keep');
 }
@@ -206,6 +209,15 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
  * kept as a dead letter an operator can see.
  */
 export async function settleOne(ctx: StorageContext, sql: Sql, given: SettleItem): Promise<SettleResult> {
+  const result = await applyOne(ctx, sql, given);
+  // Last in the lock order: the step left Leased (unless its successor stays leased here), so its key has a slot free.
+  const { job, settlement } = given;
+  const stays = settlement.type === 'continue' && settlement.next.leaseToken !== undefined;
+  if (result !== 'lost' && job.keySlot !== undefined && !stays) await releaseKeySlot(ctx, sql, job.queue, job.keySlot);
+  return result;
+}
+
+async function applyOne(ctx: StorageContext, sql: Sql, given: SettleItem): Promise<SettleResult> {
   const now = ctx.now();
   const item = await spawnable(ctx, sql, given);
   const { job, settlement } = item;

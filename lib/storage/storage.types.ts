@@ -21,9 +21,11 @@ export const handlerOf = (queue: string): string =>
 /**
  * Ready: claimable now. Scheduled: waiting for run_at, promoted when due. Leased: a worker
  * holds it. Waiting: parked on a signal (`wait_for`), made ready by the signal or, at
- * run_at, by its timeout. Only Ready sits in the claim range of ix_claim.
+ * run_at, by its timeout. Blocked: held back by its workflow's keyConcurrency, made ready
+ * again by the settlement that frees a slot of its key. Throttled: held back by its
+ * rateLimit, made ready again when the window has room (flow.ts). Only Ready sits in the claim range of ix_claim.
  */
-export const JobState = { Ready: 0, Scheduled: 1, Leased: 2, Waiting: 3 } as const;
+export const JobState = { Ready: 0, Scheduled: 1, Leased: 2, Waiting: 3, Blocked: 4, Throttled: 5 } as const;
 
 /** The due time of a wait without timeout: never. */
 export const NEVER = Number.MAX_SAFE_INTEGER;
@@ -69,6 +71,8 @@ export interface ClaimedJob {
   received?: string | null;
   /** 0 on the step after a spawn (its children have all ended); null otherwise. */
   childrenOpen?: number | null;
+  /** Its run's concurrency key, when the claim counted it against keyConcurrency: its settlement frees that slot. */
+  keySlot?: string;
   /** `headers` already parsed and frozen, handed from a step to its successor run in place. */
   parsedHeaders?: Readonly<Record<string, string>>;
 }
@@ -87,6 +91,8 @@ export interface NewJob {
   maxAttempts: number | null;
   payload: string;
   headers: string;
+  /** Its run's concurrency key (steps only). */
+  ckey?: string | null;
   /** Park it waiting for this signal (until runAt, or NEVER). */
   waitFor?: string;
   /** Park it waiting for this many children to end; `failFast`: the first failure cancels the rest. */
@@ -108,6 +114,7 @@ export interface NewRun {
   firstJob: NewJob;
   /** Set for a run a schedule's tick started. */
   scheduleId?: string;
+  concurrencyKey?: string;
   /** A child run: its parent, the parent's step that spawned it, and its position. */
   parent?: { runId: string; step: number; index: number };
 }
@@ -134,6 +141,7 @@ export interface RunRow {
   finished_at: number | string | null;
   ending: number | string;
   schedule_id?: string | null;
+  concurrency_key?: string | null;
   parent_run_id?: string | null;
   parent_step?: number | string | null;
   child_index?: number | string | null;

@@ -89,7 +89,7 @@ async function insertRuns(
     ['SAVEPOINT wf_submit', []],
     [
       `INSERT INTO ${t.runs} (\`id\`, \`workflow\`, \`state\`, \`current_step\`, \`current_job_id\`, \`input_hash\`, \`headers\`, \`priority\`,
-        \`max_attempts\`, \`submitted_at\`, \`updated_at\`, \`submit_key\`, \`schedule_id\`, \`parent_run_id\`, \`parent_step\`, \`child_index\`) VALUES ? ON DUPLICATE KEY UPDATE \`id\` = \`id\``,
+        \`max_attempts\`, \`submitted_at\`, \`updated_at\`, \`submit_key\`, \`schedule_id\`, \`parent_run_id\`, \`parent_step\`, \`child_index\`, \`concurrency_key\`) VALUES ? ON DUPLICATE KEY UPDATE \`id\` = \`id\``,
       [
         runs.map((r) => [
           r.id,
@@ -108,6 +108,7 @@ async function insertRuns(
           r.parent?.runId ?? null,
           r.parent?.step ?? null,
           r.parent?.index ?? null,
+          r.concurrencyKey ?? null,
         ]),
       ],
     ],

@@ -10,6 +10,8 @@ export interface Tables {
   handlers: string;
   signals: string;
   schedules: string;
+  flow: string;
+  flowStarts: string;
 }
 
 export function tablesOf(prefix: string): Tables {
@@ -21,6 +23,8 @@ export function tablesOf(prefix: string): Tables {
     handlers: t('handlers'),
     signals: t('signals'),
     schedules: t('schedules'),
+    flow: t('flow'),
+    flowStarts: t('flow_starts'),
   };
 }
 
@@ -37,9 +41,9 @@ export interface StorageContext {
 }
 
 export const JOB_COLUMNS =
-  '`id`, `queue`, `kind`, `state`, `priority`, `run_at`, `run_id`, `step_number`, `attempts`, `max_attempts`, `lease_token`, `lease_until`, `payload`, `headers`, `created_at`';
+  '`id`, `queue`, `kind`, `state`, `priority`, `run_at`, `run_id`, `step_number`, `attempts`, `max_attempts`, `lease_token`, `lease_until`, `payload`, `headers`, `created_at`, `ckey`';
 export const CLAIM_COLUMNS =
-  '`id`, `queue`, `kind`, `run_id`, `step_number`, `attempts`, `handbacks`, `max_attempts`, `priority`, `payload`, `headers`, `received`, `children_open`';
+  '`id`, `queue`, `kind`, `run_id`, `step_number`, `attempts`, `handbacks`, `max_attempts`, `priority`, `payload`, `headers`, `received`, `children_open`, `ckey`';
 
 /** A job row as `CLAIM_COLUMNS` reads it. */
 export interface JobRow {
@@ -56,6 +60,7 @@ export interface JobRow {
   headers: string;
   received?: string | null;
   children_open?: number | string | null;
+  ckey?: string | null;
 }
 
 export function toClaimed(r: JobRow, token: string, attempts: number): ClaimedJob {

@@ -343,7 +343,7 @@ export function insertJobs(t: Tables, jobs: NewJob[], now: number): Statement {
   for (const j of jobs) {
     if (j.leaseToken) {
       rows.push(
-        `(?, ?, ?, ${JobState.Leased}, ?, ?, ?, ?, 1, ?, ?, DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND), ?, ?, ?)`,
+        `(?, ?, ?, ${JobState.Leased}, ?, ?, ?, ?, 1, ?, ?, DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND), ?, ?, ?, ?)`,
       );
       params.push(
         j.id,
@@ -359,9 +359,10 @@ export function insertJobs(t: Tables, jobs: NewJob[], now: number): Statement {
         j.payload,
         j.headers,
         now,
+        j.ckey ?? null,
       );
     } else {
-      rows.push('(?, ?, ?, ?, ?, ?, ?, ?, 0, ?, NULL, NULL, ?, ?, ?)');
+      rows.push('(?, ?, ?, ?, ?, ?, ?, ?, 0, ?, NULL, NULL, ?, ?, ?, ?)');
       params.push(
         j.id,
         j.queue,
@@ -375,6 +376,7 @@ export function insertJobs(t: Tables, jobs: NewJob[], now: number): Statement {
         j.payload,
         j.headers,
         now,
+        j.ckey ?? null,
       );
     }
   }

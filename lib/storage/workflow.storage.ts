@@ -4,6 +4,7 @@ import type { ResolvedWorkflowConfig } from '../workflow.config.js';
 import { WORKFLOW_CONFIG } from '../workflow.constants.js';
 import { type CancelResult, cancelRun } from './cancel.js';
 import { claimBatch, promoteDue, readyQueues } from './claim.js';
+import { type FlowLimits, wakeThrottled } from './flow.js';
 import { deadSteps, retryDead } from './dead-letters.js';
 import { expireHandlers, HandlerDirectory, type HostedHandler, registerHandlers } from './handlers.js';
 import { cancellingAmong, renewLeases } from './leases.js';
@@ -108,8 +109,20 @@ export class WorkflowStorage {
     return submitRuns(ctx, runs, check, manager, this.maxAllowedPacket);
   }
 
-  async claimBatch(queue: string, limit: number, token: string, leaseMs: number, maxAttempts: number) {
-    return claimBatch(await this.c(), queue, limit, token, leaseMs, maxAttempts);
+  async claimBatch(
+    queue: string,
+    limit: number,
+    token: string,
+    leaseMs: number,
+    maxAttempts: number,
+    limits?: FlowLimits,
+  ) {
+    return claimBatch(await this.c(), queue, limit, token, leaseMs, maxAttempts, limits);
+  }
+
+  /** Rate-limited steps whose window has room again become ready. */
+  async wakeThrottled(limit?: number): Promise<number> {
+    return wakeThrottled(await this.c(), limit);
   }
 
   async readyQueues(queues: readonly string[]): Promise<Set<string>> {

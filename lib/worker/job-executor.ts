@@ -27,6 +27,7 @@ import { CommitUnknownError, isConnectionError } from '../storage/sql-client.js'
 import { hashJson, serializeJson } from '../utils/json.js';
 import type { ResolvedWorkflowConfig } from '../workflow.config.js';
 import {
+  concurrencyKeyProblem,
   LIMITS,
   RESERVED_HEADER_PREFIX,
   RUN_ID_PATTERN,
@@ -435,6 +436,8 @@ export class JobExecutor {
     if (!Number.isSafeInteger(priority) || Math.abs(priority) > LIMITS.maxPriority) {
       throw new Error(`${where}: priority must be an integer within ±${LIMITS.maxPriority}, got ${describe(priority)}`);
     }
+    const keyProblem = concurrencyKeyProblem(c.concurrencyKey);
+    if (keyProblem) throw new Error(`${where}: concurrencyKey ${keyProblem}`);
     const input = serializeJson(c.input === undefined ? null : c.input, `${where} input`, max);
     const headersJson = serializeJson(headers, `${where} headers`, max);
     return newRun({
@@ -447,6 +450,7 @@ export class JobExecutor {
       maxAttempts: null,
       now: this.now(),
       parent: { runId: parent.runId, step: parent.stepNumber, index },
+      concurrencyKey: c.concurrencyKey,
     });
   }
 
@@ -550,6 +554,8 @@ export class JobExecutor {
   }
 
   private afterSettle(exec: Execution, s: Settlement, cancelled: boolean): void {
+    // A held slot of a key was freed: a step of that key waiting for it may be ready now.
+    if (exec.job.keySlot !== undefined) this.notifier.wake();
     const ended = cancelled || endsRun(s);
     if (exec.job.kind === JobKind.Step && ended) {
       this.notifier.runFinished(exec.job.runId);

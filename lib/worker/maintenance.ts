@@ -24,6 +24,8 @@ export class Maintenance {
       hosted: HostedHandler[];
       /** Step priority of a workflow's runs (its runner's, else the default), for schedule ticks. */
       priorityOf: (workflow: string) => number;
+      /** This process claims a rate-limited workflow: it wakes throttled steps too. */
+      rateLimited: boolean;
     },
     private readonly onWork: () => void,
   ) {}
@@ -56,7 +58,10 @@ export class Maintenance {
   }
 
   async promote(): Promise<void> {
-    const due = (await this.storage.promoteDue()) + (await this.storage.wakeTimedOut());
+    const due =
+      (await this.storage.promoteDue()) +
+      (await this.storage.wakeTimedOut()) +
+      (this.opts.rateLimited ? await this.storage.wakeThrottled() : 0);
     if (due > 0) this.onWork();
     // After the wake-up above, so a schedule that fails to fire cannot hold back promoted steps.
     if ((await this.storage.fireDueSchedules(this.opts.priorityOf)) > 0) this.onWork();

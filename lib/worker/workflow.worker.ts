@@ -16,6 +16,7 @@ import { LeaseKeeper } from './lease-keeper.js';
 import { Maintenance } from './maintenance.js';
 import { JobExecutor } from './job-executor.js';
 import { WorkflowNotifier } from '../workflow.notifier.js';
+import type { FlowLimits } from '../storage/flow.js';
 
 /** Most jobs one claim transaction takes; deep queues are drained in batches of this. */
 const CLAIM_BATCH = 32;
@@ -36,6 +37,8 @@ interface QueueSlot {
   inFlight: number;
   /** Ready jobs may be waiting for a slot: what the last claim or probe saw, or a local wake-up. */
   waiting: boolean;
+  /** keyConcurrency / rateLimit: every step goes through a claim (none runs in place). */
+  limits?: FlowLimits;
 }
 
 /**
@@ -106,6 +109,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
           maxAttempts: runner.maxAttempts,
           inFlight: 0,
           waiting: true,
+          limits: runner.limits,
         });
       }
     }
@@ -152,6 +156,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
         now: () => this.config.clock.now(),
         hosted,
         priorityOf: (workflow) => this.registry.runners.get(workflow)?.priority ?? this.config.defaults.priority,
+        rateLimited: this.queues.some((q) => q.limits?.rate),
       },
       () => this.jobsMayWait(),
     );
@@ -199,8 +204,16 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
             blocked.push(q);
             continue;
           }
-          const claimed = await storage.claimBatch(q.name, free, this.nextToken(), opts.leaseMs, q.maxAttempts);
+          const claimed = await storage.claimBatch(
+            q.name,
+            free,
+            this.nextToken(),
+            opts.leaseMs,
+            q.maxAttempts,
+            q.limits,
+          );
           for (const job of claimed.jobs) this.launch(q, job);
+          if (claimed.wakeInMs !== undefined) this.notifier.dueIn(claimed.wakeInMs);
           q.waiting = claimed.more;
           if (claimed.more) more = true;
         }
@@ -274,7 +287,10 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
   private launch(q: QueueSlot, job: ClaimedJob, chain = 0, slot = this.takeSlot(q)): void {
     const workflow = q.workflow ?? safeWorkflowOf(job);
     const inPlace = () => (this.running && (chain < MAX_IN_PLACE || !this.wanted(q)) ? this.nextToken() : undefined);
-    const exec = new Execution(job, workflow, q.workflow ? inPlace : undefined, () => this.freeSlot(q, slot));
+    // A limited step must pass a claim (the limits are checked there), so it never runs in place.
+    const exec = new Execution(job, workflow, q.workflow && !q.limits ? inPlace : undefined, () =>
+      this.freeSlot(q, slot),
+    );
     this.inFlight.set(job.id, exec);
     void this.executor.execute(exec);
     void exec.done.then(() => {

@@ -161,6 +161,41 @@ export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
       ) ${TABLE}`,
     ],
   },
+  {
+    // Flow control. runs/jobs/schedules.concurrency_key: the run's key, copied onto each of
+    // its step jobs (ckey), so a claim counts a key's running steps and finds its held-back
+    // ones (state 4) on ix_key, in claim order, without touching another key. flow: one row
+    // per (workflow, bucket) that claims and settlements of that bucket lock, so limits hold
+    // across processes while unrelated keys never share a row; a rate bucket's wake_at is
+    // when its window next has room (ix_wake: one scan for all). flow_starts: a rate bucket's
+    // last `limit` step starts, a ring whose slot ring_next is the oldest.
+    version: 4,
+    name: 'concurrency keys, flow, flow_starts',
+    statements: (p) => [
+      `ALTER TABLE \`${p}runs\` ADD COLUMN \`concurrency_key\` VARCHAR(128) NULL`,
+      `ALTER TABLE \`${p}schedules\` ADD COLUMN \`concurrency_key\` VARCHAR(128) NULL`,
+      `ALTER TABLE \`${p}jobs\` ADD COLUMN \`ckey\` VARCHAR(128) NULL`,
+      `ALTER TABLE \`${p}jobs\` ADD KEY \`ix_key\` (\`queue\`, \`ckey\`, \`state\`, \`priority\`, \`run_at\`)`,
+      `CREATE TABLE IF NOT EXISTS \`${p}flow\` (
+        \`queue\` VARCHAR(191) NOT NULL,
+        \`bucket\` VARCHAR(130) NOT NULL,
+        \`climit\` INT UNSIGNED NULL,
+        \`rlimit\` INT UNSIGNED NULL,
+        \`period_ms\` INT UNSIGNED NULL,
+        \`ring_next\` INT UNSIGNED NOT NULL DEFAULT 0,
+        \`wake_at\` DATETIME(3) NULL,
+        PRIMARY KEY (\`queue\`, \`bucket\`),
+        KEY \`ix_wake\` (\`wake_at\`)
+      ) ${TABLE}`,
+      `CREATE TABLE IF NOT EXISTS \`${p}flow_starts\` (
+        \`queue\` VARCHAR(191) NOT NULL,
+        \`bucket\` VARCHAR(130) NOT NULL,
+        \`slot\` INT UNSIGNED NOT NULL,
+        \`started_at\` DATETIME(3) NOT NULL,
+        PRIMARY KEY (\`queue\`, \`bucket\`, \`slot\`)
+      ) ${TABLE}`,
+    ],
+  },
 ];
 
 /**
@@ -213,7 +248,17 @@ export function createWorkflowMigrations(tablePrefix = 'workflow_'): Array<new (
       }
       async down(queryRunner: QueryRunner): Promise<void> {
         if (m.version === 1) {
-          for (const t of ['schedules', 'signals', 'handlers', 'dead', 'jobs', 'runs', 'migrations']) {
+          for (const t of [
+            'flow_starts',
+            'flow',
+            'schedules',
+            'signals',
+            'handlers',
+            'dead',
+            'jobs',
+            'runs',
+            'migrations',
+          ]) {
             await queryRunner.query(`DROP TABLE IF EXISTS \`${tablePrefix}${t}\``);
           }
         }

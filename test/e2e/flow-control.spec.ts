@@ -1,0 +1,327 @@
+/**
+ * keyConcurrency and rateLimit across app instances on one database. The runners of
+ * every app in this file share one in-memory tracker (one Jest process), so "running at
+ * once" is counted across the apps the way the limit must hold.
+ */
+import { Injectable } from '@nestjs/common';
+import type { TestingModule } from '@nestjs/testing';
+import { type Step, StepOutcome, StepRunner, WorkflowConfigError, WorkflowService } from 'nestjs-durable-workflow';
+import { InvalidRunSpecError } from 'nestjs-durable-workflow';
+import { startApp, startupError, testBuilder } from '../utils/create-test-app.js';
+import { Prefixes } from '../utils/db.js';
+import { deferred, waitFor } from '../utils/wait.js';
+
+/** Steps running now and the most seen at once, per key ('' for runs without one). */
+class Tracker {
+  running = new Map<string, number>();
+  peak = new Map<string, number>();
+  starts: Array<{ runId: string; key: string; at: number }> = [];
+  order: string[] = [];
+  enter(key: string, runId: string): void {
+    const n = (this.running.get(key) ?? 0) + 1;
+    this.running.set(key, n);
+    this.peak.set(key, Math.max(n, this.peak.get(key) ?? 0));
+    this.starts.push({ runId, key, at: Date.now() });
+    this.order.push(runId);
+  }
+  leave(key: string): void {
+    this.running.set(key, (this.running.get(key) ?? 0) - 1);
+  }
+  reset(): void {
+    this.running.clear();
+    this.peak.clear();
+    this.starts = [];
+    this.order = [];
+  }
+}
+const tracker = new Tracker();
+/** Runs whose step waits for the test to let it go. */
+const gates = new Map<string, Promise<void>>();
+const entered = new Map<string, () => void>();
+
+interface Input {
+  key?: string;
+  steps?: number;
+  ms?: number;
+  wait?: boolean;
+}
+
+async function work(step: Step<Input>): Promise<StepOutcome> {
+  const key = step.payload.key ?? '';
+  tracker.enter(key, step.runId);
+  try {
+    entered.get(step.runId)?.();
+    await gates.get(step.runId);
+    await new Promise((r) => setTimeout(r, step.payload.ms ?? 20));
+  } finally {
+    tracker.leave(key);
+  }
+  if (step.payload.wait && step.stepNumber === 0) return StepOutcome.waitForSignal('go', step.payload);
+  return step.stepNumber + 1 < (step.payload.steps ?? 1)
+    ? StepOutcome.continue(step.payload)
+    : StepOutcome.succeed(key);
+}
+
+@Injectable()
+@StepRunner('keyed', { keyConcurrency: 2 })
+class KeyedRunner {
+  runStep(step: Step<Input>) {
+    return work(step);
+  }
+}
+
+@Injectable()
+@StepRunner('single', { keyConcurrency: 1 })
+class SingleRunner {
+  runStep(step: Step<Input>) {
+    return work(step);
+  }
+}
+
+@Injectable()
+@StepRunner('rated', { rateLimit: { limit: 5, periodMs: 500 } })
+class RatedRunner {
+  runStep(step: Step<Input>) {
+    return work(step);
+  }
+}
+
+@Injectable()
+@StepRunner('rated-per-key', { rateLimit: { limit: 4, periodMs: 500, perKey: true } })
+class RatedPerKeyRunner {
+  runStep(step: Step<Input>) {
+    return work(step);
+  }
+}
+
+const runners = [KeyedRunner, SingleRunner, RatedRunner, RatedPerKeyRunner];
+
+/** Sorted start times violate the window when some `limit` + 1 of them fit in less than `periodMs` (minus `slackMs`). */
+function windowViolations(times: number[], limit: number, periodMs: number, slackMs: number): number[][] {
+  const t = [...times].sort((a, b) => a - b);
+  const bad: number[][] = [];
+  for (let i = 0; i + limit < t.length; i++)
+    if (t[i + limit] - t[i] < periodMs - slackMs) bad.push(t.slice(i, i + limit + 1));
+  return bad;
+}
+
+describe('flow control across two worker apps', () => {
+  const prefixes = new Prefixes('flow');
+  const prefix = prefixes.next();
+  let a: TestingModule;
+  let b: TestingModule;
+  let service: WorkflowService;
+
+  beforeAll(async () => {
+    a = await startApp({ prefix, providers: runners, worker: { pollIntervalMs: 50, leaseMs: 5_000, concurrency: 8 } });
+    b = await startApp({ prefix, providers: runners, worker: { pollIntervalMs: 50, leaseMs: 5_000, concurrency: 8 } });
+    service = a.get(WorkflowService);
+  });
+
+  afterAll(async () => {
+    await a?.close();
+    await b?.close();
+    await prefixes.dropAll();
+  });
+
+  beforeEach(() => tracker.reset());
+
+  async function all(runIds: string[]) {
+    return Promise.all(runIds.map((id) => service.waitForOutcome(id, { timeoutMs: 30_000 })));
+  }
+
+  it('keyConcurrency 2: at most two steps of one key run at once across both apps, and two do', async () => {
+    const specs = ['k1', 'k2', 'k3', 'k4'].flatMap((key) =>
+      Array.from({ length: 6 }, () => ({ input: { key, steps: 3 }, concurrencyKey: key })),
+    );
+    const runs = await service.submitMany('keyed', specs);
+    const outcomes = await all(runs.map((r) => r.runId));
+    expect(outcomes.every((o) => o.status === 'succeeded')).toBe(true);
+    expect(Object.fromEntries(tracker.peak)).toEqual({ k1: 2, k2: 2, k3: 2, k4: 2 });
+    expect((await service.status(runs[0].runId))?.concurrencyKey).toBe('k1');
+  });
+
+  it('runs without a key are not limited by keyConcurrency', async () => {
+    const runs = await service.submitMany(
+      'single',
+      Array.from({ length: 8 }, () => ({ input: { ms: 100 } })),
+    );
+    await all(runs.map((r) => r.runId));
+    expect(tracker.peak.get('')).toBeGreaterThan(1);
+  });
+
+  it('a held-back step holds no worker slot: another key runs while one key’s steps wait', async () => {
+    const first = 'hold-first';
+    const go = deferred();
+    const inside = deferred();
+    gates.set(first, go.promise);
+    entered.set(first, inside.resolve);
+    try {
+      await service.submit('single', { runId: first, input: { key: 'busy' }, concurrencyKey: 'busy' });
+      await inside.promise;
+      // 20 more of the busy key: far more than the 16 slots of both apps, all held back.
+      const held = await service.submitMany(
+        'single',
+        Array.from({ length: 20 }, () => ({ input: { key: 'busy' }, concurrencyKey: 'busy' })),
+      );
+      const other = await service.submit('single', { input: { key: 'free' }, concurrencyKey: 'free' });
+      expect((await service.waitForOutcome(other.runId, { timeoutMs: 10_000 })).status).toBe('succeeded');
+      expect((await service.status(held[0].runId))?.state).toBe('pending');
+      go.resolve();
+      await all(held.map((r) => r.runId));
+    } finally {
+      go.resolve();
+    }
+    expect(tracker.peak.get('busy')).toBe(1);
+  });
+
+  it('priorities keep their order within the limit', async () => {
+    const first = 'prio-first';
+    const go = deferred();
+    const inside = deferred();
+    gates.set(first, go.promise);
+    entered.set(first, inside.resolve);
+    await service.submit('single', { runId: first, input: { key: 'p' }, concurrencyKey: 'p' });
+    await inside.promise;
+    const low = await service.submitMany(
+      'single',
+      Array.from({ length: 3 }, (_, i) => ({
+        runId: `prio-low-${i}`,
+        input: { key: 'p' },
+        concurrencyKey: 'p',
+        priority: 10,
+      })),
+    );
+    const high = await service.submitMany(
+      'single',
+      Array.from({ length: 3 }, (_, i) => ({
+        runId: `prio-high-${i}`,
+        input: { key: 'p' },
+        concurrencyKey: 'p',
+        priority: -10,
+      })),
+    );
+    // Every one of them has been looked at by a claim and held back.
+    await waitFor(async () => {
+      const states = await Promise.all([...low, ...high].map((r) => service.status(r.runId)));
+      return states.every((s) => s?.state === 'pending');
+    }, 'held back');
+    go.resolve();
+    await all([...low, ...high].map((r) => r.runId));
+    expect(tracker.order.filter((id) => id.startsWith('prio-'))).toEqual([
+      'prio-first',
+      'prio-high-0',
+      'prio-high-1',
+      'prio-high-2',
+      'prio-low-0',
+      'prio-low-1',
+      'prio-low-2',
+    ]);
+  });
+
+  it('a run waiting for a signal holds no key slot', async () => {
+    const waiter = await service.submit('single', { input: { key: 'w', wait: true }, concurrencyKey: 'w' });
+    await waitFor(async () => (await service.status(waiter.runId))?.state === 'waiting', 'waiting');
+    const next = await service.submit('single', { input: { key: 'w' }, concurrencyKey: 'w' });
+    expect((await service.waitForOutcome(next.runId, { timeoutMs: 10_000 })).status).toBe('succeeded');
+    await service.signal(waiter.runId, 'go', null);
+    expect((await service.waitForOutcome(waiter.runId, { timeoutMs: 10_000 })).status).toBe('succeeded');
+  });
+
+  it('rateLimit 5 per 500 ms: no 500 ms window holds more than 5 starts across both apps', async () => {
+    const runs = await service.submitMany(
+      'rated',
+      Array.from({ length: 25 }, () => ({ input: { ms: 1 } })),
+    );
+    const began = Date.now();
+    await all(runs.map((r) => r.runId));
+    const times = tracker.starts.map((s) => s.at);
+    expect(times).toHaveLength(25);
+    // Start times are taken in the runner, a few ms after the claim that counted them in the database clock.
+    expect(windowViolations(times, 5, 500, 25)).toEqual([]);
+    // And the budget is used: 25 starts need 4 more windows after the first, not many more.
+    expect(Date.now() - began).toBeLessThan(6_000);
+  });
+
+  it('rateLimit perKey: each key has its own window, runs without a key share one', async () => {
+    const specs = [
+      ...Array.from({ length: 12 }, () => ({ input: { key: 'x', ms: 1 }, concurrencyKey: 'x' })),
+      ...Array.from({ length: 12 }, () => ({ input: { key: 'y', ms: 1 }, concurrencyKey: 'y' })),
+      ...Array.from({ length: 8 }, () => ({ input: { ms: 1 } })),
+    ];
+    const runs = await service.submitMany('rated-per-key', specs);
+    await all(runs.map((r) => r.runId));
+    for (const key of ['x', 'y', '']) {
+      const times = tracker.starts.filter((s) => s.key === key).map((s) => s.at);
+      expect(windowViolations(times, 4, 500, 25)).toEqual([]);
+    }
+    // The keys did not wait for each other: the first window started 4 of each at once.
+    const firstWindow = Math.min(...tracker.starts.map((s) => s.at)) + 400;
+    expect(tracker.starts.filter((s) => s.at < firstWindow).length).toBeGreaterThan(4);
+  });
+
+  it('the rate window survives every process stopping: a fresh app does not burst past it', async () => {
+    const fresh = prefixes.next();
+    const one = await startApp({ prefix: fresh, providers: runners });
+    const first = await one.get(WorkflowService).submitMany(
+      'rated',
+      Array.from({ length: 5 }, () => ({ input: { ms: 1 } })),
+    );
+    await Promise.all(first.map((r) => one.get(WorkflowService).waitForOutcome(r.runId, { timeoutMs: 10_000 })));
+    await one.close();
+    const two = await startApp({ prefix: fresh, providers: runners });
+    try {
+      const svc = two.get(WorkflowService);
+      const second = await svc.submitMany(
+        'rated',
+        Array.from({ length: 5 }, () => ({ input: { ms: 1 } })),
+      );
+      await Promise.all(second.map((r) => svc.waitForOutcome(r.runId, { timeoutMs: 10_000 })));
+    } finally {
+      await two.close();
+    }
+    expect(
+      windowViolations(
+        tracker.starts.map((s) => s.at),
+        5,
+        500,
+        25,
+      ),
+    ).toEqual([]);
+  });
+});
+
+describe('flow control declarations and keys are checked', () => {
+  const prefixes = new Prefixes('flowbad');
+  afterAll(() => prefixes.dropAll());
+
+  it.each([
+    ['keyConcurrency 0', { keyConcurrency: 0 }, /keyConcurrency/],
+    ['rateLimit without a period', { rateLimit: { limit: 3 } }, /rateLimit\.periodMs/],
+    ['rateLimit.limit too big', { rateLimit: { limit: 1e9, periodMs: 1000 } }, /rateLimit\.limit/],
+    ['perKey not a boolean', { rateLimit: { limit: 1, periodMs: 1000, perKey: 'yes' } }, /perKey/],
+  ])('%s fails startup with WorkflowConfigError', async (_name, options, message) => {
+    @Injectable()
+    @StepRunner('bad', options as never)
+    class BadRunner {
+      runStep() {
+        return StepOutcome.succeed(null);
+      }
+    }
+    const err = await startupError(() => testBuilder({ prefix: prefixes.next(), providers: [BadRunner] }));
+    expect(err).toBeInstanceOf(WorkflowConfigError);
+    expect(err.message).toMatch(message);
+  });
+
+  it('a concurrencyKey that is not a 1-128 character string throws InvalidRunSpecError', async () => {
+    const app = await startApp({ prefix: prefixes.next(), providers: runners, worker: false });
+    try {
+      const svc = app.get(WorkflowService);
+      for (const concurrencyKey of ['', 'x'.repeat(129), 42 as unknown as string]) {
+        await expect(svc.submit('keyed', { input: null, concurrencyKey })).rejects.toThrow(InvalidRunSpecError);
+      }
+    } finally {
+      await app.close();
+    }
+  });
+});
