@@ -8,7 +8,9 @@ import type { TestingModule } from '@nestjs/testing';
 import { type Step, StepOutcome, StepRunner, WorkflowConfigError, WorkflowService } from 'nestjs-durable-workflow';
 import { InvalidRunSpecError } from 'nestjs-durable-workflow';
 import { startApp, startupError, testBuilder } from '../utils/create-test-app.js';
-import { Prefixes } from '../utils/db.js';
+import type { Connection } from 'mysql2/promise';
+import { Prefixes, rawConnection } from '../utils/db.js';
+import { createJournal, startWorker, type WorkerProcess } from '../utils/processes.js';
 import { deferred, waitFor } from '../utils/wait.js';
 
 /** Steps running now and the most seen at once, per key ('' for runs without one). */
@@ -322,6 +324,113 @@ describe('flow control declarations and keys are checked', () => {
       }
     } finally {
       await app.close();
+    }
+  });
+});
+
+describe('flow control with worker processes that are SIGKILLed', () => {
+  const prefixes = new Prefixes('flowkill');
+  const workers: WorkerProcess[] = [];
+  let db: Connection;
+
+  beforeAll(async () => {
+    db = await rawConnection();
+  });
+
+  afterEach(async () => {
+    for (const w of workers.splice(0)) await w.kill();
+  });
+
+  afterAll(async () => {
+    await db?.end();
+    await prefixes.dropAll();
+  });
+
+  async function journal(prefix: string) {
+    const [rows] = await db.query(
+      `SELECT run_id, step_number, kind, pid, at FROM \`${prefix}journal\` WHERE kind IN ('step', 'end') ORDER BY at, id`,
+    );
+    return (rows as Array<{ run_id: string; step_number: number; kind: string; pid: number; at: Date }>).map((r) => ({
+      ...r,
+      at: r.at.getTime(),
+    }));
+  }
+
+  it('keyConcurrency 1: a process killed holding the slot gives it back when its lease expires; no two steps overlap', async () => {
+    const prefix = prefixes.next();
+    await createJournal(db, prefix);
+    const env = {
+      PREFIX: prefix,
+      STEPS: '2',
+      KEY_CONCURRENCY: '1',
+      LEASE_MS: '1500',
+      JOURNAL_ENDS: '1',
+      STEP_DELAY_MS: '30',
+    };
+    const first = await startWorker({ ...env, HANG_STEPS: '0' });
+    workers.push(first);
+    const web = await startApp({ prefix, worker: false, options: { workflows: ['crashy'] } });
+    try {
+      const svc = web.get(WorkflowService);
+      const runs = await svc.submitMany(
+        'crashy',
+        Array.from({ length: 4 }, () => ({ input: { n: 0 }, concurrencyKey: 'tenant-1' })),
+      );
+      const line = await first.waitForLine(/^started \S+ 0 1$/);
+      // The others are held back behind the hung step's slot.
+      await waitFor(async () => {
+        const [rows] = await db.query(`SELECT COUNT(*) AS n FROM \`${prefix}jobs\` WHERE state = 4`);
+        return Number((rows as Array<{ n: number }>)[0].n) === 3;
+      }, 'three steps blocked behind the slot');
+      await first.kill('SIGKILL');
+      workers.push(await startWorker(env));
+      const outcomes = await Promise.all(runs.map((r) => svc.waitForOutcome(r.runId, { timeoutMs: 30_000 })));
+      expect(outcomes.every((o) => o.status === 'succeeded')).toBe(true);
+      const rows = await journal(prefix);
+      const hung = line.split(' ')[1];
+      // Every step start after the hung one waited for the one before it to end.
+      let openUntil = -1;
+      let open = 0;
+      for (const r of rows.filter((r) => r.pid !== first.pid)) {
+        if (r.kind === 'step') {
+          expect(open).toBe(0);
+          expect(r.at).toBeGreaterThanOrEqual(openUntil);
+          open++;
+        } else {
+          open--;
+          openUntil = r.at;
+        }
+      }
+      expect(rows.filter((r) => r.kind === 'step' && r.run_id === hung)).toHaveLength(3);
+    } finally {
+      await web.close();
+    }
+  });
+
+  it('rateLimit 4 per second: a process killed mid-window and its replacement never exceed the window together', async () => {
+    const prefix = prefixes.next();
+    await createJournal(db, prefix);
+    const env = { PREFIX: prefix, STEPS: '1', RATE_LIMIT: '4/1000', LEASE_MS: '1500' };
+    const first = await startWorker(env);
+    workers.push(first);
+    const web = await startApp({ prefix, worker: false, options: { workflows: ['crashy'] } });
+    try {
+      const svc = web.get(WorkflowService);
+      const runs = await svc.submitMany(
+        'crashy',
+        Array.from({ length: 14 }, () => ({ input: { n: 0 } })),
+      );
+      // Killed after its sixth start: inside its second window.
+      await waitFor(() => first.lines.filter((l) => l.startsWith('started ')).length >= 6, 'six starts');
+      await first.kill('SIGKILL');
+      workers.push(await startWorker(env));
+      const outcomes = await Promise.all(runs.map((r) => svc.waitForOutcome(r.runId, { timeoutMs: 30_000 })));
+      expect(outcomes.every((o) => o.status === 'succeeded')).toBe(true);
+      const starts = (await journal(prefix)).filter((r) => r.kind === 'step').map((r) => r.at);
+      expect(starts.length).toBeGreaterThanOrEqual(14);
+      expect(windowViolations(starts, 4, 1000, 25)).toEqual([]);
+    } finally {
+      await web.close();
     }
   });
 });
