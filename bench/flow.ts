@@ -125,7 +125,9 @@ if (only.has('chain')) {
   }
   await app.close();
   lines.push(`chain, no limits:                      ${fmt(plain)}`);
-  lines.push(`chain, ${keys} keys, keyConcurrency 2:     ${fmt(keyed)}  = ${(median(keyed) / median(plain)).toFixed(2)}x`);
+  lines.push(
+    `chain, ${keys} keys, keyConcurrency 2:     ${fmt(keyed)}  = ${(median(keyed) / median(plain)).toFixed(2)}x`,
+  );
 }
 
 if (only.has('tx')) {
@@ -156,7 +158,10 @@ if (only.has('rate')) {
   // More than the window allows, the whole time.
   const total = Math.ceil(rate * rateSeconds * 1.2);
   for (let i = 0; i < total; i += 1000) {
-    await service.submitMany('rated', Array.from({ length: Math.min(1000, total - i) }, () => ({ input: null })));
+    await service.submitMany(
+      'rated',
+      Array.from({ length: Math.min(1000, total - i) }, () => ({ input: null })),
+    );
   }
   const until = wallNow() + (rateSeconds + 3) * 1000;
   while (wallNow() < until) await new Promise((r) => setTimeout(r, 250));

@@ -63,11 +63,20 @@ export async function admit(
   const buckets = [...keys.map(concurrencyBucket), ...rateBuckets].sort();
   if (buckets.length === 0) return { admitted: rows, writes: [] };
 
-  // Creates the bucket rows that are new and locks them all, in one order for every claimer.
-  await sql.query(
-    `INSERT INTO ${t.flow} (\`queue\`, \`bucket\`, \`climit\`) VALUES ? ON DUPLICATE KEY UPDATE \`climit\` = VALUES(\`climit\`)`,
-    [buckets.map((b) => [queue, b, b.startsWith('c:') ? conc : null])],
+  // Locks the bucket rows in key order (a lock, not a write, for the ones that exist), then
+  // creates the missing ones. The limit in force is the claiming process's.
+  const have = await sql.query<Array<{ bucket: string; climit: number | null }>>(
+    `SELECT \`bucket\`, \`climit\` FROM ${t.flow} WHERE \`queue\` = ? AND \`bucket\` IN (?) ORDER BY \`bucket\` FOR UPDATE`,
+    [queue, buckets],
   );
+  const existing = new Map(have.map((h) => [h.bucket, h.climit === null ? null : Number(h.climit)]));
+  const stale = buckets.filter((b) => !existing.has(b) || (b.startsWith('c:') && existing.get(b) !== conc));
+  if (stale.length) {
+    await sql.query(
+      `INSERT INTO ${t.flow} (\`queue\`, \`bucket\`, \`climit\`) VALUES ? ON DUPLICATE KEY UPDATE \`climit\` = VALUES(\`climit\`)`,
+      [stale.map((b) => [queue, b, b.startsWith('c:') ? conc : null])],
+    );
+  }
   const running = new Map<string, number>();
   if (keys.length) {
     const counted = await sql.query<Array<{ ckey: string; n: number | string }>>(
@@ -312,4 +321,93 @@ export async function wakeThrottled(ctx: StorageContext, limit = 20): Promise<nu
     }
     return woken;
   });
+}
+
+/** The keys a batch of settlements touches, per workflow. */
+export type KeysByQueue = Map<string, string[]>;
+
+function keyedWhere(keys: KeysByQueue, column: string): [string, unknown[]] {
+  const parts: string[] = [];
+  const params: unknown[] = [];
+  for (const [queue, list] of keys) {
+    parts.push(`(\`queue\` = ? AND \`${column}\` IN (?))`);
+    params.push(queue, column === 'bucket' ? list.map(concurrencyBucket) : list);
+  }
+  return [parts.join(' OR '), params];
+}
+
+/**
+ * The fast settle path's look at the keys of its batch, after its job effects (so a step
+ * that left Leased is no longer counted): the keys' flow rows locked, their limits, their
+ * Leased counts and which of them have Blocked steps. Three statements, one round trip.
+ */
+export function keyStatements(t: Tables, keys: KeysByQueue): Statement[] {
+  const [flowWhere, flowParams] = keyedWhere(keys, 'bucket');
+  const [jobWhere, jobParams] = keyedWhere(keys, 'ckey');
+  return [
+    [
+      `SELECT \`queue\`, \`bucket\`, \`climit\` FROM ${t.flow} WHERE ${flowWhere} ORDER BY \`queue\`, \`bucket\` FOR UPDATE`,
+      flowParams,
+    ],
+    [
+      `SELECT \`queue\`, \`ckey\`, COUNT(*) AS n FROM ${t.jobs} FORCE INDEX (\`ix_key\`)
+        WHERE \`state\` = ${JobState.Leased} AND (${jobWhere}) GROUP BY \`queue\`, \`ckey\``,
+      jobParams,
+    ],
+    [
+      `SELECT \`queue\`, \`ckey\` FROM ${t.jobs} FORCE INDEX (\`ix_key\`)
+        WHERE \`state\` = ${JobState.Blocked} AND (${jobWhere}) GROUP BY \`queue\`, \`ckey\``,
+      jobParams,
+    ],
+  ];
+}
+
+export interface KeyState {
+  limit: Map<string, number>;
+  leased: Map<string, number>;
+  blocked: Set<string>;
+}
+
+export const keyId = (queue: string, key: string) => `${queue}\n${key}`;
+
+export function readKeyState(results: unknown[]): KeyState {
+  const [flows, leased, blocked] = results as [
+    Array<{ queue: string; bucket: string; climit: number | null }>,
+    Array<{ queue: string; ckey: string; n: number | string }>,
+    Array<{ queue: string; ckey: string }>,
+  ];
+  return {
+    limit: new Map(
+      flows.filter((f) => f.climit !== null).map((f) => [keyId(f.queue, f.bucket.slice(2)), Number(f.climit)]),
+    ),
+    leased: new Map(leased.map((l) => [keyId(l.queue, l.ckey), Number(l.n)])),
+    blocked: new Set(blocked.map((b) => keyId(b.queue, b.ckey))),
+  };
+}
+
+/** Up to `room` Blocked steps of one key made ready, best first (the key's flow row is locked). */
+export function promoteBlocked(t: Tables, queue: string, key: string, room: number): Statement {
+  return [
+    `UPDATE ${t.jobs} FORCE INDEX (\`ix_key\`) SET \`state\` = ${JobState.Ready}
+      WHERE \`queue\` = ? AND \`ckey\` = ? AND \`state\` = ${JobState.Blocked} ORDER BY \`priority\`, \`run_at\`, \`id\` LIMIT ?`,
+    [queue, key, room],
+  ];
+}
+
+/** Successors that were to run in place, sent back to the queue instead: their key has steps waiting for a slot. */
+export function handBack(t: Tables, ids: string[]): Statement {
+  return [
+    `UPDATE ${t.jobs} FORCE INDEX (PRIMARY) SET \`state\` = ${JobState.Ready}, \`lease_token\` = NULL, \`lease_until\` = NULL, \`attempts\` = 0
+      WHERE \`id\` IN (?)`,
+    [ids],
+  ];
+}
+
+/** Whether any step of this key waits for a slot (a plain read: for a successor deciding to keep its slot). */
+export async function hasBlocked(ctx: StorageContext, sql: Sql, queue: string, key: string): Promise<boolean> {
+  const rows = await sql.query<unknown[]>(
+    `SELECT 1 FROM ${ctx.t.jobs} FORCE INDEX (\`ix_key\`) WHERE \`queue\` = ? AND \`ckey\` = ? AND \`state\` = ${JobState.Blocked} LIMIT 1`,
+    [queue, key],
+  );
+  return rows.length > 0;
 }

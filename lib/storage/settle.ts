@@ -1,4 +1,13 @@
-import { releaseKeySlot } from './flow.js';
+import {
+  handBack,
+  hasBlocked,
+  keyId,
+  type KeysByQueue,
+  keyStatements,
+  promoteBlocked,
+  readKeyState,
+  releaseKeySlot,
+} from './flow.js';
 import { noHandlersGuard, queuesByWorkflow, readHandlers } from './handlers.js';
 import { takeFromMailbox } from './signals.js';
 import { runBatch, type Sql, type WriteResult } from './sql-client.js';
@@ -75,8 +84,6 @@ export async function settleMany(ctx: StorageContext, items: SettleItem[]): Prom
 
 /** Step settlements that leave their run alone need the careful path's look at the run (it may be cancelling). */
 function fastEligible(i: SettleItem): boolean {
-  // A step holding a key slot frees it under the key's flow lock: the careful path does that.
-  if (i.job.keySlot !== undefined) return false;
   const kind = kindOf(i.settlement);
   return kind.fast && (i.job.kind === JobKind.Step ? kind.run !== 'keep' : kind.run === 'keep');
 }
@@ -144,6 +151,13 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
   const workflows = [...new Set(ending.map((e) => e.job.queue))];
   // Only a hint: with no handler known, the trip checks that none exists after all.
   const notify = workflows.some((w) => ctx.handlers.cachedFor(w) > 0);
+  const keyed = items.filter((i) => i.job.keySlot !== undefined);
+  const keys: KeysByQueue = new Map();
+  for (const i of keyed) {
+    const list = keys.get(i.job.queue) ?? [];
+    if (!list.includes(i.job.keySlot!)) list.push(i.job.keySlot!);
+    keys.set(i.job.queue, list);
+  }
 
   const first: Statement[] = [];
   for (const [effect, list] of byJob)
@@ -169,6 +183,7 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
       ),
     );
   }
+  const notifyAt = first.length;
   if (ending.length && notify)
     first.push(
       readHandlers(ctx, workflows),
@@ -177,28 +192,61 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
         ending.map((e) => e.job.runId),
       ),
     );
-  const results = await runBatch(sql, first, !notify);
-  if (!notify) return items.map((): SettleResult => 'settled');
+  // After the job effects: a step that left Leased is no longer counted against its key.
+  const keysAt = first.length;
+  if (keys.size) first.push(...keyStatements(ctx.t, keys));
+  const oneTrip = !notify && keys.size === 0;
+  const results = await runBatch(sql, first, oneTrip);
+  if (oneTrip) return items.map((): SettleResult => 'settled');
 
-  const runs = results[first.length - 1] as LockedRun[];
-  const queuesFor = queuesByWorkflow(
-    ctx,
-    results[first.length - 2] as Array<{ workflow: string; queue: string }>,
-    workflows,
-  );
-  // A child's ending also counts toward its parent: the careful path does that.
-  if (runs.length !== ending.length || runs.some((r) => r.state !== RunRowState.Active || r.parent_run_id))
-    throw CAREFUL;
-  const byId = new Map(runs.map((r) => [r.id, r]));
-  const ends = ending.map(runEnd);
-  const jobs = ends.flatMap((e) => {
-    const run = byId.get(e.runId)!;
-    return deliveries(queuesFor(run.workflow), ctx.deliveryAttempts, e, run, now);
-  });
-  const second = [endRuns(ctx.t, ends, now, false)];
-  if (jobs.length) second.push(insertJobs(ctx.t, jobs, now));
-  await runBatch(sql, second, true);
+  const second: Statement[] = [];
+  if (notify) {
+    const runs = results[notifyAt + 1] as LockedRun[];
+    const queuesFor = queuesByWorkflow(ctx, results[notifyAt] as Array<{ workflow: string; queue: string }>, workflows);
+    // A child's ending also counts toward its parent: the careful path does that.
+    if (runs.length !== ending.length || runs.some((r) => r.state !== RunRowState.Active || r.parent_run_id))
+      throw CAREFUL;
+    const byId = new Map(runs.map((r) => [r.id, r]));
+    const ends = ending.map(runEnd);
+    const jobs = ends.flatMap((e) => {
+      const run = byId.get(e.runId)!;
+      return deliveries(queuesFor(run.workflow), ctx.deliveryAttempts, e, run, now);
+    });
+    second.push(endRuns(ctx.t, ends, now, false));
+    if (jobs.length) second.push(insertJobs(ctx.t, jobs, now));
+  }
+  let handedBack: SettleItem[] = [];
+  if (keys.size) {
+    const state = readKeyState(results.slice(keysAt, keysAt + 3));
+    // A successor keeps its key's slot only while no step of that key waits for one.
+    handedBack = keyed.filter(
+      (i) => staysLeased(i.settlement) && state.blocked.has(keyId(i.job.queue, i.job.keySlot!)),
+    );
+    if (handedBack.length)
+      second.push(
+        handBack(
+          ctx.t,
+          handedBack.map((i) => i.job.id),
+        ),
+      );
+    for (const [queue, list] of keys) {
+      for (const key of list) {
+        const id = keyId(queue, key);
+        if (!state.blocked.has(id)) continue;
+        const back = handedBack.filter((i) => i.job.queue === queue && i.job.keySlot === key).length;
+        const room = (state.limit.get(id) ?? 0) - ((state.leased.get(id) ?? 0) - back);
+        if (room > 0) second.push(promoteBlocked(ctx.t, queue, key, room));
+      }
+    }
+  }
+  if (second.length) await runBatch(sql, second, true);
+  for (const i of handedBack) delete (i.settlement as { next: NewJob }).next.leaseToken;
   return items.map((): SettleResult => 'settled');
+}
+
+/** A continue whose successor stays leased to the same worker (runs in place). */
+function staysLeased(s: Settlement): boolean {
+  return s.type === 'continue' && s.next.leaseToken !== undefined;
 }
 
 /**
@@ -209,11 +257,15 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
  * kept as a dead letter an operator can see.
  */
 export async function settleOne(ctx: StorageContext, sql: Sql, given: SettleItem): Promise<SettleResult> {
-  const result = await applyOne(ctx, sql, given);
-  // Last in the lock order: the step left Leased (unless its successor stays leased here), so its key has a slot free.
   const { job, settlement } = given;
-  const stays = settlement.type === 'continue' && settlement.next.leaseToken !== undefined;
-  if (result !== 'lost' && job.keySlot !== undefined && !stays) await releaseKeySlot(ctx, sql, job.queue, job.keySlot);
+  // A successor keeps its key's slot only while no step of that key waits for one (a plain
+  // read: one that starts waiting just after is let in at this run's next settlement).
+  if (job.keySlot !== undefined && staysLeased(settlement) && (await hasBlocked(ctx, sql, job.queue, job.keySlot)))
+    delete (settlement as { next: NewJob }).next.leaseToken;
+  const result = await applyOne(ctx, sql, given);
+  // Last in the lock order: the step left Leased, so its key has a slot free.
+  if (result !== 'lost' && job.keySlot !== undefined && !staysLeased(settlement))
+    await releaseKeySlot(ctx, sql, job.queue, job.keySlot);
   return result;
 }
 

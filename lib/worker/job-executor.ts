@@ -484,7 +484,8 @@ export class JobExecutor {
   private async settle(exec: Execution, settlement: Settlement): Promise<void> {
     // Only a successor leased to this worker keeps the slot; anything else frees it now,
     // while the settlement commits.
-    if (!inPlace(settlement)) exec.releaseSlot();
+    const planned = inPlace(settlement);
+    if (!planned) exec.releaseSlot();
     const started = Date.now();
     // Set once a try failed with its COMMIT possibly applied: a later 'lost' may be our own write.
     let unanswered = false;
@@ -498,6 +499,8 @@ export class JobExecutor {
           );
           return;
         }
+        // Storage may send a successor back to the queue (its key has steps waiting for a slot).
+        if (planned && !inPlace(settlement)) exec.releaseSlot();
         this.settled(exec, settlement, result);
         return;
       } catch (err) {

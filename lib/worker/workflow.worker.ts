@@ -287,8 +287,8 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
   private launch(q: QueueSlot, job: ClaimedJob, chain = 0, slot = this.takeSlot(q)): void {
     const workflow = q.workflow ?? safeWorkflowOf(job);
     const inPlace = () => (this.running && (chain < MAX_IN_PLACE || !this.wanted(q)) ? this.nextToken() : undefined);
-    // A limited step must pass a claim (the limits are checked there), so it never runs in place.
-    const exec = new Execution(job, workflow, q.workflow && !q.limits ? inPlace : undefined, () =>
+    // A rate-limited step must pass a claim (its start is counted there), so it never runs in place.
+    const exec = new Execution(job, workflow, q.workflow && !q.limits?.rate ? inPlace : undefined, () =>
       this.freeSlot(q, slot),
     );
     this.inFlight.set(job.id, exec);
