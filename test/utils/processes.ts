@@ -14,11 +14,14 @@ export interface WorkerProcess {
   kill(signal?: NodeJS.Signals): Promise<void>;
 }
 
-const FIXTURE = resolve(process.cwd(), '.tmp/test/fixtures/worker-process.js');
+const fixture = (name: string) => resolve(process.cwd(), `.tmp/test/fixtures/${name}.js`);
 
-/** Starts the compiled worker fixture (built by `npm test`'s pretest) and waits until it is ready. */
-export async function startWorker(env: Record<string, string>): Promise<WorkerProcess> {
-  const child = spawn(process.execPath, [FIXTURE], {
+/**
+ * Starts a compiled fixture of test/fixtures (built by `npm test`'s pretest; by default the
+ * worker fixture) and waits until it prints `ready`.
+ */
+export async function startWorker(env: Record<string, string>, name = 'worker-process'): Promise<WorkerProcess> {
+  const child = spawn(process.execPath, [fixture(name)], {
     env: { ...process.env, WORKFLOW_DB_URL: DB_URL, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
