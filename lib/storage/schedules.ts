@@ -36,6 +36,7 @@ const COLUMNS =
 export async function upsertSchedules(ctx: StorageContext, schedules: ResolvedSchedule[]): Promise<void> {
   if (schedules.length === 0) return;
   const now = ctx.now();
+  const next = memo((cron: string, timeZone: string) => nextTick(cron, timeZone, now));
   await ctx.client.query(
     // next_run_at is assigned first: later assignments in the list would otherwise make
     // `cron` etc. read the new values, and the comparison would always be "unchanged".
@@ -58,7 +59,7 @@ export async function upsertSchedules(ctx: StorageContext, schedules: ResolvedSc
         s.headers,
         s.overlap,
         s.paused ? 1 : 0,
-        s.paused ? null : nextTick(s.cron, s.timeZone, now),
+        s.paused ? null : next(s.cron, s.timeZone),
         null,
         now,
         now,
@@ -156,8 +157,11 @@ async function fireBatch(
     );
     const runs: NewRun[] = [];
     const moves: Array<[string, unknown[]]> = [];
+    // Schedules on one cron and zone share their ticks: computed once per batch, not per row.
+    const latest = memo((cron: string, timeZone: string, due: number) => latestTick(cron, timeZone, due, now));
+    const next = memo((cron: string, timeZone: string) => nextTick(cron, timeZone, now));
     for (const row of rows) {
-      const tick = latestTick(row.cron, row.time_zone, Number(row.next_run_at), now);
+      const tick = latest(row.cron, row.time_zone, Number(row.next_run_at));
       let lastRunId = row.last_run_id;
       if (!(row.overlap === 'skip' && lastRunId && live.has(lastRunId))) {
         lastRunId = tickRunId(row.id, tick);
@@ -165,7 +169,7 @@ async function fireBatch(
       }
       moves.push([
         `UPDATE ${t.schedules} SET \`next_run_at\` = ?, \`last_run_id\` = ?, \`updated_at\` = ? WHERE \`id\` = ?`,
-        [nextTick(row.cron, row.time_zone, now), lastRunId, now, row.id],
+        [next(row.cron, row.time_zone), lastRunId, now, row.id],
       ]);
     }
     // An id already taken is this very tick fired before (a schedule deleted and declared
@@ -175,6 +179,16 @@ async function fireBatch(
     await runBatch(sql, moves);
     return { due: rows.length, created: created.size };
   });
+}
+
+/** `fn` remembered by its arguments (strings and numbers), for one statement's or batch's rows. */
+function memo<A extends Array<string | number>, R>(fn: (...args: A) => R): (...args: A) => R {
+  const seen = new Map<string, R>();
+  return (...args: A) => {
+    const key = args.join('\u0000');
+    if (!seen.has(key)) seen.set(key, fn(...args));
+    return seen.get(key)!;
+  };
 }
 
 function tickRun(row: ScheduleRow, runId: string, priority: number, now: number): NewRun {
