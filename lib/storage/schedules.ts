@@ -1,6 +1,6 @@
 import { newRun } from './new-run.js';
 import { type ResolvedSchedule, latestTick, nextTick, tickRunId } from '../utils/schedule-spec.js';
-import type { WriteResult } from './sql-client.js';
+import { runBatch, type WriteResult } from './sql-client.js';
 import { type NewRun, RunRowState } from './storage.types.js';
 import { insertRunsIn } from './submit.js';
 import type { StorageContext } from './tables.js';
@@ -36,6 +36,7 @@ const COLUMNS =
 export async function upsertSchedules(ctx: StorageContext, schedules: ResolvedSchedule[]): Promise<void> {
   if (schedules.length === 0) return;
   const now = ctx.now();
+  const next = memo((cron: string, timeZone: string) => nextTick(cron, timeZone, now));
   await ctx.client.query(
     // next_run_at is assigned first: later assignments in the list would otherwise make
     // `cron` etc. read the new values, and the comparison would always be "unchanged".
@@ -58,7 +59,7 @@ export async function upsertSchedules(ctx: StorageContext, schedules: ResolvedSc
         s.headers,
         s.overlap,
         s.paused ? 1 : 0,
-        s.paused ? null : nextTick(s.cron, s.timeZone, now),
+        s.paused ? null : next(s.cron, s.timeZone),
         null,
         now,
         now,
@@ -86,8 +87,33 @@ export async function dueSchedules(ctx: StorageContext, now: number): Promise<nu
   return Number(rows[0]?.n ?? 0);
 }
 
+/** How long one call of fireDueSchedules goes on firing full batches (wall time, not the app's clock). */
+const FIRE_BUDGET_MS = 1_000;
+
 /**
- * Fires the schedules whose tick has come: one run per tick, whichever process gets there.
+ * Fires the schedules whose tick has come, batch after batch (one transaction each) until
+ * fewer than `limit` are due or about a second has passed; the rest are due still and the
+ * next promotion goes on. So ten thousand schedules on one cron fire at their tick, not
+ * `limit` per poll interval (which with the default 250 ms would take 50 s, and past the
+ * next tick for more than twelve thousand). Returns how many runs it started.
+ */
+export async function fireDueSchedules(
+  ctx: StorageContext,
+  priorityOf: (workflow: string) => number,
+  maxAllowedPacket: number,
+  limit = 50,
+): Promise<number> {
+  const started = performance.now();
+  let created = 0;
+  for (;;) {
+    const batch = await fireBatch(ctx, priorityOf, maxAllowedPacket, limit);
+    created += batch.created;
+    if (batch.due < limit || performance.now() - started >= FIRE_BUDGET_MS) return created;
+  }
+}
+
+/**
+ * One batch of due schedules: one run per tick, whichever process gets there.
  *
  * Commits: for each due schedule, the run of its latest tick at or before now (run id
  *          derived from schedule and tick, written by submit's own statements; ticks
@@ -103,12 +129,12 @@ export async function dueSchedules(ctx: StorageContext, now: number): Promise<nu
  *          after, the ticks' runs exist once and the schedules point past now. A tick
  *          fired again (a lost COMMIT reply) finds its run id taken and creates nothing.
  */
-export async function fireDueSchedules(
+async function fireBatch(
   ctx: StorageContext,
   priorityOf: (workflow: string) => number,
   maxAllowedPacket: number,
-  limit = 50,
-): Promise<number> {
+  limit: number,
+): Promise<{ due: number; created: number }> {
   const { t } = ctx;
   return ctx.client.transaction(async (sql) => {
     const now = ctx.now();
@@ -117,7 +143,7 @@ export async function fireDueSchedules(
         WHERE \`next_run_at\` <= ? AND \`paused\` = 0 ORDER BY \`next_run_at\` LIMIT ? FOR UPDATE SKIP LOCKED`,
       [now, limit],
     );
-    if (rows.length === 0) return 0;
+    if (rows.length === 0) return { due: 0, created: 0 };
     const previous = rows.filter((r) => r.overlap === 'skip' && r.last_run_id).map((r) => r.last_run_id!);
     const live = new Set(
       previous.length
@@ -130,27 +156,39 @@ export async function fireDueSchedules(
         : [],
     );
     const runs: NewRun[] = [];
-    const moves: Array<{ id: string; next: number | null; lastRunId: string | null }> = [];
+    const moves: Array<[string, unknown[]]> = [];
+    // Schedules on one cron and zone share their ticks: computed once per batch, not per row.
+    const latest = memo((cron: string, timeZone: string, due: number) => latestTick(cron, timeZone, due, now));
+    const next = memo((cron: string, timeZone: string) => nextTick(cron, timeZone, now));
     for (const row of rows) {
-      const tick = latestTick(row.cron, row.time_zone, Number(row.next_run_at), now);
+      const tick = latest(row.cron, row.time_zone, Number(row.next_run_at));
       let lastRunId = row.last_run_id;
       if (!(row.overlap === 'skip' && lastRunId && live.has(lastRunId))) {
         lastRunId = tickRunId(row.id, tick);
         runs.push(tickRun(row, lastRunId, priorityOf(row.workflow), now));
       }
-      moves.push({ id: row.id, next: nextTick(row.cron, row.time_zone, now), lastRunId });
+      moves.push([
+        `UPDATE ${t.schedules} SET \`next_run_at\` = ?, \`last_run_id\` = ?, \`updated_at\` = ? WHERE \`id\` = ?`,
+        [next(row.cron, row.time_zone), lastRunId, now, row.id],
+      ]);
     }
     // An id already taken is this very tick fired before (a schedule deleted and declared
     // again with the same cron): that run stands, nothing more to create.
     const created = runs.length ? await insertRunsIn(ctx, sql, runs, () => undefined, maxAllowedPacket) : new Set();
-    for (const m of moves) {
-      await sql.query(
-        `UPDATE ${t.schedules} SET \`next_run_at\` = ?, \`last_run_id\` = ?, \`updated_at\` = ? WHERE \`id\` = ?`,
-        [m.next, m.lastRunId, now, m.id],
-      );
-    }
-    return created.size;
+    // One round trip on our own pool (one statement each on a shared DataSource).
+    await runBatch(sql, moves);
+    return { due: rows.length, created: created.size };
   });
+}
+
+/** `fn` remembered by its arguments (strings and numbers), for one statement's or batch's rows. */
+function memo<A extends Array<string | number>, R>(fn: (...args: A) => R): (...args: A) => R {
+  const seen = new Map<string, R>();
+  return (...args: A) => {
+    const key = args.join('\u0000');
+    if (!seen.has(key)) seen.set(key, fn(...args));
+    return seen.get(key)!;
+  };
 }
 
 function tickRun(row: ScheduleRow, runId: string, priority: number, now: number): NewRun {

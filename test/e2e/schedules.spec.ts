@@ -340,6 +340,55 @@ describe('schedules at runtime', () => {
   });
 });
 
+describe('many schedules due in one tick', () => {
+  const prefix = uniquePrefix('sched-many');
+  const clock = new ManualClock(at('2026-03-09T12:00:30Z'));
+  const count = 500;
+  let app: TestingModule;
+
+  beforeAll(async () => {
+    // Promotion runs every minute of real time here: within this test, the only promotion
+    // is the one the clock's jump calls.
+    app = await startApp({
+      prefix,
+      providers: [Echo],
+      worker: { pollIntervalMs: 60_000, leaseMs: 5_000, shutdownTimeoutMs: 2_000 },
+      options: {
+        clock,
+        schedules: Array.from({ length: count }, (_, i) => ({ id: `many-${i}`, workflow: 'echo', cron: '* * * * *' })),
+      },
+    });
+  });
+
+  afterAll(async () => {
+    await app?.close();
+    await dropTables(prefix);
+  });
+
+  it('one promotion fires all of them, not one batch of 50 per poll interval', async () => {
+    const tick = at('2026-03-09T12:01:00Z');
+    clock.set(tick);
+    const conn = await rawConnection();
+    try {
+      const fired = async () => {
+        const [rows] = await conn.query(
+          `SELECT COUNT(*) AS n FROM \`${prefix}runs\` WHERE \`schedule_id\` IS NOT NULL AND \`id\` LIKE ?`,
+          [`%-${tick}`],
+        );
+        return Number((rows as Array<{ n: number }>)[0].n);
+      };
+      await waitFor(async () => (await fired()) === count, `${count} runs of the 12:01 tick`, 10_000).catch(
+        async (err: Error) => {
+          throw new Error(`${err.message}: ${await fired()} fired`);
+        },
+      );
+    } finally {
+      await conn.end();
+    }
+    await drainWorkflows(app, { timeoutMs: 30_000 });
+  });
+});
+
 describe('declared schedules that are invalid fail startup', () => {
   const prefix = uniquePrefix('sched-bad');
 
