@@ -110,6 +110,7 @@ export class WorkflowService implements OnApplicationBootstrap {
         nextRunAt: r.next_run_at === null ? null : new Date(Number(r.next_run_at)),
       };
       if (r.last_run_id) info.lastRunId = r.last_run_id;
+      if (r.concurrency_key != null) info.concurrencyKey = r.concurrency_key;
       return info;
     });
   }

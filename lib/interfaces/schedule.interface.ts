@@ -14,6 +14,8 @@ export interface ScheduleSpec {
   overlap?: 'skip' | 'allow';
   /** Fires nothing while true. */
   paused?: boolean;
+  /** Every tick's run gets this `concurrencyKey` (keyConcurrency, per-key rateLimit). */
+  concurrencyKey?: string;
 }
 
 /** A stored schedule, with the defaults applied. */

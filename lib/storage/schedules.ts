@@ -17,10 +17,11 @@ export interface ScheduleRow {
   paused: number | string;
   next_run_at: number | string | null;
   last_run_id: string | null;
+  concurrency_key: string | null;
 }
 
 const COLUMNS =
-  '`id`, `workflow`, `cron`, `time_zone`, `input`, `input_hash`, `headers`, `overlap`, `paused`, `next_run_at`, `last_run_id`';
+  '`id`, `workflow`, `cron`, `time_zone`, `input`, `input_hash`, `headers`, `overlap`, `paused`, `next_run_at`, `last_run_id`, `concurrency_key`';
 
 /**
  * Creates or replaces schedule definitions, every row in one statement.
@@ -47,7 +48,8 @@ export async function upsertSchedules(ctx: StorageContext, schedules: ResolvedSc
           \`next_run_at\`, VALUES(\`next_run_at\`)),
         \`workflow\` = VALUES(\`workflow\`), \`cron\` = VALUES(\`cron\`), \`time_zone\` = VALUES(\`time_zone\`),
         \`input\` = VALUES(\`input\`), \`input_hash\` = VALUES(\`input_hash\`), \`headers\` = VALUES(\`headers\`),
-        \`overlap\` = VALUES(\`overlap\`), \`paused\` = VALUES(\`paused\`), \`updated_at\` = VALUES(\`updated_at\`)`,
+        \`overlap\` = VALUES(\`overlap\`), \`paused\` = VALUES(\`paused\`), \`concurrency_key\` = VALUES(\`concurrency_key\`),
+        \`updated_at\` = VALUES(\`updated_at\`)`,
     [
       schedules.map((s) => [
         s.id,
@@ -61,6 +63,7 @@ export async function upsertSchedules(ctx: StorageContext, schedules: ResolvedSc
         s.paused ? 1 : 0,
         s.paused ? null : next(s.cron, s.timeZone),
         null,
+        s.concurrencyKey,
         now,
         now,
       ]),
@@ -202,5 +205,6 @@ function tickRun(row: ScheduleRow, runId: string, priority: number, now: number)
     maxAttempts: null,
     now,
     scheduleId: row.id,
+    concurrencyKey: row.concurrency_key ?? undefined,
   });
 }

@@ -1,7 +1,7 @@
 import { Cron } from 'croner';
 import { InvalidScheduleError } from '../errors/invalid-schedule.error.js';
 import type { ScheduleSpec } from '../interfaces/schedule.interface.js';
-import { RESERVED_HEADER_PREFIX, WORKFLOW_NAME_PATTERN } from '../workflow.constants.js';
+import { concurrencyKeyProblem, RESERVED_HEADER_PREFIX, WORKFLOW_NAME_PATTERN } from '../workflow.constants.js';
 import { hashJson, serializeJson } from './json.js';
 
 /** Short enough that `${id}-${tickMs}` always fits a run id (128), so tick run ids need no hashing. */
@@ -18,6 +18,7 @@ export interface ResolvedSchedule {
   headers: string;
   overlap: 'skip' | 'allow';
   paused: boolean;
+  concurrencyKey: string | null;
 }
 
 /** The run a schedule's tick starts: derived from both, so firing a tick twice creates one run. */
@@ -113,6 +114,8 @@ export function resolveSchedule(
       headers[key] = value;
     }
   }
+  const keyProblem = concurrencyKeyProblem(spec.concurrencyKey);
+  if (keyProblem) throw bad(`concurrencyKey ${keyProblem}.`);
   const input = serializeJson(spec.input === undefined ? null : spec.input, `schedule ${id} input`, maxPayloadBytes);
   return {
     id,
@@ -124,6 +127,7 @@ export function resolveSchedule(
     headers: serializeJson(headers, `schedule ${id} headers`, maxPayloadBytes),
     overlap,
     paused: spec.paused ?? false,
+    concurrencyKey: spec.concurrencyKey ?? null,
   };
 }
 

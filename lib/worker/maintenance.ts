@@ -10,7 +10,9 @@ import type { HostedHandler, WorkflowStorage } from '../storage/workflow.storage
 export class Maintenance {
   private readonly logger = new Logger(Maintenance.name);
   private timers: NodeJS.Timeout[] = [];
-  private busy = new Set<string>();
+  private readonly running = new Map<string, Promise<void>>();
+  private readonly again = new Set<string>();
+  private stopped = false;
 
   constructor(
     private readonly storage: WorkflowStorage,
@@ -43,12 +45,27 @@ export class Maintenance {
     this.timers.push(first);
   }
 
-  stop(): void {
+  /**
+   * Stops the timers and waits (at most `ms`) for tasks already running, so the pool is
+   * not closed under a promotion or a schedule tick halfway through.
+   */
+  async stop(ms = 5_000): Promise<void> {
+    this.stopped = true;
     for (const t of this.timers) clearTimeout(t);
     this.timers = [];
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.allSettled(this.running.values()),
+      new Promise((r) => (timer = setTimeout(r, ms))),
+    ]);
+    clearTimeout(timer);
   }
 
-  /** Also fires due schedule ticks: the same cadence, and a ManualClock jump calls it at once. */
+  /** Promotes now (a due time came, the clock jumped) rather than at the next poll. */
+  promoteNow(): void {
+    void this.run('promote', () => this.promote());
+  }
+
   /** failFast joins a failed child tripped: their other children are cancelled (each in a transaction of its own). */
   async joins(): Promise<void> {
     for (const join of await this.storage.trippedJoins()) {
@@ -57,6 +74,7 @@ export class Maintenance {
     }
   }
 
+  /** Also fires due schedule ticks: the same cadence, and a ManualClock jump calls it at once. */
   async promote(): Promise<void> {
     const due =
       (await this.storage.promoteDue()) +
@@ -101,15 +119,29 @@ export class Maintenance {
     this.timers.push(t);
   }
 
-  private async run(name: string, fn: () => Promise<void>): Promise<void> {
-    if (this.busy.has(name)) return;
-    this.busy.add(name);
-    try {
-      await fn();
-    } catch (err) {
-      this.logger.warn(`${name} failed (${(err as Error).message}); will retry.`);
-    } finally {
-      this.busy.delete(name);
+  /**
+   * Runs one task of a kind at a time. Asked again while it runs (a due time, a clock jump),
+   * it runs once more right after, so no wake-up is lost in between.
+   */
+  private run(name: string, fn: () => Promise<void>): Promise<void> {
+    if (this.stopped) return Promise.resolve();
+    const busy = this.running.get(name);
+    if (busy) {
+      this.again.add(name);
+      return busy;
     }
+    const task = (async () => {
+      do {
+        this.again.delete(name);
+        try {
+          await fn();
+        } catch (err) {
+          this.logger.warn(`${name} failed (${(err as Error).message}); will retry.`);
+        }
+      } while (this.again.has(name) && !this.stopped);
+      this.running.delete(name);
+    })();
+    this.running.set(name, task);
+    return task;
   }
 }

@@ -131,8 +131,8 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
     this.running = true;
     this.unsubscribe.push(
       this.notifier.onWake(() => this.jobsMayWait()),
-      this.notifier.onDue(() => void this.maintenance?.promote().catch(() => undefined)),
-      this.config.clock.onChange?.(() => void this.maintenance?.promote().catch(() => undefined)) ?? (() => undefined),
+      this.notifier.onDue(() => this.maintenance?.promoteNow()),
+      this.config.clock.onChange?.(() => this.maintenance?.promoteNow()) ?? (() => undefined),
       this.notifier.onCancel((runId) => {
         for (const e of this.inFlight.values())
           if (e.job.runId === runId && e.job.kind === JobKind.Step) this.cancel(e);
@@ -336,7 +336,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
     this.wakeUp?.();
     for (const off of this.unsubscribe) off();
     this.unsubscribe = [];
-    this.maintenance?.stop();
+    await this.maintenance?.stop();
     this.notifier.close();
     await this.loop;
     const timeout = this.options.shutdownTimeoutMs;

@@ -96,7 +96,18 @@ class RatedPerKeyRunner {
   }
 }
 
-const runners = [KeyedRunner, SingleRunner, RatedRunner, RatedPerKeyRunner];
+/** Spawns one 'keyed' child with a key of its own (children do not inherit one). */
+@Injectable()
+@StepRunner('parent')
+class ParentRunner {
+  runStep(step: Step<null>) {
+    if (step.stepNumber === 0)
+      return StepOutcome.spawn([{ workflow: 'keyed', input: { key: 'child-key' }, concurrencyKey: 'child-key' }], null);
+    return StepOutcome.succeed(step.children!.map((c) => c.runId));
+  }
+}
+
+const runners = [KeyedRunner, SingleRunner, RatedRunner, RatedPerKeyRunner, ParentRunner];
 
 /** Sorted start times violate the window when some `limit` + 1 of them fit in less than `periodMs` (minus `slackMs`). */
 function windowViolations(times: number[], limit: number, periodMs: number, slackMs: number): number[][] {
@@ -228,6 +239,26 @@ describe('flow control across two worker apps', () => {
     expect((await service.waitForOutcome(next.runId, { timeoutMs: 10_000 })).status).toBe('succeeded');
     await service.signal(waiter.runId, 'go', null);
     expect((await service.waitForOutcome(waiter.runId, { timeoutMs: 10_000 })).status).toBe('succeeded');
+  });
+
+  it('a child gets the ChildSpec’s key, not its parent’s; a schedule’s ticks get the ScheduleSpec’s', async () => {
+    const parent = await service.submit('parent', { input: null, concurrencyKey: 'parent-key' });
+    const outcome = await service.waitForOutcome(parent.runId, { timeoutMs: 10_000 });
+    const [child] = outcome.result as string[];
+    expect((await service.status(parent.runId))?.concurrencyKey).toBe('parent-key');
+    expect((await service.status(child))?.concurrencyKey).toBe('child-key');
+
+    await service.schedule({ id: 'keyed-tick', workflow: 'keyed', cron: '* * * * * *', concurrencyKey: 'sched-key' });
+    try {
+      expect((await service.schedules()).find((x) => x.id === 'keyed-tick')?.concurrencyKey).toBe('sched-key');
+      const ticked = await waitFor(async () => {
+        const info = (await service.schedules()).find((x) => x.id === 'keyed-tick');
+        return info?.lastRunId;
+      }, 'a tick');
+      expect((await service.status(ticked))?.concurrencyKey).toBe('sched-key');
+    } finally {
+      await service.unschedule('keyed-tick');
+    }
   });
 
   it('rateLimit 5 per 500 ms: no 500 ms window holds more than 5 starts across both apps', async () => {
