@@ -54,10 +54,7 @@ export class Maintenance {
     for (const t of this.timers) clearTimeout(t);
     this.timers = [];
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([
-      Promise.allSettled(this.running.values()),
-      new Promise((r) => (timer = setTimeout(r, ms))),
-    ]);
+    await Promise.race([Promise.allSettled(this.running.values()), new Promise((r) => (timer = setTimeout(r, ms)))]);
     clearTimeout(timer);
   }
 
