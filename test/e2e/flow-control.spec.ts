@@ -377,6 +377,12 @@ describe('flow control with worker processes that are SIGKILLed', () => {
     await prefixes.dropAll();
   });
 
+  /** The fixture's journal, with when each row was written by the server's clock (the clock rate windows use). */
+  async function journalWithTimes(prefix: string) {
+    await createJournal(db, prefix);
+    await db.query(`ALTER TABLE \`${prefix}journal\` ADD COLUMN at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3)`);
+  }
+
   async function journal(prefix: string) {
     const [rows] = await db.query(
       `SELECT run_id, step_number, kind, pid, at FROM \`${prefix}journal\` WHERE kind IN ('step', 'end') ORDER BY at, id`,
@@ -389,7 +395,7 @@ describe('flow control with worker processes that are SIGKILLed', () => {
 
   it('keyConcurrency 1: a process killed holding the slot gives it back when its lease expires; no two steps overlap', async () => {
     const prefix = prefixes.next();
-    await createJournal(db, prefix);
+    await journalWithTimes(prefix);
     const env = {
       PREFIX: prefix,
       STEPS: '2',
@@ -440,7 +446,7 @@ describe('flow control with worker processes that are SIGKILLed', () => {
 
   it('rateLimit 4 per second: a process killed mid-window and its replacement never exceed the window together', async () => {
     const prefix = prefixes.next();
-    await createJournal(db, prefix);
+    await journalWithTimes(prefix);
     const env = { PREFIX: prefix, STEPS: '1', RATE_LIMIT: '4/1000', LEASE_MS: '1500' };
     const first = await startWorker(env);
     workers.push(first);

@@ -73,7 +73,6 @@ export async function createJournal(db: Connection, prefix: string): Promise<voi
   await db.query(`DROP TABLE IF EXISTS \`${prefix}journal\``);
   await db.query(
     `CREATE TABLE \`${prefix}journal\` (id BIGINT AUTO_INCREMENT PRIMARY KEY, run_id VARCHAR(128) NOT NULL, step_number INT NOT NULL,
-      attempt INT NOT NULL, pid INT NOT NULL, kind VARCHAR(40) NOT NULL, at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
-      KEY (run_id, step_number))`,
+      attempt INT NOT NULL, pid INT NOT NULL, kind VARCHAR(40) NOT NULL, KEY (run_id, step_number))`,
   );
 }
