@@ -66,6 +66,8 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
   private maintenance?: Maintenance;
   private rotation = 0;
   private nextProbe = 0;
+  private throttleTimer?: NodeJS.Timeout;
+  private throttleAt = Number.POSITIVE_INFINITY;
 
   constructor(
     @Inject(WORKFLOW_CONFIG) private readonly config: ResolvedWorkflowConfig,
@@ -180,6 +182,26 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
     this.wake();
   }
 
+  /**
+   * A rate window has room again in `ms`: its throttled steps are woken then and claimed
+   * at once (maintenance wakes them at its next poll too, for windows other processes filled).
+   */
+  private wakeThrottledIn(ms: number): void {
+    const at = Date.now() + ms;
+    if (this.throttleTimer && this.throttleAt <= at) return;
+    clearTimeout(this.throttleTimer);
+    this.throttleAt = at;
+    this.throttleTimer = setTimeout(() => {
+      this.throttleTimer = undefined;
+      if (!this.running) return;
+      this.storage.wakeThrottled().then(
+        (n) => n > 0 && this.jobsMayWait(),
+        () => undefined,
+      );
+    }, ms);
+    this.throttleTimer.unref();
+  }
+
   private cancel(exec: Execution): void {
     void this.executor.takeOver(exec, 'cancelled', 'run cancelled');
   }
@@ -213,7 +235,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
             q.limits,
           );
           for (const job of claimed.jobs) this.launch(q, job);
-          if (claimed.wakeInMs !== undefined) this.notifier.dueIn(claimed.wakeInMs);
+          if (claimed.wakeInMs !== undefined) this.wakeThrottledIn(claimed.wakeInMs);
           q.waiting = claimed.more;
           if (claimed.more) more = true;
         }
@@ -336,6 +358,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
     this.wakeUp?.();
     for (const off of this.unsubscribe) off();
     this.unsubscribe = [];
+    clearTimeout(this.throttleTimer);
     await this.maintenance?.stop();
     this.notifier.close();
     await this.loop;
