@@ -27,6 +27,8 @@ export interface ResolvedWorkflowConfig {
   worker: false | ResolvedWorkerConfig;
   defaults: { maxAttempts: number; backoff: BackoffPolicy; priority: number };
   retention: { runsMs: number; deadMs: number };
+  /** Every delivery of a step leaves a StepRecord. */
+  history: boolean;
   workflows: string[];
   maxPayloadBytes: number;
   clock: WorkflowClock;
@@ -119,6 +121,7 @@ export function resolveConfig(options: WorkflowModuleOptions | undefined): Resol
       runsMs: int(options.retention?.runsMs, DEFAULTS.retentionMs, 'retention.runsMs', 0),
       deadMs: int(options.retention?.deadMs, DEFAULTS.retentionMs, 'retention.deadMs', 0),
     },
+    history: bool(options.history, true, 'history'),
     workflows: options.workflows ? names(options.workflows, 'workflows') : [],
     maxPayloadBytes: int(
       options.maxPayloadBytes,
@@ -184,4 +187,10 @@ export function assertWorkflowName(name: unknown, where: string): asserts name i
       `${where}: workflow name ${JSON.stringify(name)} must match ${WORKFLOW_NAME_PATTERN} (ASCII, at most 128 characters).`,
     );
   }
+}
+
+function bool(value: unknown, fallback: boolean, name: string): boolean {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'boolean') throw new WorkflowConfigError(`${name} must be true or false, got ${show(value)}.`);
+  return value;
 }

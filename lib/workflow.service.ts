@@ -14,6 +14,7 @@ import { resolveSchedule, SCHEDULE_ID_PATTERN } from './utils/schedule-spec.js';
 import type {
   DeadStep,
   DeadStepFilter,
+  StepRecord,
   RunOutcome,
   RunSpec,
   RunStatus,
@@ -302,6 +303,27 @@ export class WorkflowService implements OnApplicationBootstrap {
     } finally {
       off();
     }
+  }
+
+  /**
+   * Every delivery of the run's steps so far, oldest first (with `history` on, the
+   * default). Empty for an unknown run; InvalidRunIdError for an id no run can have.
+   */
+  async history(runId: string): Promise<StepRecord[]> {
+    if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId)) throw new InvalidRunIdError(runId);
+    const rows = await this.storage.history(runId);
+    return rows.map((r) => {
+      const record: StepRecord = {
+        stepNumber: Number(r.step_number),
+        attempt: Number(r.attempt),
+        startedAt: new Date(Number(r.started_at)),
+        finishedAt: new Date(Number(r.finished_at)),
+        outcome: r.outcome,
+        worker: r.worker,
+      };
+      if (r.error != null) record.error = r.error;
+      return record;
+    });
   }
 
   /** Dead letters, newest first: steps (and terminal deliveries) that exhausted their attempts or failed permanently. */

@@ -116,3 +116,22 @@ export interface ChildSpec {
   /** Children do not inherit the parent's key: this sets one. */
   concurrencyKey?: string;
 }
+
+/** One delivery of a step (`WorkflowService.history`). */
+export interface StepRecord {
+  stepNumber: number;
+  /** 1 on the step's first delivery. */
+  attempt: number;
+  startedAt: Date;
+  finishedAt: Date;
+  /**
+   * How the delivery ended: the runner's outcome ('continue' | 'wait' | 'spawn' | 'succeed'
+   * | 'fail' | 'cancel'), or the runtime's ('retry' | 'dead' | 'timeout' | 'cancelled' |
+   * 'handed-back' | 'lease-expired').
+   */
+  outcome: string;
+  /** Set on deliveries that failed: 'retry', 'dead', 'timeout', 'lease-expired'. */
+  error?: string;
+  /** The process that ran it (`host#pid`; for an expired lease, its lease token's tag). */
+  worker: string;
+}

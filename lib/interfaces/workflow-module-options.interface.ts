@@ -70,6 +70,8 @@ export interface WorkflowModuleOptions {
   dataSource?: DataSource | string;
   /** Prefix of every table. Default 'workflow_'. */
   tablePrefix?: string;
+  /** Every delivery of a step leaves a StepRecord (`WorkflowService.history`). Default true. */
+  history?: boolean;
   /** Create or upgrade the tables at startup, under a database lock. Default true. */
   autoMigrate?: boolean;
   /** `false`: this process only submits and observes. */

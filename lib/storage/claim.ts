@@ -97,9 +97,9 @@ async function leaseReady(
         [
           // One token per job (claim token + job id), so a token never fences another job's row.
           `UPDATE ${ctx.t.jobs} FORCE INDEX (PRIMARY) SET \`state\` = ${JobState.Leased}, \`attempts\` = \`attempts\` + 1, \`lease_token\` = CONCAT(?, '/', \`id\`),
-            \`lease_until\` = DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND), \`max_attempts\` = COALESCE(\`max_attempts\`, ?)
-            WHERE \`id\` IN (?)`,
-          [token, leaseMs * 1000, maxAttempts, rows.map((r) => r.id)],
+            \`lease_until\` = DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND), \`max_attempts\` = COALESCE(\`max_attempts\`, ?),
+            \`started_at\` = ? WHERE \`id\` IN (?)`,
+          [token, leaseMs * 1000, maxAttempts, ctx.now(), rows.map((r) => r.id)],
         ],
       ],
       true,

@@ -19,7 +19,7 @@
  * SKIP LOCKED and then waits only for flow rows, and nothing that holds a flow row waits
  * for anything else, so no cycle can form.
  */
-import type { Sql } from './sql-client.js';
+import type { Sql, WriteResult } from './sql-client.js';
 import { JobState } from './storage.types.js';
 import type { JobRow, StorageContext, Tables } from './tables.js';
 import type { Statement } from './transitions.js';
@@ -258,20 +258,10 @@ export async function releaseKeySlot(ctx: StorageContext, sql: Sql, queue: strin
   );
   const room = Number(flow.climit) - Number(n);
   if (room <= 0) return 0;
-  const ready = await sql.query<Array<{ id: string }>>(
-    `SELECT \`id\` FROM ${t.jobs} FORCE INDEX (\`ix_key\`) WHERE \`queue\` = ? AND \`ckey\` = ? AND \`state\` = ${JobState.Blocked}
-      ORDER BY \`priority\`, \`run_at\`, \`id\` LIMIT ? FOR UPDATE SKIP LOCKED`,
-    [queue, key, room],
-  );
-  if (ready.length)
-    await sql.query(
-      ...park(
-        t,
-        ready.map((r) => r.id),
-        JobState.Ready,
-      ),
-    );
-  return ready.length;
+  // Waits for a held-back row someone holds for a moment (a signal, a cancel, a lease
+  // renewal) rather than skip it: a skipped one would stay Blocked with its slot free.
+  const res = await sql.query<WriteResult>(...promoteBlocked(t, queue, key, room));
+  return res.affectedRows;
 }
 
 /**
@@ -298,25 +288,19 @@ export async function wakeThrottled(ctx: StorageContext, limit = 20): Promise<nu
       const many = Number(f.rlimit);
       const scope = f.bucket === 'r*' ? '' : ' AND `ckey` <=> ?';
       const params: unknown[] = f.bucket === 'r*' ? [f.queue] : [f.queue, f.bucket.slice(2) || null];
-      const ready = await sql.query<Array<{ id: string }>>(
-        `SELECT \`id\` FROM ${t.jobs} FORCE INDEX (\`${f.bucket === 'r*' ? 'ix_claim' : 'ix_key'}\`)
+      // Waits for a row someone holds for a moment rather than skip it (it would stay throttled, unwoken).
+      const res = await sql.query<WriteResult>(
+        `UPDATE ${t.jobs} FORCE INDEX (\`${f.bucket === 'r*' ? 'ix_claim' : 'ix_key'}\`) SET \`state\` = ${JobState.Ready}
           WHERE \`queue\` = ?${scope} AND \`state\` = ${JobState.Throttled}
-          ORDER BY \`priority\`, \`run_at\`, \`id\` LIMIT ? FOR UPDATE SKIP LOCKED`,
+          ORDER BY \`priority\`, \`run_at\`, \`id\` LIMIT ?`,
         [...params, many],
       );
-      if (ready.length)
-        await sql.query(
-          ...park(
-            t,
-            ready.map((r) => r.id),
-            JobState.Ready,
-          ),
-        );
-      woken += ready.length;
+      const ready = res.affectedRows;
+      woken += ready;
       await sql.query(
-        `UPDATE ${t.flow} SET \`wake_at\` = ${ready.length >= many ? 'DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND)' : 'NULL'}
+        `UPDATE ${t.flow} SET \`wake_at\` = ${ready >= many ? 'DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND)' : 'NULL'}
           WHERE \`queue\` = ? AND \`bucket\` = ?`,
-        ready.length >= many ? [Number(f.period_ms) * 1000, f.queue, f.bucket] : [f.queue, f.bucket],
+        ready >= many ? [Number(f.period_ms) * 1000, f.queue, f.bucket] : [f.queue, f.bucket],
       );
     }
     return woken;
@@ -394,12 +378,16 @@ export function promoteBlocked(t: Tables, queue: string, key: string, room: numb
   ];
 }
 
-/** Successors that were to run in place, sent back to the queue instead: their key has steps waiting for a slot. */
-export function handBack(t: Tables, ids: string[]): Statement {
+/**
+ * Successors that were to run in place, sent back to the queue instead: their key has
+ * steps waiting for a slot. Queued as of `now`, as any successor that does not run in
+ * place, so they line up behind the steps that were waiting first.
+ */
+export function handBack(t: Tables, ids: string[], now: number): Statement {
   return [
-    `UPDATE ${t.jobs} FORCE INDEX (PRIMARY) SET \`state\` = ${JobState.Ready}, \`lease_token\` = NULL, \`lease_until\` = NULL, \`attempts\` = 0
-      WHERE \`id\` IN (?)`,
-    [ids],
+    `UPDATE ${t.jobs} FORCE INDEX (PRIMARY) SET \`state\` = ${JobState.Ready}, \`run_at\` = ?, \`lease_token\` = NULL,
+      \`lease_until\` = NULL, \`attempts\` = 0, \`started_at\` = NULL WHERE \`id\` IN (?)`,
+    [now, ids],
   ];
 }
 

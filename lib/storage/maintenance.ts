@@ -3,7 +3,15 @@ import type { WriteResult } from './sql-client.js';
 import { releaseKeySlot } from './flow.js';
 import { settleOne } from './settle.js';
 import { Settle } from './settlements.js';
-import { countedAttempts, JobKind, JobState, RunRowState } from './storage.types.js';
+import {
+  type ClaimedJob,
+  countedAttempts,
+  type DeliveryRecord,
+  JobKind,
+  JobState,
+  RunRowState,
+} from './storage.types.js';
+import { insertHistory } from './transitions.js';
 import { CLAIM_COLUMNS, type JobRow, type StorageContext, toClaimed } from './tables.js';
 
 /**
@@ -42,19 +50,31 @@ export async function reapExpired(
     );
     const requeue: string[] = [];
     const freed = new Map<string, { queue: string; key: string }>();
+    const cutOff: Array<{ job: ClaimedJob; record: DeliveryRecord }> = [];
     for (const row of rows) {
       const job = toClaimed(row, row.lease_token, Number(row.attempts));
+      // The delivery its worker never settled; its history row says so (the worker is known by its lease token's tag).
+      const record: DeliveryRecord | undefined =
+        job.kind === JobKind.Step && ctx.history
+          ? {
+              startedAt: Number(row.started_at ?? ctx.now()),
+              outcome: 'lease-expired',
+              error: 'lease expired: the worker running it died or stalled',
+              worker: `lease ${row.lease_token.split('.')[0]}`,
+            }
+          : undefined;
       // Whatever claimed it counted it against its key: settled or requeued, the slot is free again.
       if (row.ckey != null) job.keySlot = row.ckey;
       if (job.kind === JobKind.Step && cancelling.has(job.runId)) {
-        await settleOne(ctx, sql, { job, settlement: Settle.observeCancel() });
+        await settleOne(ctx, sql, { job, settlement: Settle.observeCancel(), record });
         counts.cancelled++;
       } else if (countedAttempts(job) >= job.maxAttempts) {
         const error = `lease expired ${countedAttempts(job)} times: the worker running it died or stalled (last delivery cut off)`;
-        await settleOne(ctx, sql, { job, settlement: Settle.deadLetter(error) });
+        await settleOne(ctx, sql, { job, settlement: Settle.deadLetter(error), record });
         counts.dead++;
       } else {
         requeue.push(job.id);
+        if (record) cutOff.push({ job, record });
         if (job.keySlot !== undefined)
           freed.set(`${job.queue}\n${job.keySlot}`, { queue: job.queue, key: job.keySlot });
       }
@@ -66,6 +86,7 @@ export async function reapExpired(
         [requeue],
       );
       counts.requeued = requeue.length;
+      if (cutOff.length) await sql.query(...insertHistory(t, cutOff, ctx.now()));
       for (const f of freed.values()) await releaseKeySlot(ctx, sql, f.queue, f.key);
     }
     return counts;
@@ -99,6 +120,7 @@ export async function sweepRetention(
       ).map((r) => r.id);
       if (ids.length === 0) break;
       await sql.query(`DELETE FROM ${ctx.t.signals} WHERE \`run_id\` IN (?)`, [ids]);
+      await sql.query(`DELETE FROM ${ctx.t.history} WHERE \`run_id\` IN (?)`, [ids]);
       const r = await sql.query<WriteResult>(`DELETE FROM ${ctx.t.runs} WHERE \`id\` IN (?) AND \`finished_at\` < ?`, [
         ids,
         runsBefore,

@@ -71,3 +71,22 @@ export async function trippedJoins(ctx: StorageContext, limit = 50): Promise<Arr
 export async function joinHandled(ctx: StorageContext, jobId: string): Promise<void> {
   await ctx.client.query(`UPDATE ${ctx.t.jobs} SET \`fail_fast\` = 3 WHERE \`id\` = ? AND \`fail_fast\` = 2`, [jobId]);
 }
+
+export interface HistoryRow {
+  step_number: number | string;
+  attempt: number | string;
+  started_at: number | string;
+  finished_at: number | string;
+  outcome: string;
+  error: string | null;
+  worker: string;
+}
+
+/** A run's history, oldest first (ix_run). */
+export async function historyOf(ctx: StorageContext, runId: string): Promise<HistoryRow[]> {
+  return ctx.client.query<HistoryRow[]>(
+    `SELECT \`step_number\`, \`attempt\`, \`started_at\`, \`finished_at\`, \`outcome\`, \`error\`, \`worker\`
+      FROM ${ctx.t.history} FORCE INDEX (\`ix_run\`) WHERE \`run_id\` = ? ORDER BY \`id\``,
+    [runId],
+  );
+}

@@ -12,7 +12,15 @@ import { noHandlersGuard, queuesByWorkflow, readHandlers } from './handlers.js';
 import { takeFromMailbox } from './signals.js';
 import { runBatch, type Sql, type WriteResult } from './sql-client.js';
 import { kindOf, Settle, type Settlement } from './settlements.js';
-import { type ClaimedJob, JobKind, type NewJob, type NewRun, RunRowState, type SettleResult } from './storage.types.js';
+import {
+  type ClaimedJob,
+  type DeliveryRecord,
+  JobKind,
+  type NewJob,
+  type NewRun,
+  RunRowState,
+  type SettleResult,
+} from './storage.types.js';
 import { insertRunsIn } from './submit.js';
 import type { StorageContext } from './tables.js';
 import {
@@ -25,6 +33,7 @@ import {
   endRuns,
   GUARD_TRIPPED,
   insertDead,
+  insertHistory,
   insertJobs,
   isLive,
   type LockedRun,
@@ -39,6 +48,8 @@ import {
 export interface SettleItem {
   job: ClaimedJob;
   settlement: Settlement;
+  /** The delivery's history row (steps, with history on). */
+  record?: DeliveryRecord;
 }
 
 /** Thrown inside the fast path's transaction to roll it back and take the careful path. */
@@ -162,6 +173,8 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
   const first: Statement[] = [];
   for (const [effect, list] of byJob)
     first.push(jobEffect(ctx, effect as ReturnType<typeof kindOf>['job'], list, now), countIs(list.length));
+  const recorded = items.filter((i) => i.record !== undefined) as Array<SettleItem & { record: DeliveryRecord }>;
+  if (recorded.length) first.push(insertHistory(ctx.t, recorded, now));
   if (moving.length) {
     first.push(
       advanceRuns(
@@ -227,6 +240,7 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
         handBack(
           ctx.t,
           handedBack.map((i) => i.job.id),
+          now,
         ),
       );
     for (const [queue, list] of keys) {
@@ -263,6 +277,10 @@ export async function settleOne(ctx: StorageContext, sql: Sql, given: SettleItem
   if (job.keySlot !== undefined && staysLeased(settlement) && (await hasBlocked(ctx, sql, job.queue, job.keySlot)))
     delete (settlement as { next: NewJob }).next.leaseToken;
   const result = await applyOne(ctx, sql, given);
+  if (result !== 'lost' && given.record) {
+    const record = result === 'cancelled' ? { ...given.record, outcome: 'cancelled' } : given.record;
+    await sql.query(...insertHistory(ctx.t, [{ job, record }], ctx.now()));
+  }
   // Last in the lock order: the step left Leased, so its key has a slot free.
   if (result !== 'lost' && job.keySlot !== undefined && !staysLeased(settlement))
     await releaseKeySlot(ctx, sql, job.queue, job.keySlot);

@@ -3,7 +3,7 @@ import { LeaseLostError } from '../errors/lease-lost.error.js';
 import { settleOne } from './settle.js';
 import type { Settlement } from './settlements.js';
 import { sqlOf } from './sql-client.js';
-import { type ClaimedJob, JobState, publicJobId } from './storage.types.js';
+import { type ClaimedJob, type DeliveryRecord, JobState, publicJobId } from './storage.types.js';
 import type { StorageContext } from './tables.js';
 
 /** Thrown inside the transaction to roll the runner's writes back: the run was cancelled meanwhile. */
@@ -28,9 +28,9 @@ const CANCELLED = Symbol('cancelled during the step');
 export async function settleWithin<T>(
   ctx: StorageContext,
   job: ClaimedJob,
-  work: (manager: EntityManager) => Promise<{ value: T; settlement: Settlement }>,
+  work: (manager: EntityManager) => Promise<{ value: T; settlement: Settlement; record?: DeliveryRecord }>,
 ): Promise<{ value: T; settlement: Settlement; cancelled: boolean }> {
-  let decided: { value: T; settlement: Settlement } | undefined;
+  let decided: { value: T; settlement: Settlement; record?: DeliveryRecord } | undefined;
   try {
     return await ctx.client.dataSource.transaction('READ COMMITTED', async (manager) => {
       const sql = sqlOf(manager);
@@ -45,7 +45,7 @@ export async function settleWithin<T>(
         );
       }
       decided = await work(manager);
-      const result = await settleOne(ctx, sql, { job, settlement: decided.settlement });
+      const result = await settleOne(ctx, sql, { job, settlement: decided.settlement, record: decided.record });
       // 'lost' cannot happen under the row lock; 'cancelled': the step's writes go with the outcome it no longer has.
       if (result !== 'settled') throw CANCELLED;
       return { ...decided, cancelled: false };

@@ -77,6 +77,16 @@ export interface ClaimedJob {
   parsedHeaders?: Readonly<Record<string, string>>;
 }
 
+/** What one delivery of a step leaves in the history: written by the transaction that settles it. */
+export interface DeliveryRecord {
+  /** Runtime clock ms. */
+  startedAt: number;
+  /** The StepRecord outcome word: 'continue', 'wait', ..., 'lease-expired'. */
+  outcome: string;
+  error?: string;
+  worker: string;
+}
+
 export interface NewJob {
   id: string;
   queue: string;

@@ -12,6 +12,7 @@ export interface Tables {
   schedules: string;
   flow: string;
   flowStarts: string;
+  history: string;
 }
 
 export function tablesOf(prefix: string): Tables {
@@ -25,6 +26,7 @@ export function tablesOf(prefix: string): Tables {
     schedules: t('schedules'),
     flow: t('flow'),
     flowStarts: t('flow_starts'),
+    history: t('history'),
   };
 }
 
@@ -36,6 +38,8 @@ export interface StorageContext {
   handlers: HandlerDirectory;
   /** maxAttempts of a terminal delivery. */
   deliveryAttempts: number;
+  /** Whether deliveries leave history rows (the reaper's records of expired leases too). */
+  history: boolean;
   /** Settle batches by the path that committed them (the fast one is the one to keep fast). */
   stats: { fastBatches: number; carefulBatches: number };
 }
@@ -43,7 +47,7 @@ export interface StorageContext {
 export const JOB_COLUMNS =
   '`id`, `queue`, `kind`, `state`, `priority`, `run_at`, `run_id`, `step_number`, `attempts`, `max_attempts`, `lease_token`, `lease_until`, `payload`, `headers`, `created_at`, `ckey`';
 export const CLAIM_COLUMNS =
-  '`id`, `queue`, `kind`, `run_id`, `step_number`, `attempts`, `handbacks`, `max_attempts`, `priority`, `payload`, `headers`, `received`, `children_open`, `ckey`';
+  '`id`, `queue`, `kind`, `run_id`, `step_number`, `attempts`, `handbacks`, `max_attempts`, `priority`, `payload`, `headers`, `received`, `children_open`, `ckey`, `started_at`';
 
 /** A job row as `CLAIM_COLUMNS` reads it. */
 export interface JobRow {
@@ -61,6 +65,7 @@ export interface JobRow {
   received?: string | null;
   children_open?: number | string | null;
   ckey?: string | null;
+  started_at?: number | string | null;
 }
 
 export function toClaimed(r: JobRow, token: string, attempts: number): ClaimedJob {

@@ -20,7 +20,7 @@ import { DEFAULTS } from '../workflow.constants.js';
 import type { Sql } from './sql-client.js';
 import type { RunEnding } from './settlements.js';
 import { handlerQueues } from './handlers.js';
-import { type ClaimedJob, JobKind, JobState, type NewJob, RunRowState } from './storage.types.js';
+import { type ClaimedJob, type DeliveryRecord, JobKind, JobState, type NewJob, RunRowState } from './storage.types.js';
 import { CLAIM_COLUMNS, JOB_COLUMNS, type JobRow, type StorageContext, type Tables } from './tables.js';
 
 export type Statement = [string, unknown[]];
@@ -83,6 +83,8 @@ export function rewriteAsSuccessors(
       'NULL',
     ),
     caseById(params, 'attempts', leased, id, '1', () => [], '0'),
+    // When the delivery in place began, for the reaper's record should its worker die.
+    caseById(params, 'started_at', leased, id, '?', () => [now], 'NULL'),
     `\`handbacks\` = 0`,
     caseById(params, 'state', waiting, id, '?', (m) => [stateOf(m.next)], '`state`'),
     caseById(params, 'run_at', waiting, id, '?', (m) => [m.next.runAt], '`run_at`'),
@@ -381,6 +383,29 @@ export function insertJobs(t: Tables, jobs: NewJob[], now: number): Statement {
     }
   }
   return [`INSERT INTO ${t.jobs} (${JOB_COLUMNS}) VALUES ${rows.join(', ')}`, params];
+}
+
+/** One history row per settled delivery (the cancelling run's step is recorded 'cancelled'). */
+export function insertHistory(
+  t: Tables,
+  entries: Array<{ job: ClaimedJob; record: DeliveryRecord }>,
+  now: number,
+): Statement {
+  return [
+    `INSERT INTO ${t.history} (\`run_id\`, \`step_number\`, \`attempt\`, \`started_at\`, \`finished_at\`, \`outcome\`, \`error\`, \`worker\`) VALUES ?`,
+    [
+      entries.map(({ job, record }) => [
+        job.runId,
+        job.stepNumber,
+        job.attempts,
+        record.startedAt,
+        now,
+        record.outcome,
+        record.error ?? null,
+        record.worker.slice(0, 100),
+      ]),
+    ],
+  ];
 }
 
 /** Keeps a job as a dead letter, with what `retryDead` needs to re-drive it. */

@@ -9,7 +9,16 @@ import { deadSteps, retryDead } from './dead-letters.js';
 import { expireHandlers, HandlerDirectory, type HostedHandler, registerHandlers } from './handlers.js';
 import { cancellingAmong, renewLeases } from './leases.js';
 import { reapExpired, sweepRetention } from './maintenance.js';
-import { busyJobs, childRuns, getRun, joinHandled, liveChildren, trippedJoins } from './queries.js';
+import {
+  busyJobs,
+  childRuns,
+  getRun,
+  type HistoryRow,
+  historyOf,
+  joinHandled,
+  liveChildren,
+  trippedJoins,
+} from './queries.js';
 import { type SettleItem, settleMany } from './settle.js';
 import {
   deleteSchedule,
@@ -23,7 +32,7 @@ import { type OutgoingSignal, sendSignal, wakeTimedOut } from './signals.js';
 import { settleWithin } from './step-transaction.js';
 import type { Settlement } from './settlements.js';
 import type { ResolvedSchedule } from '../utils/schedule-spec.js';
-import type { ClaimedJob, DeadRow, NewRun, RunRow, SettleResult } from './storage.types.js';
+import type { ClaimedJob, DeadRow, DeliveryRecord, NewRun, RunRow, SettleResult } from './storage.types.js';
 import { type ExistingRun, submitRuns } from './submit.js';
 import { type StorageContext, tablesOf } from './tables.js';
 import { WorkflowConnection } from './workflow-connection.js';
@@ -58,6 +67,7 @@ export class WorkflowStorage {
         now: () => this.config.clock.now(),
         handlers: new HandlerDirectory(),
         deliveryAttempts: this.config.defaults.maxAttempts,
+        history: this.config.history,
         stats: { fastBatches: 0, carefulBatches: 0 },
       };
       const rows = await db.client.query<Array<{ workflow: string; queue: string }>>(
@@ -162,7 +172,7 @@ export class WorkflowStorage {
   /** Runs `work` and settles the step it decides in one transaction (step.transaction). */
   async settleWithin<T>(
     job: ClaimedJob,
-    work: (manager: EntityManager) => Promise<{ value: T; settlement: Settlement }>,
+    work: (manager: EntityManager) => Promise<{ value: T; settlement: Settlement; record?: DeliveryRecord }>,
   ): Promise<{ value: T; settlement: Settlement; cancelled: boolean }> {
     return settleWithin(await this.c(), job, work);
   }
@@ -193,6 +203,10 @@ export class WorkflowStorage {
 
   async joinHandled(jobId: string): Promise<void> {
     return joinHandled(await this.c(), jobId);
+  }
+
+  async history(runId: string): Promise<HistoryRow[]> {
+    return historyOf(await this.c(), runId);
   }
 
   async getRun(runId: string): Promise<RunRow | null> {

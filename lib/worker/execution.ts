@@ -29,6 +29,8 @@ export class Execution {
 
   /** When the runner (or handler) was called, for reporting one that outlives its abort. */
   readonly startedAt = Date.now();
+  /** The same moment by the runtime clock, for the delivery's history row. */
+  begunAt = 0;
   private returned = false;
 
   constructor(

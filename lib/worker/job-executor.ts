@@ -5,6 +5,7 @@ import type { StepOutcome } from '../outcomes/step-outcome.js';
 import type { ReceivedSignal, Step } from '../interfaces/step.interface.js';
 import type { ChildSpec, RunOutcome } from '../interfaces/run.interface.js';
 import { createHash } from 'node:crypto';
+import { hostname } from 'node:os';
 import { outcomeOfRow } from '../run-views.js';
 import { WorkflowStorage } from '../storage/workflow.storage.js';
 import {
@@ -16,6 +17,7 @@ import {
   type NewRun,
   publicJobId,
   type SettleResult,
+  type DeliveryRecord,
 } from '../storage/storage.types.js';
 import { endsRun, Settle, type Settlement } from '../storage/settlements.js';
 import type { EntityManager } from 'typeorm';
@@ -71,6 +73,7 @@ export class JobExecutor {
   }
 
   async execute(exec: Execution): Promise<void> {
+    exec.begunAt = this.now();
     try {
       if (exec.job.kind === JobKind.Step) await this.runStep(exec);
       else await this.deliver(exec);
@@ -98,7 +101,7 @@ export class JobExecutor {
         break;
       case 'timeout': {
         const binding = this.registry.runners.get(exec.workflow);
-        await this.settle(exec, this.failure(job, new Error(detail ?? 'step timed out'), binding?.backoff));
+        await this.settle(exec, this.failure(job, new Error(detail ?? 'step timed out'), binding?.backoff), 'timeout');
         break;
       }
       case 'shutdown':
@@ -228,7 +231,7 @@ export class JobExecutor {
         if (!exec.takeOver('runner'))
           throw new LeaseLostError(jobId, `the runtime took the step from its runner: ${exec.abortReason}`);
         exec.transaction = 'taken';
-        return { value, settlement: decided };
+        return { value, settlement: decided, record: this.recordOf(exec, decided) };
       }));
     } catch (err) {
       exec.transaction = exec.ownedByRunner ? 'failed' : undefined;
@@ -481,7 +484,8 @@ export class JobExecutor {
    * Commits a settlement, retrying while the database is unreachable. Giving up is safe:
    * the job stays leased, the lease expires and another delivery runs it.
    */
-  private async settle(exec: Execution, settlement: Settlement): Promise<void> {
+  private async settle(exec: Execution, settlement: Settlement, word?: string): Promise<void> {
+    const record = this.recordOf(exec, settlement, word);
     // Only a successor leased to this worker keeps the slot; anything else frees it now,
     // while the settlement commits.
     const planned = inPlace(settlement);
@@ -491,7 +495,7 @@ export class JobExecutor {
     let unanswered = false;
     for (let attempt = 1; ; attempt++) {
       try {
-        let result = await this.batcher.settle(exec.job, settlement);
+        let result = await this.batcher.settle(exec.job, settlement, record);
         if (result === 'lost' && unanswered) result = await this.settledEarlier(exec, settlement);
         if (result === 'lost') {
           this.logger.warn(
@@ -532,6 +536,18 @@ export class JobExecutor {
     return lost.length ? 'lost' : 'settled';
   }
 
+  /** The delivery's history row, with history on: how it ended, in StepRecord's words. */
+  private recordOf(exec: Execution, s: Settlement, word?: string): DeliveryRecord | undefined {
+    if (!this.config.history || exec.job.kind !== JobKind.Step) return undefined;
+    const error = s.type === 'retry' || s.type === 'deadLetter' ? s.error : undefined;
+    return {
+      startedAt: exec.begunAt,
+      outcome: word ?? outcomeWord(s),
+      ...(error !== undefined ? { error } : {}),
+      worker: WORKER_ID,
+    };
+  }
+
   /** After a settlement committed: the successor leased to this worker runs in this slot; anything else wakes whom it concerns. */
   private settled(exec: Execution, settlement: Settlement, result: SettleResult): void {
     if (result === 'settled' && inPlace(settlement)) {
@@ -550,6 +566,8 @@ export class JobExecutor {
         headers: n.headers,
         token: n.leaseToken!,
         parsedHeaders: n.headers === exec.job.headers ? exec.job.parsedHeaders : undefined,
+        // It holds its predecessor's key slot: its settlement frees it.
+        ...(exec.job.keySlot !== undefined ? { keySlot: exec.job.keySlot } : {}),
       };
       return;
     }
@@ -655,6 +673,25 @@ function toReceived(raw: {
         signalId: raw.signalId!,
         sentAt: new Date(raw.sentAt!),
       });
+}
+
+/** This process, as history rows name the worker of a delivery. */
+const WORKER_ID = `${hostname()}#${process.pid}`;
+
+/** How a settlement reads in the history. */
+function outcomeWord(s: Settlement): string {
+  switch (s.type) {
+    case 'finish':
+      return s.status === 'succeeded' ? 'succeed' : s.status === 'failed' ? 'fail' : 'cancel';
+    case 'deadLetter':
+      return 'dead';
+    case 'release':
+      return 'handed-back';
+    case 'observeCancel':
+      return 'cancelled';
+    default:
+      return s.type;
+  }
 }
 
 /** A continue whose successor is leased to this worker: it keeps the slot and runs without a claim. */

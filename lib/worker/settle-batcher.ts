@@ -2,11 +2,12 @@ import { isConnectionError } from '../storage/sql-client.js';
 import { Injectable } from '@nestjs/common';
 import { estimateSize, packetBudget } from '../storage/packet.js';
 import { WorkflowStorage } from '../storage/workflow.storage.js';
-import type { ClaimedJob, SettleResult, Settlement } from '../storage/storage.types.js';
+import type { ClaimedJob, DeliveryRecord, SettleResult, Settlement } from '../storage/storage.types.js';
 
 interface Pending {
   job: ClaimedJob;
   settlement: Settlement;
+  record?: DeliveryRecord;
   /** Estimated bytes in a statement, computed once when first batched. */
   bytes?: number;
   resolve(result: SettleResult): void;
@@ -34,9 +35,9 @@ export class SettleBatcher {
 
   constructor(private readonly storage: WorkflowStorage) {}
 
-  settle(job: ClaimedJob, settlement: Settlement): Promise<SettleResult> {
+  settle(job: ClaimedJob, settlement: Settlement, record?: DeliveryRecord): Promise<SettleResult> {
     return new Promise((resolve, reject) => {
-      this.queue.push({ job, settlement, resolve, reject });
+      this.queue.push({ job, settlement, record, resolve, reject });
       this.schedule();
     });
   }
@@ -54,7 +55,7 @@ export class SettleBatcher {
   private async oneByOne(batch: Pending[]): Promise<void> {
     for (const b of batch) {
       try {
-        const [result] = await this.storage.settleMany([{ job: b.job, settlement: b.settlement }]);
+        const [result] = await this.storage.settleMany([{ job: b.job, settlement: b.settlement, record: b.record }]);
         b.resolve(result);
       } catch (err) {
         b.reject(err);
@@ -93,7 +94,9 @@ export class SettleBatcher {
     const batch = this.take(Math.min(size, MAX_BATCH));
     this.schedule();
     try {
-      const results = await this.storage.settleMany(batch.map((b) => ({ job: b.job, settlement: b.settlement })));
+      const results = await this.storage.settleMany(
+        batch.map((b) => ({ job: b.job, settlement: b.settlement, record: b.record })),
+      );
       batch.forEach((b, i) => b.resolve(results[i]));
     } catch (err) {
       if (batch.length > 1 && !isConnectionError(err)) {

@@ -188,6 +188,26 @@ describe('flow control across two worker apps', () => {
     expect(tracker.peak.get('busy')).toBe(1);
   });
 
+  it('a run continuing in place holds its slot until a step of its key waits, then hands it over', async () => {
+    const a = await service.submit('single', {
+      input: { key: 'inplace', steps: 6, ms: 60 },
+      concurrencyKey: 'inplace',
+    });
+    await waitFor(
+      () =>
+        tracker.starts.some((s) => s.runId === a.runId && s.at > 0) &&
+        tracker.order.filter((id) => id === a.runId).length >= 2,
+      'a past its first step',
+    );
+    const b = await service.submit('single', { input: { key: 'inplace' }, concurrencyKey: 'inplace' });
+    const [oa, ob] = await Promise.all([a, b].map((r) => service.waitForOutcome(r.runId, { timeoutMs: 15_000 })));
+    expect([oa.status, ob.status]).toEqual(['succeeded', 'succeeded']);
+    expect(tracker.peak.get('inplace')).toBe(1);
+    // b did not wait for all of a's steps: a handed its slot over at its next step.
+    const order = tracker.order.filter((id) => id === a.runId || id === b.runId);
+    expect(order.indexOf(b.runId)).toBeLessThan(order.length - 1);
+  });
+
   it('priorities keep their order within the limit', async () => {
     const first = 'prio-first';
     const go = deferred();

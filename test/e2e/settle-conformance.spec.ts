@@ -83,6 +83,7 @@ describe('settlement paths', () => {
       t: tablesOf(prefix),
       now: () => NOW,
       handlers: new HandlerDirectory(),
+      history: true,
       deliveryAttempts: 3,
       stats: { fastBatches: 0, carefulBatches: 0 },
     };

@@ -17,7 +17,18 @@ export async function rawConnection(url = DB_URL): Promise<mysql.Connection> {
 export async function dropTables(prefix: string, url = DB_URL): Promise<void> {
   const conn = await rawConnection(url);
   try {
-    for (const t of ['flow_starts', 'flow', 'schedules', 'signals', 'handlers', 'dead', 'jobs', 'runs', 'migrations'])
+    for (const t of [
+      'history',
+      'flow_starts',
+      'flow',
+      'schedules',
+      'signals',
+      'handlers',
+      'dead',
+      'jobs',
+      'runs',
+      'migrations',
+    ])
       await conn.query(`DROP TABLE IF EXISTS \`${prefix}${t}\``);
   } finally {
     await conn.end();

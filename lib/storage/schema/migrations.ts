@@ -170,7 +170,7 @@ export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
     // when its window next has room (ix_wake: one scan for all). flow_starts: a rate bucket's
     // last `limit` step starts, a ring whose slot ring_next is the oldest.
     version: 4,
-    name: 'concurrency keys, flow, flow_starts',
+    name: 'concurrency keys, flow, flow_starts, history, jobs.started_at',
     statements: (p) => [
       `ALTER TABLE \`${p}runs\` ADD COLUMN \`concurrency_key\` VARCHAR(128) NULL`,
       `ALTER TABLE \`${p}schedules\` ADD COLUMN \`concurrency_key\` VARCHAR(128) NULL`,
@@ -194,6 +194,24 @@ export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
         \`started_at\` DATETIME(3) NOT NULL,
         PRIMARY KEY (\`queue\`, \`bucket\`, \`slot\`)
       ) ${TABLE}`,
+      // history: one row per delivery of a step, written by the transaction that settles
+      // it (or the reaper's, for an expired lease), read per run in order (ix_run) and
+      // deleted with its run. jobs.started_at: when the current delivery began, for the
+      // reaper's record of a delivery its worker never settled.
+      `CREATE TABLE IF NOT EXISTS \`${p}history\` (
+        \`id\` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+        \`run_id\` VARCHAR(128) ${ASCII} NOT NULL,
+        \`step_number\` INT UNSIGNED NOT NULL,
+        \`attempt\` INT UNSIGNED NOT NULL,
+        \`started_at\` BIGINT NOT NULL,
+        \`finished_at\` BIGINT NOT NULL,
+        \`outcome\` VARCHAR(16) ${ASCII} NOT NULL,
+        \`error\` MEDIUMTEXT NULL,
+        \`worker\` VARCHAR(100) NOT NULL,
+        PRIMARY KEY (\`id\`),
+        KEY \`ix_run\` (\`run_id\`, \`id\`)
+      ) ${TABLE}`,
+      `ALTER TABLE \`${p}jobs\` ADD COLUMN \`started_at\` BIGINT NULL`,
     ],
   },
 ];
