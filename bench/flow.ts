@@ -4,13 +4,15 @@
  * - chain: BENCH_RUNS (1000) runs of BENCH_STEPS (10) steps, BENCH_CONCURRENCY (16) slots,
  *   with no limits; then the same with BENCH_KEYS (100) concurrency keys and
  *   `keyConcurrency: 2` (goal: at least 70% of the unkeyed chain's steps/s).
+ * - history: the unkeyed chain with `history` on (the default) and off (goal: on costs at
+ *   most 10% of the steps/s).
  * - tx: the chain on a shared TypeORM DataSource, every step writing one row through
  *   `step.transaction`, against the same chain without it on the same DataSource.
  * - rate: a workflow with `rateLimit: { limit: BENCH_RATE (100), periodMs: 1000 }` fed
  *   more than it may start, for BENCH_RATE_S (60) seconds: starts per second held (goal:
  *   within 2% of the limit, never above).
  * Variants are interleaved BENCH_REPEAT (2) times, as this machine's disk is noisy.
- *   BENCH_FLOW_ONLY=chain,tx,rate picks sections. WORKFLOW_DB_URL / BENCH_MYSQL_URL.
+ *   BENCH_FLOW_ONLY=chain,history,tx,rate picks sections. WORKFLOW_DB_URL / BENCH_MYSQL_URL.
  */
 import 'reflect-metadata';
 import { Injectable, Module } from '@nestjs/common';
@@ -26,7 +28,7 @@ const keys = Number(process.env.BENCH_KEYS ?? 100);
 const repeat = Number(process.env.BENCH_REPEAT ?? 2);
 const rate = Number(process.env.BENCH_RATE ?? 100);
 const rateSeconds = Number(process.env.BENCH_RATE_S ?? 60);
-const only = new Set((process.env.BENCH_FLOW_ONLY ?? 'chain,tx,rate').split(','));
+const only = new Set((process.env.BENCH_FLOW_ONLY ?? 'chain,history,tx,rate').split(','));
 const ledger = `\`${PREFIX}ledger\``;
 
 let remaining = 0;
@@ -75,12 +77,13 @@ class Rated {
   }
 }
 
-async function start(dataSource?: DataSource, worker = true) {
+async function start(dataSource?: DataSource, worker = true, history = true) {
   @Module({
     imports: [
       WorkflowModule.forRoot({
         ...(dataSource ? { dataSource } : { connection: { url: cfg.mysqlUrl } }),
         tablePrefix: PREFIX,
+        history,
         worker: worker ? { concurrency: cfg.concurrency, pollIntervalMs: cfg.pollIntervalMs } : false,
         workflows: ['rated'],
       }),
@@ -129,6 +132,23 @@ if (only.has('chain')) {
   lines.push(
     `chain, ${keys} keys, keyConcurrency 2:     ${fmt(keyed)}  = ${(median(keyed) / median(plain)).toFixed(2)}x`,
   );
+}
+
+if (only.has('history')) {
+  const on: number[] = [];
+  const off: number[] = [];
+  for (let i = 0; i < repeat; i++) {
+    for (const [history, into] of [
+      [true, on],
+      [false, off],
+    ] as const) {
+      const app = await start(undefined, true, history);
+      into.push(await chain(app.get(WorkflowService), 'plain', false));
+      await app.close();
+    }
+  }
+  lines.push(`chain, history on (the default):       ${fmt(on)}`);
+  lines.push(`chain, history: false:                 ${fmt(off)}  on/off = ${(median(on) / median(off)).toFixed(2)}x`);
 }
 
 if (only.has('tx')) {
