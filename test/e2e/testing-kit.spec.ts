@@ -2,18 +2,19 @@
  * The test kit as a user's test would use it: a ManualClock instead of waiting, and
  * drainWorkflows instead of polling for a handler.
  */
-import { Injectable } from '@nestjs/common';
+import { Inject, Injectable, Scope } from '@nestjs/common';
 import type { TestingModule } from '@nestjs/testing';
 import {
   OnTerminal,
   type RunOutcome,
   type Step,
   StepOutcome,
+  STEP_REF,
   StepRunner,
   WorkflowService,
 } from 'nestjs-durable-workflow';
 import { drainWorkflows, ManualClock } from 'nestjs-durable-workflow/testing';
-import { startApp } from '../utils/create-test-app.js';
+import { startApp, testBuilder } from '../utils/create-test-app.js';
 import { dropTables, uniquePrefix } from '../utils/db.js';
 import { deferred } from '../utils/wait.js';
 
@@ -140,5 +141,93 @@ describe('nestjs-durable-workflow/testing', () => {
     c.set(100);
     expect(c.now()).toBe(100);
     expect(() => c.advance(-1)).toThrow(RangeError);
+  });
+});
+
+/** A dependency a test replaces with overrideProvider. */
+@Injectable()
+class ModelClient {
+  complete(prompt: string): Promise<string> {
+    return Promise.reject(new Error(`the real model was called with ${prompt}`));
+  }
+}
+
+/** Calls the model, then an hour later reports: a runner with a dependency. */
+@Injectable()
+@StepRunner('summarize')
+class Summarize {
+  constructor(private readonly model: ModelClient) {}
+  async runStep(step: Step<{ text: string }>) {
+    if (step.stepNumber === 0) return StepOutcome.continueAfter(await this.model.complete(step.payload.text), HOUR);
+    return StepOutcome.succeed(step.payload);
+  }
+}
+
+/** Request-scoped: a fresh instance per step, given the step through STEP_REF. */
+@Injectable({ scope: Scope.REQUEST })
+@StepRunner('scoped')
+class Scoped {
+  static instances = 0;
+  constructor(@Inject(STEP_REF) private readonly step: Step<number>) {
+    Scoped.instances++;
+  }
+  runStep() {
+    return this.step.stepNumber === 0
+      ? StepOutcome.continueAfter(this.step.payload + 1, HOUR)
+      : StepOutcome.succeed(this.step.payload);
+  }
+}
+
+describe('the kit with overrideProvider, request-scoped runners and two apps in one Jest process', () => {
+  const prefixes = [uniquePrefix('testkitA'), uniquePrefix('testkitB')];
+  const clocks = [new ManualClock(), new ManualClock()];
+  const apps: TestingModule[] = [];
+
+  beforeAll(async () => {
+    for (let i = 0; i < 2; i++) {
+      const built = await testBuilder({
+        prefix: prefixes[i],
+        providers: [ModelClient, Summarize, Scoped, Stuck],
+        worker: { pollIntervalMs: 5_000, leaseMs: 10_000, shutdownTimeoutMs: 500 },
+        options: { clock: clocks[i] },
+      })
+        .overrideProvider(ModelClient)
+        .useValue({ complete: async (prompt: string) => `summary of ${prompt} by app ${i}` })
+        .compile();
+      await built.init();
+      apps.push(built);
+    }
+  });
+
+  afterAll(async () => {
+    for (const a of apps) {
+      a.get(Stuck).gate.resolve();
+      await a.close();
+    }
+    for (const p of prefixes) await dropTables(p);
+  });
+
+  it('each app drains on its own clock, with its overridden provider and a fresh scoped runner per step', async () => {
+    const [a, b] = apps;
+    const sa = a.get(WorkflowService);
+    const sb = b.get(WorkflowService);
+    const summary = await sa.submit('summarize', { input: { text: 'the report' } });
+    const scoped = await sa.submit('scoped', { input: 41 });
+    // App b has work that cannot finish: draining app a does not wait for it.
+    await sb.submit('stuck', { input: null });
+    // Step 0 of both runs, then the hour their continueAfter asks for.
+    await drainWorkflows(a);
+    expect(await sa.status(scoped.runId)).toMatchObject({ state: 'pending', currentStep: 1 });
+    clocks[0].advance(HOUR);
+    await drainWorkflows(a);
+    expect(await sa.status(summary.runId)).toMatchObject({
+      state: 'succeeded',
+      result: 'summary of the report by app 0',
+    });
+    expect(await sa.status(scoped.runId)).toMatchObject({ state: 'succeeded', result: 42 });
+    expect(Scoped.instances).toBeGreaterThanOrEqual(2);
+    await expect(drainWorkflows(b, { timeoutMs: 300 })).rejects.toThrow(/still busy/);
+    b.get(Stuck).gate.resolve();
+    await drainWorkflows(b);
   });
 });
