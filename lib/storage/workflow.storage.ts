@@ -239,7 +239,10 @@ export class WorkflowStorage {
   }
 
   /** Starts the runs of the ticks that have come; `priorityOf` gives a workflow's step priority. */
-  async fireDueSchedules(priorityOf: (workflow: string) => number, limit?: number): Promise<number> {
+  async fireDueSchedules(
+    priorityOf: (workflow: string) => number,
+    limit?: number,
+  ): Promise<{ created: number; more: boolean }> {
     const ctx = await this.c();
     return fireDueSchedules(ctx, priorityOf, this.maxAllowedPacket, limit);
   }

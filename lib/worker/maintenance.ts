@@ -79,7 +79,10 @@ export class Maintenance {
       (this.opts.rateLimited ? await this.storage.wakeThrottled() : 0);
     if (due > 0) this.onWork();
     // After the wake-up above, so a schedule that fails to fire cannot hold back promoted steps.
-    if ((await this.storage.fireDueSchedules(this.opts.priorityOf)) > 0) this.onWork();
+    const fired = await this.storage.fireDueSchedules(this.opts.priorityOf);
+    if (fired.created > 0) this.onWork();
+    // Stopped by its time budget with ticks still due: run again right after, not a poll later.
+    if (fired.more) this.again.add('promote');
   }
 
   async reap(): Promise<void> {
