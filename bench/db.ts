@@ -22,7 +22,7 @@ export async function withMysql<T>(url: string, fn: (c: mysql.Connection) => Pro
 /** Drops the module's tables for `prefix` so every measurement starts from an empty schema. */
 export async function dropWorkflowTables(url: string, prefix: string): Promise<void> {
   await withMysql(url, async (c) => {
-    for (const t of ['signals', 'handlers', 'dead', 'jobs', 'runs', 'migrations'])
+    for (const t of ['schedules', 'signals', 'handlers', 'dead', 'jobs', 'runs', 'migrations'])
       await c.query(`DROP TABLE IF EXISTS \`${prefix}${t}\``);
   });
 }
