@@ -8,7 +8,7 @@ import { deadSteps, retryDead } from './dead-letters.js';
 import { expireHandlers, HandlerDirectory, type HostedHandler, registerHandlers } from './handlers.js';
 import { cancellingAmong, renewLeases } from './leases.js';
 import { reapExpired, sweepRetention } from './maintenance.js';
-import { busyJobs, childRuns, getRun, joinHandled, liveChildren, trippedJoins } from './queries.js';
+import { busyJobs, childRunIds, childRuns, getRun, joinHandled, liveChildren, trippedJoins } from './queries.js';
 import { type SettleItem, settleMany } from './settle.js';
 import {
   deleteSchedule,
@@ -159,12 +159,16 @@ export class WorkflowStorage {
     return liveChildren(await this.c(), parentRunId);
   }
 
+  async childRunIds(parentRunId: string, parentStep?: number): Promise<string[]> {
+    return childRunIds(await this.c(), parentRunId, parentStep);
+  }
+
   async trippedJoins(limit?: number) {
     return trippedJoins(await this.c(), limit);
   }
 
-  async joinHandled(jobId: string): Promise<void> {
-    return joinHandled(await this.c(), jobId);
+  async joinHandled(jobId: string, stepNumber: number): Promise<void> {
+    return joinHandled(await this.c(), jobId, stepNumber);
   }
 
   async getRun(runId: string): Promise<RunRow | null> {
