@@ -73,7 +73,8 @@ export async function takeFromMailbox(
  * Crash:   before COMMIT, nothing is stored; after, the signal is read exactly once, by
  *          this wait or the next one of that name. A COMMIT whose reply is lost is judged
  *          by whether the signal is there.
- * False for an unknown or finished run (nothing stored).
+ * False for an unknown or finished run (nothing stored), unless it is a repeat of a
+ * signalId the run has stored.
  */
 export async function sendSignal(ctx: StorageContext, s: OutgoingSignal, manager?: EntityManager): Promise<boolean> {
   if (manager) {
@@ -86,13 +87,15 @@ export async function sendSignal(ctx: StorageContext, s: OutgoingSignal, manager
       return await ctx.client.transaction((sql) => deliver(ctx, sql, s));
     } catch (err) {
       if (!(err instanceof CommitUnknownError) || lost >= 3) throw err;
-      const [there] = await ctx.client.query<unknown[]>(
-        `SELECT 1 FROM ${ctx.t.signals} WHERE \`run_id\` = ? AND \`signal_id\` = ?`,
-        [s.runId, s.signalId],
-      );
+      const [there] = await ctx.client.query<unknown[]>(...storedAlready(ctx, s));
       if (there) return true;
     }
   }
+}
+
+/** Whether the run's mailbox holds this signalId (a plain read: no lock, no gap lock for a missing row). */
+function storedAlready(ctx: StorageContext, s: OutgoingSignal): [string, unknown[]] {
+  return [`SELECT 1 FROM ${ctx.t.signals} WHERE \`run_id\` = ? AND \`signal_id\` = ?`, [s.runId, s.signalId]];
 }
 
 /**
@@ -109,7 +112,9 @@ export async function sendSignal(ctx: StorageContext, s: OutgoingSignal, manager
 async function deliver(ctx: StorageContext, sql: Sql, s: OutgoingSignal): Promise<boolean> {
   const { t } = ctx;
   const current = await lockCurrent(sql, t, s.runId);
-  if (!current) return false;
+  // A repeat of a signal the run has stored is still a yes once the run has ended (often
+  // because of that very signal): a webhook retried late gets the answer its first try got.
+  if (!current) return (await sql.query<unknown[]>(...storedAlready(ctx, s))).length > 0;
   const { job } = current;
   // A write before a read-back (as submit does): one key per call tells our row from an older one.
   const key = ulid(s.sentAt);
