@@ -129,20 +129,23 @@ async function deliver(ctx: StorageContext, sql: Sql, s: OutgoingSignal): Promis
   }
   const now = ctx.now();
   const received = receivedJson({ name: s.name, data: s.data, signalId: s.signalId, sentAt: s.sentAt });
+  // Each statement checks for itself that this call stored the signal (its send key): a
+  // count carried from one statement to the next (ROW_COUNT()) is not to be trusted when
+  // the client goes away mid-trip, and the trip would commit a signal read but no wake-up.
+  const ours = `SELECT 1 FROM ${t.signals} WHERE \`run_id\` = ? AND \`signal_id\` = ? AND \`send_key\` = ?`;
   await runBatch(
     sql,
     [
       store,
+      [
+        `UPDATE ${t.jobs} SET \`state\` = ${JobState.Ready}, \`run_at\` = ?, \`wait_for\` = NULL, \`received\` = ?
+          WHERE \`id\` = ? AND \`state\` = ${JobState.Waiting} AND \`wait_for\` = ? AND EXISTS (${ours})`,
+        [now, received, job.id, s.name, s.runId, s.signalId, key],
+      ],
       // Read now, unless the row was there already (a repeated signalId: stored once, read once).
       [
         `UPDATE ${t.signals} SET \`consumed_at\` = ? WHERE \`run_id\` = ? AND \`signal_id\` = ? AND \`send_key\` = ? AND \`consumed_at\` IS NULL`,
         [now, s.runId, s.signalId, key],
-      ],
-      ['SET @wf_taken = ROW_COUNT()', []],
-      [
-        `UPDATE ${t.jobs} SET \`state\` = ${JobState.Ready}, \`run_at\` = ?, \`wait_for\` = NULL, \`received\` = ?
-          WHERE \`id\` = ? AND \`state\` = ${JobState.Waiting} AND \`wait_for\` = ? AND @wf_taken = 1`,
-        [now, received, job.id, s.name],
       ],
     ],
     true,
