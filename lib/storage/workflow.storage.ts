@@ -127,8 +127,12 @@ export class WorkflowStorage {
     return sendSignal(await this.c(), signal, manager);
   }
 
-  async renewLeases(jobs: Array<{ id: string; token: string }>, ms: number): Promise<string[]> {
-    return renewLeases(await this.c(), jobs, ms);
+  async renewLeases(
+    jobs: Array<{ id: string; token: string }>,
+    ms: number,
+    options?: { skipLocked?: boolean },
+  ): Promise<string[]> {
+    return renewLeases(await this.c(), jobs, ms, options);
   }
 
   async cancellingAmong(runIds: string[]): Promise<string[]> {
