@@ -47,12 +47,13 @@ async function app(worker: boolean) {
   return NestFactory.createApplicationContext(SignalBenchModule, { logger: ['error', 'warn'] });
 }
 
-async function roundTrips(submitter: WorkflowService, signaller: WorkflowService): Promise<Samples> {
+async function roundTrips(label: string, submitter: WorkflowService, signaller: WorkflowService): Promise<Samples> {
   const samples = new Samples(n);
   for (let i = 0; i < n; i++) {
-    const isParked = new Promise<void>((r) => parked.set(`pending-${i}`, r));
-    const { runId } = await submitter.submit('approve', { input: null });
-    parked.set(runId, parked.get(`pending-${i}`)!);
+    // The id is known before submit: the worker may run step 0 before submit() returns here.
+    const runId = `${label}-${i}`;
+    const isParked = new Promise<void>((r) => parked.set(runId, r));
+    await submitter.submit('approve', { runId, input: null });
     await isParked;
     // The wait commits with the settlement that follows the step: until then a signal goes to the mailbox.
     for (let s = await submitter.status(runId); s?.state !== 'waiting'; s = await submitter.status(runId)) {
@@ -73,8 +74,8 @@ const worker = await app(true);
 const web = await app(false);
 const local = worker.get(WorkflowService);
 const remote = web.get(WorkflowService);
-const same = (await roundTrips(local, local)).summary();
-const other = (await roundTrips(local, remote)).summary();
+const same = (await roundTrips('same', local, local)).summary();
+const other = (await roundTrips('other', local, remote)).summary();
 await web.close();
 await worker.close();
 await dropWorkflowTables(cfg.mysqlUrl, PREFIX);

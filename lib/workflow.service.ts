@@ -359,7 +359,8 @@ export class WorkflowService implements OnApplicationBootstrap {
    * Sends the signal `name` to a run. A run waiting for it takes it at once (its next step
    * becomes claimable in this transaction); otherwise it is kept in the run's mailbox for
    * the next wait of that name (oldest first). False, and nothing stored, for an unknown or
-   * finished run. A repeated `signalId` for one run stores nothing more and returns true.
+   * finished run. A repeated `signalId` for one run stores nothing more and returns true,
+   * also once the run has ended.
    * With `manager`, the signal is stored if and only if the caller's transaction commits.
    */
   async signal(runId: string, name: string, data?: unknown, options: SignalOptions = {}): Promise<boolean> {

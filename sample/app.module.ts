@@ -4,6 +4,7 @@ import { FakeModelClient } from './fake-model.client.js';
 import { ResearchAgentRunner } from './research-agent.runner.js';
 import { RunNotifier } from './run-notifier.service.js';
 import { RunsController } from './runs.controller.js';
+import { SourceReaderRunner } from './source-reader.runner.js';
 
 @Module({
   imports: [
@@ -21,6 +22,6 @@ import { RunsController } from './runs.controller.js';
     }),
   ],
   controllers: [RunsController],
-  providers: [FakeModelClient, ResearchAgentRunner, RunNotifier],
+  providers: [FakeModelClient, ResearchAgentRunner, SourceReaderRunner, RunNotifier],
 })
 export class AppModule {}

@@ -31,6 +31,8 @@ import type { ApprovalDecision, ResearchInput } from './research-agent.runner.js
 
 interface SubmitRunBody {
   topic?: string;
+  /** Read these in parallel (one child run each) before the draft. */
+  sources?: unknown;
   /** Wait for `POST /runs/:id/approve` after the draft. */
   approval?: boolean;
   /** Lets a client retry a POST safely: the same id and topic never start a second run. */
@@ -47,6 +49,7 @@ export class RunsController {
     // run ends `failed` with a reason. A real API would validate here too.
     const input: ResearchInput = {
       topic: typeof body.topic === 'string' ? body.topic : '',
+      ...(body.sources !== undefined ? { sources: sourcesOf(body.sources) } : {}),
       ...(body.approval === true ? { approval: true } : {}),
     };
     try {
@@ -101,6 +104,15 @@ export class RunsController {
     if (!status) throw new NotFoundException(`no run ${id}`);
     throw new ConflictException(`run ${id} is already ${status.state}`);
   }
+}
+
+/** Up to 10 source names; a spawn of too many children would fail the run instead of the request. */
+function sourcesOf(value: unknown): string[] {
+  const ok = (s: unknown): s is string => typeof s === 'string' && s.trim().length > 0 && s.length <= 200;
+  if (!Array.isArray(value) || value.length === 0 || value.length > 10 || !value.every(ok)) {
+    throw new BadRequestException('sources must be a list of 1 to 10 non-empty names (at most 200 characters each)');
+  }
+  return value.map((s: string) => s.trim());
 }
 
 /** The module's errors are plain Errors; map the ones a client can cause to 4xx. */

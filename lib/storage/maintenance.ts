@@ -95,6 +95,10 @@ export async function reapExpired(
 
 /**
  * Deletes finished runs (with their mailboxes) and dead letters older than the cut-offs.
+ * A child run goes no sooner than its parent: the step after the parent's spawn reads
+ * every child's outcome, however long the join took. A parent takes its finished children
+ * with it (those that ended after it, say of a cancelled parent), so no run is left
+ * naming a parent that is gone.
  *
  * Commits: small batches by index range, each its own statement, so none holds many locks.
  * Locks:   a named lock for the whole sweep (one process sweeps at a time; the others
@@ -111,21 +115,37 @@ export async function sweepRetention(
   return withNamedLock(ctx.client, 'retention', prefix, 0, async (sql) => {
     let runs = 0;
     for (;;) {
-      // A run's mailbox goes with it.
       const ids = (
         await sql.query<Array<{ id: string }>>(
-          `SELECT \`id\` FROM ${ctx.t.runs} FORCE INDEX (\`ix_finished\`) WHERE \`finished_at\` < ? ORDER BY \`finished_at\` LIMIT ?`,
-          [runsBefore, batch],
+          `SELECT r.\`id\` FROM ${ctx.t.runs} AS r FORCE INDEX (\`ix_finished\`)
+            LEFT JOIN ${ctx.t.runs} AS p ON p.\`id\` = r.\`parent_run_id\`
+            WHERE r.\`finished_at\` < ? AND (r.\`parent_run_id\` IS NULL OR p.\`id\` IS NULL OR p.\`finished_at\` < ?)
+            ORDER BY r.\`finished_at\` LIMIT ?`,
+          [runsBefore, runsBefore, batch],
         )
       ).map((r) => r.id);
       if (ids.length === 0) break;
-      await sql.query(`DELETE FROM ${ctx.t.signals} WHERE \`run_id\` IN (?)`, [ids]);
-      await sql.query(`DELETE FROM ${ctx.t.history} WHERE \`run_id\` IN (?)`, [ids]);
+      const children = (
+        await sql.query<Array<{ id: string }>>(
+          `SELECT \`id\` FROM ${ctx.t.runs} FORCE INDEX (\`ix_parent\`) WHERE \`parent_run_id\` IN (?) AND \`finished_at\` >= ?`,
+          [ids, runsBefore],
+        )
+      ).map((r) => r.id);
+      // A run's mailbox goes with it.
+      await sql.query(`DELETE FROM ${ctx.t.signals} WHERE \`run_id\` IN (?)`, [[...ids, ...children]]);
+      await sql.query(`DELETE FROM ${ctx.t.history} WHERE \`run_id\` IN (?)`, [[...ids, ...children]]);
       const r = await sql.query<WriteResult>(`DELETE FROM ${ctx.t.runs} WHERE \`id\` IN (?) AND \`finished_at\` < ?`, [
         ids,
         runsBefore,
       ]);
       runs += r.affectedRows;
+      if (children.length) {
+        const c = await sql.query<WriteResult>(
+          `DELETE FROM ${ctx.t.runs} WHERE \`id\` IN (?) AND \`finished_at\` IS NOT NULL`,
+          [children],
+        );
+        runs += c.affectedRows;
+      }
       if (ids.length < batch) break;
     }
     let dead = 0;

@@ -58,18 +58,38 @@ export async function liveChildren(ctx: StorageContext, parentRunId: string): Pr
   return rows.map((r) => r.id);
 }
 
-/** Parents whose failFast join was tripped by a failed child: their live children are to be cancelled. */
-export async function trippedJoins(ctx: StorageContext, limit = 50): Promise<Array<{ jobId: string; runId: string }>> {
-  const rows = await ctx.client.query<Array<{ id: string; run_id: string }>>(
-    `SELECT \`id\`, \`run_id\` FROM ${ctx.t.jobs} FORCE INDEX (\`ix_fail_fast\`) WHERE \`fail_fast\` = 2 LIMIT ?`,
-    [limit],
+/** Every child of a run, whatever its state (a cancel's walk down a tree); of one step's spawn with `parentStep`. */
+export async function childRunIds(ctx: StorageContext, parentRunId: string, parentStep?: number): Promise<string[]> {
+  const rows = await ctx.client.query<Array<{ id: string }>>(
+    `SELECT \`id\` FROM ${ctx.t.runs} FORCE INDEX (\`ix_parent\`) WHERE \`parent_run_id\` = ?${parentStep === undefined ? '' : ' AND `parent_step` = ?'}
+      ORDER BY \`parent_step\`, \`child_index\``,
+    parentStep === undefined ? [parentRunId] : [parentRunId, parentStep],
   );
-  return rows.map((r) => ({ jobId: r.id, runId: r.run_id }));
+  return rows.map((r) => r.id);
 }
 
-/** A tripped join whose siblings have been cancelled: not looked at again. */
-export async function joinHandled(ctx: StorageContext, jobId: string): Promise<void> {
-  await ctx.client.query(`UPDATE ${ctx.t.jobs} SET \`fail_fast\` = 3 WHERE \`id\` = ? AND \`fail_fast\` = 2`, [jobId]);
+/**
+ * Parents whose failFast join was tripped by a failed child: the other children of the spawn
+ * before `stepNumber` are to be cancelled. The step says which spawn: by the time a pass
+ * gets to a join it read, the parent may have resumed and spawned again.
+ */
+export async function trippedJoins(
+  ctx: StorageContext,
+  limit = 50,
+): Promise<Array<{ jobId: string; runId: string; stepNumber: number }>> {
+  const rows = await ctx.client.query<Array<{ id: string; run_id: string; step_number: number | string }>>(
+    `SELECT \`id\`, \`run_id\`, \`step_number\` FROM ${ctx.t.jobs} FORCE INDEX (\`ix_fail_fast\`) WHERE \`fail_fast\` = 2 LIMIT ?`,
+    [limit],
+  );
+  return rows.map((r) => ({ jobId: r.id, runId: r.run_id, stepNumber: Number(r.step_number) }));
+}
+
+/** A tripped join whose siblings have been cancelled: not looked at again (a later trip of the same row, at a later step, is another join). */
+export async function joinHandled(ctx: StorageContext, jobId: string, stepNumber: number): Promise<void> {
+  await ctx.client.query(
+    `UPDATE ${ctx.t.jobs} SET \`fail_fast\` = 3 WHERE \`id\` = ? AND \`fail_fast\` = 2 AND \`step_number\` = ?`,
+    [jobId, stepNumber],
+  );
 }
 
 export interface HistoryRow {

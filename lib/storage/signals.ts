@@ -2,7 +2,7 @@ import type { EntityManager } from 'typeorm';
 import { ForeignEntityManagerError } from '../errors/foreign-entity-manager.error.js';
 import { ulid } from '../utils/ulid.js';
 import { MESSAGES } from '../workflow.messages.js';
-import { CommitUnknownError, type Sql, type WriteResult } from './sql-client.js';
+import { CommitUnknownError, runBatch, type Sql } from './sql-client.js';
 import { JobState } from './storage.types.js';
 import type { StorageContext } from './tables.js';
 import { lockCurrent } from './transitions.js';
@@ -73,7 +73,8 @@ export async function takeFromMailbox(
  * Crash:   before COMMIT, nothing is stored; after, the signal is read exactly once, by
  *          this wait or the next one of that name. A COMMIT whose reply is lost is judged
  *          by whether the signal is there.
- * False for an unknown or finished run (nothing stored).
+ * False for an unknown or finished run (nothing stored), unless it is a repeat of a
+ * signalId the run has stored.
  */
 export async function sendSignal(ctx: StorageContext, s: OutgoingSignal, manager?: EntityManager): Promise<boolean> {
   if (manager) {
@@ -86,35 +87,69 @@ export async function sendSignal(ctx: StorageContext, s: OutgoingSignal, manager
       return await ctx.client.transaction((sql) => deliver(ctx, sql, s));
     } catch (err) {
       if (!(err instanceof CommitUnknownError) || lost >= 3) throw err;
-      const [there] = await ctx.client.query<unknown[]>(
-        `SELECT 1 FROM ${ctx.t.signals} WHERE \`run_id\` = ? AND \`signal_id\` = ?`,
-        [s.runId, s.signalId],
-      );
+      const [there] = await ctx.client.query<unknown[]>(...storedAlready(ctx, s));
       if (there) return true;
     }
   }
 }
 
+/** Whether the run's mailbox holds this signalId (a plain read: no lock, no gap lock for a missing row). */
+function storedAlready(ctx: StorageContext, s: OutgoingSignal): [string, unknown[]] {
+  return [`SELECT 1 FROM ${ctx.t.signals} WHERE \`run_id\` = ? AND \`signal_id\` = ?`, [s.runId, s.signalId]];
+}
+
+/**
+ * Four round trips on our own pool (the run read, its job and run rows locked, then the
+ * writes with the COMMIT): the signal is stored and, when the run waits for its name,
+ * consumed and the job woken, in one trip whose statements decide between themselves
+ * whether this call stored it (its send key) and whether the job still waits for it.
+ *
+ * A job parked on a name never has an unread signal of that name in its mailbox: its wait
+ * read the mailbox when it parked, under the job row's lock, and every signal since was
+ * stored under that lock and woke it. So the oldest unread signal of the name, which a
+ * wait takes, is this one: no need to look for another.
+ */
 async function deliver(ctx: StorageContext, sql: Sql, s: OutgoingSignal): Promise<boolean> {
   const { t } = ctx;
   const current = await lockCurrent(sql, t, s.runId);
-  if (!current) return false;
+  // A repeat of a signal the run has stored is still a yes once the run has ended (often
+  // because of that very signal): a webhook retried late gets the answer its first try got.
+  if (!current) return (await sql.query<unknown[]>(...storedAlready(ctx, s))).length > 0;
   const { job } = current;
   // A write before a read-back (as submit does): one key per call tells our row from an older one.
   const key = ulid(s.sentAt);
-  await sql.query<WriteResult>(
+  const store: [string, unknown[]] = [
     `INSERT INTO ${t.signals} (\`run_id\`, \`signal_id\`, \`name\`, \`data\`, \`sent_at\`, \`send_key\`)
       VALUES (?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \`run_id\` = \`run_id\``,
     [s.runId, s.signalId, s.name, s.data, s.sentAt, key],
-  );
-  const [stored] = await sql.query<Array<{ send_key: string }>>(
-    `SELECT \`send_key\` FROM ${t.signals} WHERE \`run_id\` = ? AND \`signal_id\` = ? LOCK IN SHARE MODE`,
-    [s.runId, s.signalId],
-  );
-  if (stored?.send_key !== key) return true; // a repeat of a signal already stored
-  if (job && Number(job.state) === JobState.Waiting && job.wait_for === s.name) {
-    await takeFromMailbox(ctx, sql, job.id, s.runId, s.name, ctx.now());
+  ];
+  if (!job || Number(job.state) !== JobState.Waiting || job.wait_for !== s.name) {
+    await runBatch(sql, [store], true);
+    return true; // kept in the mailbox for the run's next wait of that name
   }
+  const now = ctx.now();
+  const received = receivedJson({ name: s.name, data: s.data, signalId: s.signalId, sentAt: s.sentAt });
+  // Each statement checks for itself that this call stored the signal (its send key): a
+  // count carried from one statement to the next (ROW_COUNT()) is not to be trusted when
+  // the client goes away mid-trip, and the trip would commit a signal read but no wake-up.
+  const ours = `SELECT 1 FROM ${t.signals} WHERE \`run_id\` = ? AND \`signal_id\` = ? AND \`send_key\` = ?`;
+  await runBatch(
+    sql,
+    [
+      store,
+      [
+        `UPDATE ${t.jobs} SET \`state\` = ${JobState.Ready}, \`run_at\` = ?, \`wait_for\` = NULL, \`received\` = ?
+          WHERE \`id\` = ? AND \`state\` = ${JobState.Waiting} AND \`wait_for\` = ? AND EXISTS (${ours})`,
+        [now, received, job.id, s.name, s.runId, s.signalId, key],
+      ],
+      // Read now, unless the row was there already (a repeated signalId: stored once, read once).
+      [
+        `UPDATE ${t.signals} SET \`consumed_at\` = ? WHERE \`run_id\` = ? AND \`signal_id\` = ? AND \`send_key\` = ? AND \`consumed_at\` IS NULL`,
+        [now, s.runId, s.signalId, key],
+      ],
+    ],
+    true,
+  );
   return true;
 }
 

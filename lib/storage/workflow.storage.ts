@@ -11,6 +11,7 @@ import { cancellingAmong, renewLeases } from './leases.js';
 import { reapExpired, sweepRetention } from './maintenance.js';
 import {
   busyJobs,
+  childRunIds,
   childRuns,
   getRun,
   type HistoryRow,
@@ -152,8 +153,12 @@ export class WorkflowStorage {
     return sendSignal(await this.c(), signal, manager);
   }
 
-  async renewLeases(jobs: Array<{ id: string; token: string }>, ms: number): Promise<string[]> {
-    return renewLeases(await this.c(), jobs, ms);
+  async renewLeases(
+    jobs: Array<{ id: string; token: string }>,
+    ms: number,
+    options?: { skipLocked?: boolean },
+  ): Promise<string[]> {
+    return renewLeases(await this.c(), jobs, ms, options);
   }
 
   async cancellingAmong(runIds: string[]): Promise<string[]> {
@@ -197,12 +202,16 @@ export class WorkflowStorage {
     return liveChildren(await this.c(), parentRunId);
   }
 
+  async childRunIds(parentRunId: string, parentStep?: number): Promise<string[]> {
+    return childRunIds(await this.c(), parentRunId, parentStep);
+  }
+
   async trippedJoins(limit?: number) {
     return trippedJoins(await this.c(), limit);
   }
 
-  async joinHandled(jobId: string): Promise<void> {
-    return joinHandled(await this.c(), jobId);
+  async joinHandled(jobId: string, stepNumber: number): Promise<void> {
+    return joinHandled(await this.c(), jobId, stepNumber);
   }
 
   async history(runId: string): Promise<HistoryRow[]> {

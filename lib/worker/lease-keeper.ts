@@ -80,9 +80,11 @@ export class LeaseKeeper {
     this.busy.renew = true;
     try {
       const lost = new Set(
+        // Rows a transaction holds (a settlement of ours, waiting) are renewed next round, not waited for.
         await this.storage.renewLeases(
           execs.map((e) => ({ id: e.job.id, token: e.job.token })),
           this.leaseMs,
+          { skipLocked: true },
         ),
       );
       for (const e of execs) if (lost.has(e.job.id) && !e.owned) this.onLost(e);

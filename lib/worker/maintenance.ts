@@ -63,12 +63,30 @@ export class Maintenance {
     void this.run('promote', () => this.promote());
   }
 
-  /** failFast joins a failed child tripped: their other children are cancelled (each in a transaction of its own). */
+  /**
+   * failFast joins a failed child tripped: the other children of that spawn are cancelled,
+   * and everything below them (a cancelled parent's children go with it), each run in a
+   * transaction of its own, parents first. Runs that have ended are walked too, so a pass
+   * cut off by a crash is done again whole by the next one: the join stays tripped until
+   * the walk is over. Only that spawn's children: a pass that reaches a join late, after
+   * another process handled it and the parent spawned again, cancels nothing of the new one.
+   */
   async joins(): Promise<void> {
+    let cancelled = false;
     for (const join of await this.storage.trippedJoins()) {
-      for (const child of await this.storage.liveChildren(join.runId)) await this.storage.cancelRun(child);
-      await this.storage.joinHandled(join.jobId);
+      for (const child of await this.storage.childRunIds(join.runId, join.stepNumber - 1))
+        cancelled = (await this.cancelTree(child)) || cancelled;
+      await this.storage.joinHandled(join.jobId, join.stepNumber);
     }
+    // The last cancel of a join makes its parent's next step claimable.
+    if (cancelled) this.onWork();
+  }
+
+  /** Cancels a run and every run below it; true if any was cancelled. */
+  private async cancelTree(runId: string): Promise<boolean> {
+    let cancelled = (await this.storage.cancelRun(runId)) !== false;
+    for (const child of await this.storage.childRunIds(runId)) cancelled = (await this.cancelTree(child)) || cancelled;
+    return cancelled;
   }
 
   /** Also fires due schedule ticks: the same cadence, and a ManualClock jump calls it at once. */

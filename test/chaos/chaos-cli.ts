@@ -7,9 +7,15 @@
  * With CHAOS_SIGNAL_EVERY=k (default 3; 0 turns it off) every k-th step waits for a signal
  * that the harness sends (CHAOS_SIGNAL_TIMEOUT_EVERY=m, default 50: the first wait of every
  * m-th run is left to time out).
+ * With CHAOS_SPAWN_EVERY=k (default 4; 0 turns it off) every CHAOS_SPAWN_RUN_EVERY-th run
+ * (default 4) spawns CHAOS_CHILDREN children (default 3, of CHAOS_CHILD_STEPS steps, default 3)
+ * at every k-th step that does not wait; the first child of each spawn spawns
+ * CHAOS_GRANDCHILDREN (default 2) of its own, and the first spawn of every
+ * CHAOS_FAIL_FAST_EVERY-th spawning run (default 5) is a failFast group with a child that
+ * fails on purpose (see child-plan.ts).
  * Prints the figures; exits 1 if any invariant is broken.
  */
-import { runChaos, signalsHold } from './chaos-harness.js';
+import { childrenHold, runChaos, signalsHold } from './chaos-harness.js';
 
 const env = process.env;
 const num = (name: string, fallback: number) => Number(env[name] ?? fallback);
@@ -31,18 +37,26 @@ const report = await runChaos({
   signalEvery: num('CHAOS_SIGNAL_EVERY', 3),
   signalTimeoutEvery: num('CHAOS_SIGNAL_TIMEOUT_EVERY', 50),
   signalTimeoutMs: num('CHAOS_SIGNAL_TIMEOUT_MS', 1_000),
+  spawnEvery: num('CHAOS_SPAWN_EVERY', 4),
+  spawnRunEvery: num('CHAOS_SPAWN_RUN_EVERY', 4),
+  children: num('CHAOS_CHILDREN', 3),
+  childSteps: num('CHAOS_CHILD_STEPS', 3),
+  grandchildren: num('CHAOS_GRANDCHILDREN', 2),
+  failFastEvery: num('CHAOS_FAIL_FAST_EVERY', 5),
   log: (line) => process.stdout.write(`${new Date().toISOString()} ${line}\n`),
 });
 process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
 const ok =
   report.runsLost === 0 &&
   report.missingSteps === 0 &&
+  report.unexpectedSteps === 0 &&
   report.duplicatesWithoutKill === 0 &&
   report.runsWithoutTerminalDelivery === 0 &&
   report.leftoverJobs === 0 &&
-  report.deadLetters === 0 &&
+  report.deadLetters === report.children.deliberateDeadLetters &&
   report.unexpectedWorkerExits.length === 0 &&
-  signalsHold(report.signals);
+  signalsHold(report.signals) &&
+  childrenHold(report.children);
 // A run that asked for database restarts and got none did not test what it claims.
 const restarted = dbRestartEveryMs === 0 || report.dbRestarts > 0;
 process.stdout.write(ok ? 'chaos: all invariants hold\n' : 'chaos: INVARIANT BROKEN\n');

@@ -5,6 +5,15 @@ import { startApp } from '../utils/create-test-app.js';
 import { DB_URL, dropTables, rawConnection } from '../utils/db.js';
 import { PrivateMariaDb } from '../utils/private-db.js';
 import { createJournal, startWorker, type WorkerProcess } from '../utils/processes.js';
+import {
+  type ChildInput,
+  childId,
+  DELIBERATE_FAILURE,
+  grandchildInputs,
+  type SpawnOptions,
+  spawnAt,
+  spawnOptionsToEnv,
+} from './child-plan.js';
 
 export interface ChaosOptions {
   prefix: string;
@@ -47,7 +56,72 @@ export interface ChaosOptions {
   signalEarlyShare?: number;
   /** The share of signals sent twice with one signalId (default 0.2), half of them concurrently. */
   signalDuplicateShare?: number;
+  /**
+   * 0 (the default): no children. Otherwise runs `run-<i>` with i % spawnRunEvery === 0
+   * spawn children at every step n with n % spawnEvery === spawnEvery - 1 (not the last,
+   * not a wait), as test/chaos/child-plan.ts says; the step after each spawn journals the
+   * children's outcomes it was given.
+   */
+  spawnEvery?: number;
+  /** Which runs spawn (default 1: all). */
+  spawnRunEvery?: number;
+  /** Children per spawn (default 3). */
+  children?: number;
+  /** Steps of each child (default 3). */
+  childSteps?: number;
+  /** Children the first child of each spawn spawns at its step 1 (default 2). */
+  grandchildren?: number;
+  /** The first spawn of every m-th spawning run is a failFast group whose second child fails on purpose (0: none; default 0). */
+  failFastEvery?: number;
   log?: (line: string) => void;
+}
+
+export interface ChildReport {
+  /** `spawnEvery`; 0 when no run spawns. */
+  every: number;
+  /** Spawns planned (the spawning steps of runs and of children), and of them failFast groups. */
+  spawns: number;
+  failFastGroups: number;
+  /** Child runs planned (grandchildren included), and the runs rows with a parent. */
+  planned: number;
+  created: number;
+  /** Planned children whose parent was cancelled (by a failFast group) before it spawned them. */
+  notSpawned: number;
+  /** How the planned children ended. */
+  succeeded: number;
+  failed: number;
+  cancelled: number;
+  /** Children that fail on purpose (one per failFast group), and of them those with a dead letter (StepError.permanent). */
+  deliberateFailures: number;
+  deliberateDeadLetters: number;
+  /** Deliveries of children's steps (duplicates included). */
+  childDeliveries: number;
+  /** Steps after a spawn, and how many journaled, in every delivery, every child's outcome in spawn order as the runs table has it. */
+  joins: number;
+  joined: number;
+  /** Spawns of children that a failFast group cancelled before they resumed. */
+  notResumed: number;
+  /** Descendants of a run cancelled by a failFast group, and how many of them were cancelled too (the rest ended before it). */
+  underCancelled: number;
+  cancelledWithParent: number;
+  /** Must all be 0: */
+  missingChildren: number;
+  unexpectedChildren: number;
+  wrongLinks: number;
+  wrongOutcomes: number;
+  wrongJoins: number;
+  missingJoins: number;
+  earlyJoins: number;
+  unexpectedDeadLetters: number;
+  /**
+   * A child that was to be cancelled (a sibling of a deliberate failure, or below a run a
+   * failFast group cancelled) and did not end cancelled, yet began a step well after its
+   * cancel was due (1 s after the failure for siblings, 0.5 s after the cancelled ancestor),
+   * with no kill or crash in between.
+   */
+  ranAfterCancelDue: number;
+  /** Examples of what broke, for the investigation. */
+  problems: string[];
 }
 
 export interface SignalReport {
@@ -107,9 +181,11 @@ export interface ChaosReport {
   stepsPerSecond: number;
   succeeded: number;
   notSucceeded: Array<{ id: string; state: string }>;
-  /** (run, step) pairs never journaled. */
+  /** (run, step) pairs never journaled (children included: all their steps, or those before a deliberate failure, or a prefix when cancelled). */
   missingSteps: number;
-  /** Deliveries beyond the first of a (run, step). */
+  /** Steps journaled that their run does not have (past its last, or past a deliberate failure). */
+  unexpectedSteps: number;
+  /** Deliveries beyond the first of a (run, step), children's included. */
   duplicateDeliveries: number;
   /**
    * Duplicates whose earlier delivery's process was SIGKILLed before the next delivery
@@ -142,13 +218,16 @@ export interface ChaosReport {
     /** With signals: the run's signals, as step:mode/duplicate@when their send completed (relative, as above). */
     signals?: string[];
   }>;
+  /** Runs (children included) whose @OnTerminal handler never journaled their final state. */
   runsWithoutTerminalDelivery: number;
   leftoverJobs: number;
+  /** All dead letters; with failFast groups, `children.deliberateDeadLetters` of them are planned. */
   deadLetters: number;
   runsLost: number;
   /** Worker processes that exited without being killed by the harness (e.g. because the database went away): must be empty. */
   unexpectedWorkerExits: Array<{ pid: number; code: number | null; signal: string | null; stderr: string }>;
   signals: SignalReport;
+  children: ChildReport;
 }
 
 /** True when every signal invariant of the report holds. */
@@ -166,6 +245,44 @@ export function signalsHold(s: SignalReport): boolean {
     s.parkedWithSignalStored === 0 &&
     s.waitingAtEnd === 0
   );
+}
+
+/** True when every child invariant of the report holds. */
+export function childrenHold(c: ChildReport): boolean {
+  return (
+    c.created + c.notSpawned === c.planned &&
+    c.joined + c.notResumed === c.joins &&
+    c.missingChildren === 0 &&
+    c.unexpectedChildren === 0 &&
+    c.wrongLinks === 0 &&
+    c.wrongOutcomes === 0 &&
+    c.wrongJoins === 0 &&
+    c.missingJoins === 0 &&
+    c.earlyJoins === 0 &&
+    c.unexpectedDeadLetters === 0 &&
+    c.ranAfterCancelDue === 0
+  );
+}
+
+/** A child run the plan expects. */
+interface PlannedChild {
+  id: string;
+  parent: string;
+  step: number;
+  index: number;
+  input: ChildInput;
+  /** Its spawn is a failFast group (it, or a sibling, fails on purpose). */
+  failFast: boolean;
+  /** The run whose cancel may reach it: the nearest ancestor that is itself a child in a failFast group. */
+  cancellableBy?: string;
+}
+
+/** A spawn the plan expects: the parent's step `step` spawned `children`, and its step `step + 1` joins them. */
+interface PlannedSpawn {
+  parent: string;
+  step: number;
+  failFast: boolean;
+  children: string[];
 }
 
 interface PlannedSignal {
@@ -251,6 +368,17 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   const log = o.log ?? (() => undefined);
   const signalEvery = o.signalEvery ?? 0;
   const signalTimeoutEvery = signalEvery > 0 ? (o.signalTimeoutEvery ?? 0) : 0;
+  const spawnOpts: SpawnOptions = {
+    steps: o.steps,
+    signalEvery,
+    spawnEvery: o.spawnEvery ?? 0,
+    spawnRunEvery: o.spawnRunEvery ?? 1,
+    children: o.children ?? 3,
+    childSteps: o.childSteps ?? 3,
+    grandchildren: o.grandchildren ?? 2,
+    grandchildDelayMs: 1000,
+    failFastEvery: o.failFastEvery ?? 0,
+  };
   const restartEveryMs = o.dbRestartEveryMs ?? 0;
   let privateDb: PrivateMariaDb | undefined;
   if (restartEveryMs > 0) {
@@ -306,6 +434,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       await setup.query(`ALTER TABLE ${journal} ADD COLUMN at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3)`);
       // What the step after a wait received (JSON), as the worker saw it.
       await setup.query(`ALTER TABLE ${journal} ADD COLUMN received VARCHAR(1000) NULL`);
+      // What the step after a spawn was given (JSON: every child's id, status, result), as the worker saw it.
+      await setup.query(`ALTER TABLE ${journal} ADD COLUMN children TEXT NULL`);
     } finally {
       await setup.end();
     }
@@ -325,6 +455,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       SIGNAL_EVERY: String(signalEvery),
       SIGNAL_TIMEOUT_EVERY: String(signalTimeoutEvery),
       SIGNAL_TIMEOUT_MS: String(o.signalTimeoutMs ?? 1_000),
+      ...spawnOptionsToEnv(spawnOpts),
     };
     const spawnWorker = () =>
       exclusive(async () => {
@@ -351,6 +482,40 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     });
     const signals = signaller.get(WorkflowService);
     const ids = Array.from({ length: o.runs }, (_, i) => `run-${String(i).padStart(7, '0')}`);
+
+    // The children every run will spawn, and theirs (the same plan the workers follow).
+    const plannedChildren = new Map<string, PlannedChild>();
+    const plannedSpawns: PlannedSpawn[] = [];
+    const planSpawn = (
+      parent: string,
+      step: number,
+      inputs: ChildInput[],
+      failFast: boolean,
+      cancellableBy?: string,
+    ) => {
+      const kids = inputs.map((input, index): PlannedChild => ({
+        id: childId(parent, step, index),
+        parent,
+        step,
+        index,
+        input,
+        failFast,
+        ...(cancellableBy ? { cancellableBy } : {}),
+      }));
+      plannedSpawns.push({ parent, step, failFast, children: kids.map((k) => k.id) });
+      for (const k of kids) {
+        plannedChildren.set(k.id, k);
+        // A sibling in a failFast group may be cancelled: its own children with it.
+        if (k.input.spawn)
+          planSpawn(k.id, k.input.spawn.at, grandchildInputs(k.input), false, failFast ? k.id : cancellableBy);
+      }
+    };
+    ids.forEach((runId, i) => {
+      for (let step = 0; step < o.steps; step++) {
+        const spawn = spawnAt(spawnOpts, i, step);
+        if (spawn) planSpawn(runId, step, spawn.children, spawn.failFast);
+      }
+    });
 
     // The plan: which waits get their signal early, which twice, which none (a deliberate timeout).
     const plan = new Map<string, PlannedSignal[]>();
@@ -494,7 +659,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       while (!stopSignals && !signalError) {
         const pollStarted = Date.now();
         const parked = await signalDb.query<Array<{ run_id: string; wait_for: string }>>(
-          `SELECT run_id, wait_for FROM \`${o.prefix}jobs\` WHERE state = 3`,
+          `SELECT run_id, wait_for FROM \`${o.prefix}jobs\` WHERE state = 3 AND wait_for IS NOT NULL`,
         );
         let fresh = 0;
         for (const row of parked) {
@@ -591,16 +756,23 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       if (i + batch >= o.runs / 2) halfSubmitted();
     }
     halfSubmitted();
-    log(`submitted ${ids.length} runs of ${o.steps} steps to ${o.workers} workers`);
+    log(
+      `submitted ${ids.length} runs of ${o.steps} steps to ${o.workers} workers` +
+        (plannedChildren.size
+          ? ` (they will spawn ${plannedChildren.size} children in ${plannedSpawns.length} spawns)`
+          : ''),
+    );
 
     const deadline = started + o.timeoutMs;
     let finished = 0;
     while (Date.now() < deadline && !chaosError && !signalError) {
-      const rows = await db.query<Array<{ n: number }>>(
-        `SELECT COUNT(*) AS n FROM \`${o.prefix}runs\` WHERE state IN ('succeeded', 'failed', 'cancelled')`,
+      // Every run, and no child still going (a child of a cancelled run may still be ending).
+      const rows = await db.query<Array<{ finished: number | null; live: number | null }>>(
+        `SELECT SUM(state IN ('succeeded', 'failed', 'cancelled') AND parent_run_id IS NULL) AS finished,
+                SUM(finished_at IS NULL) AS live FROM \`${o.prefix}runs\``,
       );
-      finished = Number(rows[0].n);
-      if (finished >= o.runs) break;
+      finished = Number(rows[0].finished ?? 0);
+      if (finished >= o.runs && Number(rows[0].live ?? 0) === 0) break;
       await delay(200);
     }
     const elapsedMs = Date.now() - started;
@@ -624,10 +796,25 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       await delay(200);
     }
 
-    const runRows = await db.query<Array<{ id: string; state: string; result: string | null }>>(
-      `SELECT id, state, result FROM \`${o.prefix}runs\``,
+    const runRows = await db.query<
+      Array<{
+        id: string;
+        workflow: string;
+        state: string;
+        result: string | null;
+        error: string | null;
+        finished_at: number | null;
+        parent_run_id: string | null;
+        parent_step: number | null;
+        child_index: number | null;
+      }>
+    >(
+      `SELECT id, workflow, state, result, error, finished_at, parent_run_id, parent_step, child_index FROM \`${o.prefix}runs\``,
     );
+    const rowOf = new Map(runRows.map((r) => [r.id, r]));
+    const parentIds = new Set(ids);
     const notSucceeded = runRows
+      .filter((r) => parentIds.has(r.id))
       .filter((r) => r.state !== 'succeeded' || JSON.parse(r.result ?? 'null')?.n !== o.steps)
       .map((r) => ({ id: r.id, state: r.state }));
     await db.query('SET SESSION group_concat_max_len = 1048576');
@@ -769,12 +956,244 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       );
       sig.waitingAtEnd = Number(parkedRows[0].n);
     }
-    const terminalRows = await db.query<Array<{ n: number }>>(
-      `SELECT COUNT(DISTINCT run_id) AS n FROM ${journal} WHERE kind = 'terminal:succeeded'`,
+    // Which (run, step) pairs were journaled, and when each delivery began.
+    const deliveriesOf = new Map<string, Array<[pid: number, at: number, attempt: number]>>();
+    for (const st of steps) {
+      deliveriesOf.set(
+        `${st.run_id}|${st.step_number}`,
+        String(st.deliveries)
+          .split(',')
+          .map((d) => d.split(/[@#]/).map(Number) as [number, number, number]),
+      );
+    }
+    const stepsOf = new Map<string, number[]>();
+    for (const st of steps) stepsOf.set(st.run_id, [...(stepsOf.get(st.run_id) ?? []), Number(st.step_number)]);
+    /** A worker was killed, or the database crashed, between these two times. */
+    const killOrCrashBetween = (from: number, to: number) =>
+      [...killedAt.values()].some((ks) => ks.some((k) => k >= from - KILL_SLACK_MS && k <= to)) ||
+      crashes.some((c) => c >= from && c <= to);
+
+    // Every run journals each of its steps; a run that ends early (a deliberate failure, a
+    // cancel) journals a prefix of them; none journals a step it does not have.
+    let missingSteps = 0;
+    let unexpectedSteps = 0;
+    const stepProblems: string[] = [];
+    const expectSteps = (runId: string, total: number, mustRunAll: number | 'prefix') => {
+      const seen = new Set(stepsOf.get(runId) ?? []);
+      const last = seen.size ? Math.max(...seen) : -1;
+      const want = mustRunAll === 'prefix' ? last + 1 : mustRunAll;
+      for (let n = 0; n < want; n++) if (!seen.has(n)) missingSteps++;
+      for (const n of seen) {
+        if (n < total && (mustRunAll === 'prefix' || n < mustRunAll)) continue;
+        unexpectedSteps++;
+        if (stepProblems.length < 10) stepProblems.push(`run ${runId} journaled step ${n}, beyond its ${want} steps`);
+      }
+    };
+    for (const id of ids) expectSteps(id, o.steps, o.steps);
+
+    const kids: ChildReport = {
+      every: spawnOpts.spawnEvery,
+      spawns: plannedSpawns.length,
+      failFastGroups: plannedSpawns.filter((p) => p.failFast).length,
+      planned: plannedChildren.size,
+      created: runRows.filter((r) => r.parent_run_id !== null).length,
+      notSpawned: 0,
+      succeeded: 0,
+      failed: 0,
+      cancelled: 0,
+      deliberateFailures: 0,
+      deliberateDeadLetters: 0,
+      childDeliveries: 0,
+      joins: plannedSpawns.length,
+      joined: 0,
+      notResumed: 0,
+      underCancelled: 0,
+      cancelledWithParent: 0,
+      missingChildren: 0,
+      unexpectedChildren: 0,
+      wrongLinks: 0,
+      wrongOutcomes: 0,
+      wrongJoins: 0,
+      missingJoins: 0,
+      earlyJoins: 0,
+      unexpectedDeadLetters: 0,
+      ranAfterCancelDue: 0,
+      problems: [],
+    };
+    const childProblem = (line: string) => {
+      if (kids.problems.length < 20) kids.problems.push(line);
+      log(`CHILD PROBLEM: ${line}`);
+    };
+    for (const r of runRows) {
+      if (r.parent_run_id === null || plannedChildren.has(r.id)) continue;
+      kids.unexpectedChildren++;
+      childProblem(`child run ${r.id} of ${r.parent_run_id} (step ${r.parent_step}) was not planned`);
+    }
+    const failingOf = new Map<string, PlannedChild>(); // spawn key -> its failing child
+    for (const c of plannedChildren.values()) if (c.input.fail) failingOf.set(`${c.parent}|${c.step}`, c);
+    const permanent = new Set<string>();
+    const spawnOf = new Map<string, PlannedSpawn>();
+    for (const p of plannedSpawns) for (const id of p.children) spawnOf.set(id, p);
+    for (const c of plannedChildren.values()) {
+      const row = rowOf.get(c.id);
+      for (const n of stepsOf.get(c.id) ?? []) kids.childDeliveries += deliveriesOf.get(`${c.id}|${n}`)?.length ?? 0;
+      if (!row) {
+        // A failFast group may cancel a child before its own spawn: then none of that spawn's children exist.
+        const none = spawnOf.get(c.id)!.children.every((id) => !rowOf.has(id));
+        if (none && rowOf.get(c.parent)?.state === 'cancelled') {
+          kids.notSpawned++;
+          continue;
+        }
+        kids.missingChildren++;
+        childProblem(`child ${c.id} was never created`);
+        continue;
+      }
+      if (
+        row.workflow !== 'crashy-child' ||
+        row.parent_run_id !== c.parent ||
+        Number(row.parent_step) !== c.step ||
+        Number(row.child_index) !== c.index
+      ) {
+        kids.wrongLinks++;
+        childProblem(
+          `child ${c.id}: ${row.workflow} of ${row.parent_run_id} step ${row.parent_step} #${row.child_index}, planned crashy-child of ${c.parent} step ${c.step} #${c.index}`,
+        );
+      }
+      if (row.state === 'succeeded') kids.succeeded++;
+      else if (row.state === 'failed') kids.failed++;
+      else if (row.state === 'cancelled') kids.cancelled++;
+      // Who may have cancelled it, and since when: a failFast group's failing child, or a cancelled ancestor.
+      let cancelledSince: number | undefined;
+      const failing = c.failFast && !c.input.fail ? failingOf.get(`${c.parent}|${c.step}`) : undefined;
+      const failedAt = failing ? rowOf.get(failing.id)?.finished_at : undefined;
+      if (failedAt != null) cancelledSince = Number(failedAt);
+      const ancestor = c.cancellableBy ? rowOf.get(c.cancellableBy) : undefined;
+      if (ancestor?.state === 'cancelled' && ancestor.finished_at != null) {
+        kids.underCancelled++;
+        if (row.state === 'cancelled') kids.cancelledWithParent++;
+        cancelledSince = Math.min(cancelledSince ?? Infinity, Number(ancestor.finished_at));
+      }
+      let expected: string[];
+      if (c.input.fail) {
+        kids.deliberateFailures++;
+        if (c.input.fail.how === 'permanent') {
+          kids.deliberateDeadLetters++;
+          permanent.add(c.id);
+        }
+        expected = ['failed'];
+        expectSteps(c.id, c.input.steps, c.input.fail.at + 1);
+      } else if (c.failFast || ancestor?.state === 'cancelled') {
+        expected = ['succeeded', 'cancelled'];
+        expectSteps(c.id, c.input.steps, row.state === 'succeeded' ? c.input.steps : 'prefix');
+      } else {
+        expected = ['succeeded'];
+        expectSteps(c.id, c.input.steps, c.input.steps);
+      }
+      const result = JSON.parse(row.result ?? 'null') as { n?: number; id?: string } | null;
+      const resultRight = row.state !== 'succeeded' || (result?.n === c.input.steps && result.id === c.id);
+      const errorRight = row.state !== 'failed' || row.error === DELIBERATE_FAILURE;
+      if (!expected.includes(row.state) || !resultRight || !errorRight) {
+        kids.wrongOutcomes++;
+        childProblem(
+          `child ${c.id} ended ${row.state} (${row.result ?? row.error}), planned ${expected.join(' or ')}${c.input.fail ? ` (${c.input.fail.how} at step ${c.input.fail.at})` : ''}`,
+        );
+      }
+      // Once its cancel was due (the failing sibling ended, or the ancestor was cancelled), a
+      // run starts no step: maintenance cancels a failFast group's siblings within a poll, and
+      // a cancelled run's children right after it. A kill or a crash in between excuses a delay.
+      if (cancelledSince !== undefined && row.state !== 'cancelled') {
+        const slack = failing && cancelledSince === Number(failedAt) ? 1000 : 500;
+        for (const n of stepsOf.get(c.id) ?? []) {
+          const late = (deliveriesOf.get(`${c.id}|${n}`) ?? []).find(
+            ([, at]) => at > cancelledSince! + slack && !killOrCrashBetween(cancelledSince!, at),
+          );
+          if (!late) continue;
+          kids.ranAfterCancelDue++;
+          childProblem(
+            `child ${c.id} ran step ${n} ${late[1] - cancelledSince}ms after its cancel was due (${failing ? `sibling ${failing.id} failed` : `parent ${c.cancellableBy} cancelled`}) and ended ${row.state}`,
+          );
+          break;
+        }
+      }
+    }
+
+    // Every spawn's parent resumes once all its children have ended, with every outcome in spawn order.
+    const joinRows = await db.query<Array<{ run_id: string; step_number: number; children: string | null }>>(
+      `SELECT run_id, step_number, children FROM ${journal} WHERE kind = 'step' AND children IS NOT NULL`,
     );
-    const deadRows = await db.query<Array<{ n: number }>>(`SELECT COUNT(*) AS n FROM \`${o.prefix}dead\``);
-    const withTerminal = Number(terminalRows[0].n);
+    const joinSeen = new Map<string, Array<string | null>>();
+    for (const r of joinRows) {
+      const key = `${r.run_id}|${r.step_number}`;
+      joinSeen.set(key, [...(joinSeen.get(key) ?? []), r.children]);
+    }
+    for (const p of plannedSpawns) {
+      const key = `${p.parent}|${p.step + 1}`;
+      const deliveries = deliveriesOf.get(key) ?? [];
+      const parentRow = rowOf.get(p.parent);
+      if (deliveries.length === 0) {
+        // A child that spawns and is then cancelled may never resume; every other parent must.
+        if (parentRow?.state === 'cancelled') kids.notResumed++;
+        else {
+          kids.missingJoins++;
+          childProblem(`${p.parent} never resumed after its spawn at step ${p.step} (it ended ${parentRow?.state})`);
+        }
+        continue;
+      }
+      const want = p.children.map((id) => {
+        const row = rowOf.get(id);
+        return { id, status: row?.state, result: row?.result == null ? undefined : JSON.parse(row.result) };
+      });
+      const got = joinSeen.get(key) ?? [];
+      const right = (text: string | null) => {
+        if (text === null) return false;
+        const list = JSON.parse(text) as Array<{ id: string; status: string; result?: unknown }>;
+        return (
+          list.length === want.length &&
+          list.every(
+            (g, i) =>
+              g.id === want[i].id &&
+              g.status === want[i].status &&
+              JSON.stringify(g.result) === JSON.stringify(want[i].result),
+          )
+        );
+      };
+      if (got.length === deliveries.length && got.every(right)) kids.joined++;
+      else {
+        kids.wrongJoins++;
+        childProblem(
+          `${p.parent} step ${p.step + 1}: ${deliveries.length} deliveries journaled ${JSON.stringify(got)}, its children are ${JSON.stringify(want)}`,
+        );
+      }
+      const lastEnd = Math.max(...p.children.map((id) => Number(rowOf.get(id)?.finished_at ?? Infinity)));
+      const firstAt = Math.min(...deliveries.map(([, at]) => at));
+      if (firstAt < lastEnd) {
+        kids.earlyJoins++;
+        childProblem(`${p.parent} resumed at step ${p.step + 1} ${lastEnd - firstAt}ms before its last child ended`);
+      }
+    }
+
+    const terminalRows = await db.query<Array<{ run_id: string; kind: string }>>(
+      `SELECT DISTINCT run_id, kind FROM ${journal} WHERE kind LIKE 'terminal:%'`,
+    );
+    const delivered = new Set(terminalRows.map((r) => `${r.run_id}|${r.kind}`));
+    const deadRows = await db.query<Array<{ run_id: string; last_error: string }>>(
+      `SELECT run_id, last_error FROM \`${o.prefix}dead\``,
+    );
+    for (const d of deadRows) {
+      if (permanent.has(d.run_id) && d.last_error.includes(DELIBERATE_FAILURE)) continue;
+      kids.unexpectedDeadLetters++;
+      childProblem(`dead letter of run ${d.run_id}: ${d.last_error.slice(0, 200)}`);
+    }
+    for (const id of permanent) {
+      if (deadRows.filter((d) => d.run_id === id).length === 1) continue;
+      kids.unexpectedDeadLetters++;
+      childProblem(
+        `deliberate failure ${id} has ${deadRows.filter((d) => d.run_id === id).length} dead letters, not 1`,
+      );
+    }
+    const withoutTerminal = runRows.filter((r) => !delivered.has(`${r.id}|terminal:${r.state}`)).length;
     const idSet = new Set(runRows.map((r) => r.id));
+    for (const line of stepProblems) log(`STEP PROBLEM: ${line}`);
     return {
       runs: o.runs,
       steps: o.steps,
@@ -785,22 +1204,24 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       dbDowntimeMs,
       submitRetries,
       elapsedMs,
-      stepsPerSecond: Math.round((o.runs * o.steps) / (elapsedMs / 1000)),
-      succeeded: runRows.length - notSucceeded.length,
+      stepsPerSecond: Math.round((o.runs * o.steps + kids.childDeliveries) / (elapsedMs / 1000)),
+      succeeded: ids.filter((id) => idSet.has(id)).length - notSucceeded.length,
       notSucceeded: notSucceeded.slice(0, 20),
-      missingSteps: o.runs * o.steps - steps.length,
+      missingSteps,
+      unexpectedSteps,
       duplicateDeliveries,
       duplicatesAroundKill,
       duplicatesAroundDbRestart,
       maxDbRestartDuplicateLeadMs,
       duplicatesWithoutKill,
       unexplainedDuplicates,
-      runsWithoutTerminalDelivery: o.runs - withTerminal,
+      runsWithoutTerminalDelivery: withoutTerminal + ids.filter((id) => !idSet.has(id)).length + kids.missingChildren,
       leftoverJobs,
-      deadLetters: Number(deadRows[0].n),
-      runsLost: ids.filter((id) => !idSet.has(id)).length + notSucceeded.length,
+      deadLetters: deadRows.length,
+      runsLost: ids.filter((id) => !idSet.has(id)).length + notSucceeded.length + kids.missingChildren,
       unexpectedWorkerExits,
       signals: sig,
+      children: kids,
     };
   } finally {
     stop = true;

@@ -5,10 +5,13 @@ import { runChaos } from './chaos-harness.js';
  * CI-sized chaos: 300 runs × 5 steps, 3 worker processes, one SIGKILLed every 2 s, on a
  * private MariaDB that is SIGKILLed and restarted once, while half the runs are still
  * being submitted. Every second step waits for a signal that the harness sends (some early,
- * some twice); the first wait of every 30th run is left to time out. `npm run chaos` for soaks.
+ * some twice); the first wait of every 30th run is left to time out. Every 5th run spawns
+ * 3 children at its step 2 (the first of them spawns 2 of its own, which wait 1 s); the
+ * spawn of every 4th of those runs is a failFast group whose second child fails on purpose
+ * (a dead letter in every other group). `npm run chaos` for soaks.
  */
 describe('chaos: SIGKILL a random worker every 2 s, and the database once', () => {
-  it('loses no run, runs every step, reads every signal once, duplicates only around kills and crashes, leaves nothing claimed', async () => {
+  it('loses no run, runs every step, reads every signal once, joins every child once, duplicates only around kills and crashes, leaves nothing claimed', async () => {
     const report = await runChaos({
       prefix: uniquePrefix('chaos'),
       runs: 300,
@@ -26,6 +29,12 @@ describe('chaos: SIGKILL a random worker every 2 s, and the database once', () =
       signalEvery: 2,
       signalTimeoutEvery: 30,
       signalTimeoutMs: 1_000,
+      spawnEvery: 3,
+      spawnRunEvery: 5,
+      children: 3,
+      childSteps: 3,
+      grandchildren: 2,
+      failFastEvery: 4,
     });
 
     console.log(`chaos: ${JSON.stringify(report)}`);
@@ -36,11 +45,13 @@ describe('chaos: SIGKILL a random worker every 2 s, and the database once', () =
     expect(report.succeeded).toBe(300);
     expect(report.notSucceeded).toEqual([]);
     expect(report.missingSteps).toBe(0);
+    expect(report.unexpectedSteps).toBe(0);
     expect(report.duplicatesWithoutKill).toBe(0);
     expect(report.unexplainedDuplicates).toEqual([]);
     expect(report.runsWithoutTerminalDelivery).toBe(0);
     expect(report.leftoverJobs).toBe(0);
-    expect(report.deadLetters).toBe(0);
+    // Only the deliberate failures with StepError.permanent, one in every other failFast group.
+    expect(report.deadLetters).toBe(8);
     const s = report.signals;
     expect(s.waits).toBe(600);
     expect(s.sent).toBe(590);
@@ -60,5 +71,24 @@ describe('chaos: SIGKILL a random worker every 2 s, and the database once', () =
     expect(s.unknownSignalRows).toBe(0);
     expect(s.parkedWithSignalStored).toBe(0);
     expect(s.waitingAtEnd).toBe(0);
+    const c = report.children;
+    expect(c.problems).toEqual([]);
+    expect(c.spawns).toBe(120); // 60 runs spawn, and the first child of each spawn
+    expect(c.failFastGroups).toBe(15);
+    expect(c.planned).toBe(300);
+    expect(c.created + c.notSpawned).toBe(300);
+    expect(c.deliberateFailures).toBe(15);
+    expect(c.deliberateDeadLetters).toBe(8);
+    expect(c.failed).toBe(15);
+    expect(c.joined + c.notResumed).toBe(c.joins);
+    expect(c.missingChildren).toBe(0);
+    expect(c.unexpectedChildren).toBe(0);
+    expect(c.wrongLinks).toBe(0);
+    expect(c.wrongOutcomes).toBe(0);
+    expect(c.wrongJoins).toBe(0);
+    expect(c.missingJoins).toBe(0);
+    expect(c.earlyJoins).toBe(0);
+    expect(c.unexpectedDeadLetters).toBe(0);
+    expect(c.ranAfterCancelDue).toBe(0);
   }, 240_000);
 });

@@ -13,7 +13,10 @@ import {
   StepOutcome,
   StepRunner,
   WorkflowService,
+  WorkflowWorker,
 } from 'nestjs-durable-workflow';
+import { WorkflowStorage } from '../../lib/storage/workflow.storage.js';
+import { WorkflowNotifier } from '../../lib/workflow.notifier.js';
 import { startApp } from '../utils/create-test-app.js';
 import { dropTables, uniquePrefix } from '../utils/db.js';
 import { deferred, waitFor } from '../utils/wait.js';
@@ -135,6 +138,26 @@ describe('child runs', () => {
     expect(outcome).toMatchObject({ status: 'succeeded', result: ['cancelled', 'failed', 'cancelled'] });
   });
 
+  it('failFast: a sibling that has children of its own is cancelled with them', async () => {
+    const { runId } = await service.submit('document', {
+      input: {
+        pages: [],
+        specs: [
+          // A document of its own, waiting for a page that is not due for a minute.
+          { workflow: 'document', input: { pages: [{ page: 1, mode: 'hold' }] } },
+          { workflow: 'page', input: { page: 2, mode: 'fail' } },
+        ],
+        failFast: true,
+      },
+    });
+    const outcome = await service.waitForOutcome(runId, { timeoutMs: 15_000 });
+    expect(outcome).toMatchObject({ status: 'succeeded', result: ['cancelled', 'failed'] });
+    // The cancelled document's page goes with it, not a minute later.
+    expect(await service.waitForOutcome(`${runId}-0-0-0-0`, { timeoutMs: 5_000 })).toMatchObject({
+      status: 'cancelled',
+    });
+  });
+
   it('a spawn of an unknown workflow, of too many children, or onto a taken id fails the step permanently', async () => {
     const unknown = await service.submit('document', { input: { pages: [], specs: [{ workflow: 'nope', input: 1 }] } });
     const tooMany = await service.submit('document', {
@@ -157,5 +180,82 @@ describe('child runs', () => {
       const dead = (await service.deadSteps({ limit: 1000 })).filter((d) => d.runId === id);
       expect(dead).toHaveLength(1);
     }
+  });
+});
+
+/** Spawns a failFast pair (one fails, one is not due for a minute) at steps 0 and 1, then reports the last pair. */
+@Injectable()
+@StepRunner('relay')
+class RelayRunner {
+  runStep(step: Step) {
+    if (step.stepNumber < 2) {
+      const pair: ChildSpec[] = [
+        { workflow: 'page', input: { page: 1, mode: 'fail' } },
+        { workflow: 'page', input: { page: 2, mode: 'hold' } },
+      ];
+      return StepOutcome.spawn(pair, {}, { failFast: true });
+    }
+    return StepOutcome.succeed(step.children!.map((c) => c.status));
+  }
+}
+
+/**
+ * Every worker process handles tripped failFast joins (it cancels the siblings). A pass that
+ * read a join before another process handled it, and gets to it only once the parent has
+ * resumed and spawned again, must leave the parent's later spawn alone.
+ */
+describe('child runs: a tripped failFast join handled late', () => {
+  const prefix = uniquePrefix('failfast');
+  let app: TestingModule;
+
+  beforeAll(async () => {
+    // A poll of a minute: maintenance handles tripped joins only when this test says so.
+    app = await startApp({
+      prefix,
+      providers: [RelayRunner, PageRunner],
+      worker: { pollIntervalMs: 60_000, leaseMs: 5_000, shutdownTimeoutMs: 2_000 },
+    });
+  });
+
+  afterAll(async () => {
+    app.get(PageRunner).gate.resolve();
+    await app?.close();
+    await dropTables(prefix);
+  });
+
+  it('cancels only the children of the spawn that tripped, and keeps a later trip of the same parent', async () => {
+    const service = app.get(WorkflowService);
+    const storage = app.get(WorkflowStorage);
+    const maintenance = (app.get(WorkflowWorker) as unknown as { maintenance: { joins(): Promise<void> } }).maintenance;
+    const pass = async () => {
+      await maintenance.joins();
+      app.get(WorkflowNotifier).wake();
+    };
+    const trippedAt = (runId: string, step: number) =>
+      waitFor(async () => {
+        const joins = await storage.trippedJoins();
+        const at = (j: (typeof joins)[number]) => (j as { stepNumber?: number }).stepNumber ?? step;
+        return joins.some((j) => j.runId === runId && at(j) === step) ? joins : undefined;
+      }, `the join of ${runId} tripped at step ${step}`);
+
+    const { runId } = await service.submit('relay', { input: null });
+    // The first pair's failure trips the join; this pass reads it now and gets to it late.
+    const stale = await trippedAt(runId, 1);
+    await pass();
+    // The parent resumed and spawned its second pair, whose failure trips the join again.
+    await trippedAt(runId, 2);
+    expect(await service.status(`${runId}-1-1`)).toMatchObject({ state: 'pending' });
+
+    const read = storage.trippedJoins.bind(storage);
+    storage.trippedJoins = async () => ((storage.trippedJoins = read), stale);
+    await pass();
+    // The late pass cancelled nothing of the second pair and left its trip to be handled.
+    expect(await service.status(`${runId}-1-1`)).toMatchObject({ state: 'pending' });
+
+    await pass();
+    expect(await service.waitForOutcome(runId, { timeoutMs: 10_000 })).toMatchObject({
+      status: 'succeeded',
+      result: ['failed', 'cancelled'],
+    });
   });
 });

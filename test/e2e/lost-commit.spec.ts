@@ -30,6 +30,16 @@ class ChainRunner {
   }
 }
 
+/** Waits for the signal `go`, then ends with its data. */
+@Injectable()
+@StepRunner('gate')
+class GateRunner {
+  runStep(step: Step) {
+    if (step.stepNumber === 0) return StepOutcome.waitForSignal('go', null);
+    return StepOutcome.succeed(step.received);
+  }
+}
+
 const isCommit = (sql: string) => /\bCOMMIT\s*$/.test(sql.trim());
 
 describe.each<CutWhen>(['after', 'before'])('a connection cut %s COMMIT', (when) => {
@@ -50,14 +60,14 @@ describe.each<CutWhen>(['after', 'before'])('a connection cut %s COMMIT', (when)
     const through = { connection: { url: proxy.url('test') } };
     worker = await startApp({
       prefix,
-      providers: [ChainRunner],
+      providers: [ChainRunner, GateRunner],
       options: through,
       worker: { pollIntervalMs: 50, leaseMs: 1_000, shutdownTimeoutMs: 2_000 },
     });
     web = await startApp({
       prefix,
       worker: false,
-      options: { connection: { url: webProxy.url('test') }, workflows: ['chain'] },
+      options: { connection: { url: webProxy.url('test') }, workflows: ['chain', 'gate'] },
     });
     service = web.get(WorkflowService);
     runner = worker.get(ChainRunner);
@@ -110,6 +120,23 @@ describe.each<CutWhen>(['after', 'before'])('a connection cut %s COMMIT', (when)
     expect(await service.cancel(runId)).toBe(true);
     await cut;
     expect(await service.waitForOutcome(runId, { timeoutMs: 5_000 })).toMatchObject({ status: 'cancelled', ending: 1 });
+  });
+
+  it('a signal to a waiting run: the answer is true, it is stored once and read once', async () => {
+    const { runId } = await service.submit('gate', { input: null });
+    for (let s = await service.status(runId); s?.state !== 'waiting'; s = await service.status(runId))
+      await new Promise((r) => setTimeout(r, 20));
+    // The signal's COMMIT, alone or riding with its writes.
+    const cut = webProxy.cutOnce({
+      when,
+      match: (sql) => sql.trim() === 'COMMIT' || (isCommit(sql) && /INSERT INTO \S*signals/.test(sql)),
+    });
+    expect(await service.signal(runId, 'go', 'once', { signalId: `go-${when}` })).toBe(true);
+    await cut;
+    expect(await service.waitForOutcome(runId, { timeoutMs: 10_000 })).toMatchObject({
+      status: 'succeeded',
+      result: { name: 'go', timedOut: false, data: 'once', signalId: `go-${when}` },
+    });
   });
 
   it('a retryDead: the answer is true and the run resumes once', async () => {

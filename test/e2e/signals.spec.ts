@@ -169,6 +169,10 @@ describe('signals', () => {
     // The duplicate was not kept for the second wait: it timed out.
     expect(runner.received.get(runId)!.map((r) => (r.timedOut ? 'timeout' : r.data))).toEqual(['once', 'timeout']);
     expect(await signalRows(runId)).toHaveLength(1);
+    // The run has ended; the webhook tries once more, late: still a yes, still nothing stored.
+    expect(await service.signal(runId, 'pay', 'late', { signalId: 'webhook-77' })).toBe(true);
+    expect(await service.signal(runId, 'pay', 'new', { signalId: 'webhook-78' })).toBe(false);
+    expect(await signalRows(runId)).toHaveLength(1);
   });
 
   it('an unknown or finished run: false, nothing stored', async () => {
