@@ -102,11 +102,11 @@ export interface HistoryRow {
   worker: string;
 }
 
-/** A run's history, oldest first (ix_run). */
+/** A run's history, oldest first: one range of the primary key. */
 export async function historyOf(ctx: StorageContext, runId: string): Promise<HistoryRow[]> {
   return ctx.client.query<HistoryRow[]>(
     `SELECT \`step_number\`, \`attempt\`, \`started_at\`, \`finished_at\`, \`outcome\`, \`error\`, \`worker\`
-      FROM ${ctx.t.history} FORCE INDEX (\`ix_run\`) WHERE \`run_id\` = ? ORDER BY \`id\``,
+      FROM ${ctx.t.history} FORCE INDEX (PRIMARY) WHERE \`run_id\` = ? ORDER BY \`seq\``,
     [runId],
   );
 }

@@ -195,12 +195,14 @@ export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
         PRIMARY KEY (\`queue\`, \`bucket\`, \`slot\`)
       ) ${TABLE}`,
       // history: one row per delivery of a step, written by the transaction that settles
-      // it (or the reaper's, for an expired lease), read per run in order (ix_run) and
-      // deleted with its run. jobs.started_at: when the current delivery began, for the
-      // reaper's record of a delivery its worker never settled.
+      // it (or the reaper's, for an expired lease), clustered by run in the order written
+      // (seq: finish time and a counter, see insertHistory), so a run's history is one
+      // range and a write touches no second index; deleted with its run. jobs.started_at:
+      // when the current delivery began, for the reaper's record of a delivery its worker
+      // never settled.
       `CREATE TABLE IF NOT EXISTS \`${p}history\` (
-        \`id\` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
         \`run_id\` VARCHAR(128) ${ASCII} NOT NULL,
+        \`seq\` BIGINT UNSIGNED NOT NULL,
         \`step_number\` INT UNSIGNED NOT NULL,
         \`attempt\` INT UNSIGNED NOT NULL,
         \`started_at\` BIGINT NOT NULL,
@@ -208,8 +210,7 @@ export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
         \`outcome\` VARCHAR(16) ${ASCII} NOT NULL,
         \`error\` MEDIUMTEXT NULL,
         \`worker\` VARCHAR(100) NOT NULL,
-        PRIMARY KEY (\`id\`),
-        KEY \`ix_run\` (\`run_id\`, \`id\`)
+        PRIMARY KEY (\`run_id\`, \`seq\`)
       ) ${TABLE}`,
       `ALTER TABLE \`${p}jobs\` ADD COLUMN \`started_at\` BIGINT NULL`,
     ],
