@@ -14,6 +14,7 @@ import { JobExecutor } from './worker/job-executor.js';
 import { WorkflowNotifier } from './workflow.notifier.js';
 import { WorkflowWorker } from './worker/workflow.worker.js';
 import type { WorkflowModuleOptions } from './interfaces/workflow-module-options.interface.js';
+import { WorkflowHealthIndicator } from './health/workflow.health-indicator.js';
 
 /**
  * Durable step workflows on MySQL/MariaDB. `WorkflowModule.forRoot(options)` or
@@ -38,7 +39,8 @@ import type { WorkflowModuleOptions } from './interfaces/workflow-module-options
     JobExecutor,
     WorkflowWorker,
     WorkflowService,
+    WorkflowHealthIndicator,
   ],
-  exports: [WorkflowService, WorkflowWorker],
+  exports: [WorkflowService, WorkflowWorker, WorkflowHealthIndicator],
 })
 export class WorkflowModule extends ConfigurableWorkflowModule {}
