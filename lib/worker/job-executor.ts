@@ -40,6 +40,14 @@ import { Execution } from './execution.js';
 import { packetBudget, settlementSize } from '../storage/packet.js';
 import { SettleBatcher } from './settle-batcher.js';
 import { WorkflowNotifier } from '../workflow.notifier.js';
+import {
+  childTraceHeaders,
+  deliveryEnded,
+  deliverySettled,
+  observeDelivery,
+  withContext,
+} from '../observability/telemetry.js';
+import { visibleHeaders } from '../observability/trace-context.js';
 
 const OUTCOME_KINDS = new Set(['continue', 'wait', 'spawn', 'succeed', 'fail', 'cancel']);
 /** Most children one step may spawn. */
@@ -72,12 +80,16 @@ export class JobExecutor {
 
   async execute(exec: Execution): Promise<void> {
     try {
-      if (exec.job.kind === JobKind.Step) await this.runStep(exec);
-      else await this.deliver(exec);
+      // The delivery's span (when an SDK records): the runner or handler runs inside it.
+      const traced = observeDelivery(exec);
+      const run = () => (exec.job.kind === JobKind.Step ? this.runStep(exec) : this.deliver(exec));
+      await (traced ? withContext(traced, run) : run());
     } catch (err) {
       this.logger.error(`Unexpected error around job ${exec.job.id}: ${(err as Error)?.stack ?? err}`);
     } finally {
       exec.settled();
+      // A delivery the runtime took over ends when its takeOver() does.
+      if (!exec.abortReason) deliveryEnded(exec);
       // Only here has the runner's promise settled: a runner the runtime took the job
       // from held its slot until now.
       exec.runnerReturned();
@@ -111,6 +123,7 @@ export class JobExecutor {
         break;
     }
     exec.settled();
+    deliveryEnded(exec);
   }
 
   private async runStep(exec: Execution): Promise<void> {
@@ -126,7 +139,7 @@ export class JobExecutor {
     let received: ReceivedSignal | undefined;
     try {
       payload = JSON.parse(job.payload);
-      headers = job.parsedHeaders ??= Object.freeze(JSON.parse(job.headers));
+      headers = job.parsedHeaders ??= Object.freeze(visibleHeaders(job.headers));
       if (job.received) received = toReceived(JSON.parse(job.received));
     } catch (err) {
       await this.own(exec, () =>
@@ -259,7 +272,7 @@ export class JobExecutor {
       const raw = JSON.parse(job.payload);
       outcome = {
         ...raw,
-        headers: JSON.parse(job.headers),
+        headers: visibleHeaders(job.headers),
         submittedAt: new Date(raw.submittedAt),
         finishedAt: new Date(raw.finishedAt),
         // Deliveries written before endings were counted are all of a first ending.
@@ -431,6 +444,8 @@ export class JobExecutor {
       if (typeof value !== 'string') throw new Error(`${where}: header "${key}" must be a string`);
       headers[key] = value;
     }
+    // The child's spans belong to the trace of the step that spawned it.
+    Object.assign(headers, childTraceHeaders(parent));
     const runner = this.registry.runners.get(c.workflow);
     const priority = c.priority ?? runner?.priority ?? this.config.defaults.priority;
     if (!Number.isSafeInteger(priority) || Math.abs(priority) > LIMITS.maxPriority) {
@@ -534,6 +549,7 @@ export class JobExecutor {
 
   /** After a settlement committed: the successor leased to this worker runs in this slot; anything else wakes whom it concerns. */
   private settled(exec: Execution, settlement: Settlement, result: SettleResult): void {
+    deliverySettled(exec, settlement, result);
     if (result === 'settled' && inPlace(settlement)) {
       const n = settlement.next;
       exec.next = {

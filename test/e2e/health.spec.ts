@@ -213,7 +213,7 @@ describe('WorkflowHealthIndicator', () => {
       const result = await waitFor(
         async () => {
           const r = await indicator.isHealthy();
-          return r.workflow.status === 'down' && r;
+          return r.workflow.status === 'down' ? r : undefined;
         },
         'the stalled loop to be reported',
         10_000,
