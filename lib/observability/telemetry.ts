@@ -46,6 +46,8 @@ interface Delivery {
 
 /** Deliveries being observed, by their job (the object ClaimedJob, alive as long as its Execution). */
 const observed = new WeakMap<ClaimedJob, Delivery>();
+/** How many of them have not ended: while none, the settle hooks return before any lookup. */
+let observing = 0;
 
 interface StepInstruments {
   steps: OtelApi.Counter;
@@ -88,6 +90,7 @@ export function observeDelivery(exec: Execution): OtelApi.Context | undefined {
   if (!tracer && !(step && activeMeter(o))) return undefined;
   const d: Delivery = { start: performance.now() };
   observed.set(job, d);
+  observing++;
   let ctx: OtelApi.Context | undefined;
   if (tracer) {
     const parent = o.trace.setSpanContext(o.ROOT_CONTEXT, storedParent(o, job.headers, job.runId));
@@ -115,6 +118,7 @@ export function withContext<T>(ctx: OtelApi.Context, fn: () => T): T {
 
 /** A delivery's settlement committed with `result`: its span ends with how it ended, its metrics count. */
 export function deliverySettled(exec: Execution, s: Settlement, result: SettleResult): void {
+  if (observing === 0) return;
   const d = observed.get(exec.job);
   if (d && !d.done) finish(otel()!, exec, d, outcomeOf(s, result, exec.abortReason), errorOf(s));
 }
@@ -125,12 +129,14 @@ export function deliverySettled(exec: Execution, s: Settlement, result: SettleRe
  * delivery runs the step once the lease has expired.
  */
 export function deliveryEnded(exec: Execution): void {
+  if (observing === 0) return;
   const d = observed.get(exec.job);
   if (d && !d.done) finish(otel()!, exec, d, 'lease-expired');
 }
 
 function finish(o: Otel, exec: Execution, d: Delivery, outcome: DeliveryOutcome, error?: string): void {
   d.done = true;
+  observing--;
   const failed = FAILED_OUTCOMES.has(outcome);
   if (d.span) {
     d.span.setAttribute(ATTR.outcome, outcome);
@@ -163,6 +169,7 @@ function firstLine(text: string | undefined): string | undefined {
  * step span (undefined when no span records: the child then keeps its parent's).
  */
 export function childTraceHeaders(parent: ClaimedJob): Record<string, string> | undefined {
+  if (observing === 0) return undefined;
   const span = observed.get(parent)?.span;
   return span && traceHeaders(otel()!, span.spanContext());
 }

@@ -20,10 +20,11 @@ const TRACESTATE_FIELD = /"workflow\.tracestate":("(?:[^"\\]|\\.)*")/;
 /** The headers a user sees: the stored JSON without the module's reserved keys. */
 export function visibleHeaders(json: string): Record<string, string> {
   const headers = JSON.parse(json) as Record<string, string>;
-  if (json.includes(RESERVED_MARK)) {
-    for (const key of Object.keys(headers)) if (key.startsWith(RESERVED_HEADER_PREFIX)) delete headers[key];
-  }
-  return headers;
+  if (!json.includes(RESERVED_MARK)) return headers;
+  // Copied rather than deleted from: an object that loses keys becomes a slow dictionary.
+  const visible: Record<string, string> = {};
+  for (const key of Object.keys(headers)) if (!key.startsWith(RESERVED_HEADER_PREFIX)) visible[key] = headers[key];
+  return visible;
 }
 
 /** A span's context as the reserved headers that store it; undefined for an invalid one. */

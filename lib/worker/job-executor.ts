@@ -82,8 +82,8 @@ export class JobExecutor {
     try {
       // The delivery's span (when an SDK records): the runner or handler runs inside it.
       const traced = observeDelivery(exec);
-      const run = () => (exec.job.kind === JobKind.Step ? this.runStep(exec) : this.deliver(exec));
-      await (traced ? withContext(traced, run) : run());
+      if (traced) await withContext(traced, () => this.dispatch(exec));
+      else await this.dispatch(exec);
     } catch (err) {
       this.logger.error(`Unexpected error around job ${exec.job.id}: ${(err as Error)?.stack ?? err}`);
     } finally {
@@ -94,6 +94,10 @@ export class JobExecutor {
       // from held its slot until now.
       exec.runnerReturned();
     }
+  }
+
+  private dispatch(exec: Execution): Promise<void> {
+    return exec.job.kind === JobKind.Step ? this.runStep(exec) : this.deliver(exec);
   }
 
   /** The runtime takes a job from its runner (cancel, timeout, shutdown, lost lease) and settles it itself. */
