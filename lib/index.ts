@@ -2,6 +2,11 @@ export { WorkflowModule } from './workflow.module.js';
 export { WORKFLOW_MODULE_OPTIONS, type WorkflowModuleAsyncOptions } from './workflow.module-definition.js';
 export { WorkflowService } from './workflow.service.js';
 export { WorkflowWorker } from './worker/workflow.worker.js';
+export {
+  WorkflowHealthIndicator,
+  type WorkflowHealthOptions,
+  type WorkflowHealthResult,
+} from './health/workflow.health-indicator.js';
 export { StepRunner, OnTerminal } from './decorators/index.js';
 export type { StepRunnerMetadata, OnTerminalMetadata } from './decorators/index.js';
 export { StepOutcome, StepError, type StepErrorKind } from './outcomes/index.js';

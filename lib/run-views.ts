@@ -2,6 +2,7 @@
 import type { RunOutcome, RunState, RunStatus, TerminalStatus } from './interfaces/run.interface.js';
 import { JobState, NEVER, type RunRow, RunRowState } from './storage/storage.types.js';
 import { parseJson } from './utils/json.js';
+import { visibleHeaders } from './observability/trace-context.js';
 
 export function toStatus(row: RunRow): RunStatus {
   let state: RunState;
@@ -16,7 +17,7 @@ export function toStatus(row: RunRow): RunStatus {
     state,
     currentStep: Number(row.current_step),
     attempts: Number(active ? (row.job_attempts ?? 0) : row.attempts),
-    headers: JSON.parse(row.headers),
+    headers: visibleHeaders(row.headers),
     submittedAt: new Date(Number(row.submitted_at)),
     updatedAt: new Date(Number(row.updated_at)),
   };

@@ -14,6 +14,12 @@ import { JobExecutor } from './worker/job-executor.js';
 import { WorkflowNotifier } from './workflow.notifier.js';
 import { WorkflowWorker } from './worker/workflow.worker.js';
 import type { WorkflowModuleOptions } from './interfaces/workflow-module-options.interface.js';
+import { WorkflowHealthIndicator } from './health/workflow.health-indicator.js';
+import { loadOtel } from './observability/otel.js';
+import { QueueLagGauge } from './observability/queue-lag-gauge.js';
+
+/** Resolves once `@opentelemetry/api` is loaded (or known absent), while the providers are built. */
+const OTEL_LOADED = Symbol('OTEL_LOADED');
 
 /**
  * Durable step workflows on MySQL/MariaDB. `WorkflowModule.forRoot(options)` or
@@ -38,7 +44,10 @@ import type { WorkflowModuleOptions } from './interfaces/workflow-module-options
     JobExecutor,
     WorkflowWorker,
     WorkflowService,
+    { provide: OTEL_LOADED, useFactory: async () => (await loadOtel()) !== null },
+    QueueLagGauge,
+    WorkflowHealthIndicator,
   ],
-  exports: [WorkflowService, WorkflowWorker],
+  exports: [WorkflowService, WorkflowWorker, WorkflowHealthIndicator],
 })
 export class WorkflowModule extends ConfigurableWorkflowModule {}

@@ -42,6 +42,7 @@ import {
 import { WorkflowRegistry } from './workflow.registry.js';
 import { escapedBytes, packetBudget } from './storage/packet.js';
 import { WorkflowNotifier } from './workflow.notifier.js';
+import { traceSubmit } from './observability/telemetry.js';
 
 const TERMINAL = new Set<string>(['succeeded', 'failed', 'cancelled']);
 
@@ -129,11 +130,21 @@ export class WorkflowService implements OnApplicationBootstrap {
 
   /** Like submit, for many runs in one transaction: all are created, or none. */
   async submitMany<I>(workflow: string, specs: RunSpec<I>[], options?: SubmitOptions): Promise<SubmitOutcome[]> {
+    // A `workflow.submit` span when an SDK records; its context is stored with the runs.
+    return traceSubmit(workflow, (trace) => this.submitTraced(workflow, specs, options, trace));
+  }
+
+  private async submitTraced<I>(
+    workflow: string,
+    specs: RunSpec<I>[],
+    options: SubmitOptions | undefined,
+    trace: Record<string, string> | undefined,
+  ): Promise<SubmitOutcome[]> {
     if (!this.registry.submittable.has(workflow)) {
       throw new UnknownWorkflowError(String(workflow), [...this.registry.submittable].sort());
     }
     if (!Array.isArray(specs)) throw new InvalidRunSpecError('submitMany(workflow, specs) needs an array of RunSpec.');
-    const runs = specs.map((spec) => this.prepare(workflow, spec));
+    const runs = specs.map((spec) => this.prepare(workflow, spec, trace));
     if (runs.length === 0) return [];
 
     // The same id twice in one call: identical input collapses to one run, anything else is a mismatch.
@@ -165,7 +176,7 @@ export class WorkflowService implements OnApplicationBootstrap {
     });
   }
 
-  private prepare<I>(workflow: string, spec: RunSpec<I>): NewRun {
+  private prepare<I>(workflow: string, spec: RunSpec<I>, trace?: Record<string, string>): NewRun {
     if (!spec || typeof spec !== 'object')
       throw new InvalidRunSpecError('A RunSpec must be an object: { input, runId?, headers?, ... }.');
     if (!('input' in spec)) throw new InvalidRunSpecError('RunSpec.input is required (use null for "no input").');
@@ -184,6 +195,8 @@ export class WorkflowService implements OnApplicationBootstrap {
         headers[key] = value;
       }
     }
+    // Reserved keys, after the check that refuses them from the caller.
+    if (trace) Object.assign(headers, trace);
     const runner = this.registry.runners.get(workflow);
     const priority =
       optionalInt(spec.priority, 'priority', LIMITS.minPriority, LIMITS.maxPriority) ??

@@ -9,6 +9,7 @@ import { deadSteps, retryDead } from './dead-letters.js';
 import { expireHandlers, HandlerDirectory, type HostedHandler, registerHandlers } from './handlers.js';
 import { cancellingAmong, renewLeases } from './leases.js';
 import { reapExpired, sweepRetention } from './maintenance.js';
+import { oldestDue, oldestDueByQueue } from './queue-lag.js';
 import {
   busyJobs,
   childRunIds,
@@ -192,6 +193,16 @@ export class WorkflowStorage {
 
   async busyJobs(queues: string[], now: number) {
     return busyJobs(await this.c(), queues, now);
+  }
+
+  /** The due time (runtime clock) of the oldest ready job of any queue, or null. */
+  async oldestDue(): Promise<number | null> {
+    return oldestDue(await this.c());
+  }
+
+  /** The due time of the oldest ready job of each of `queues` that has one. */
+  async oldestDueByQueue(queues: readonly string[]): Promise<Map<string, number>> {
+    return oldestDueByQueue(await this.c(), queues);
   }
 
   async childRuns(parentRunId: string, parentStep: number): Promise<RunRow[]> {

@@ -7,6 +7,7 @@ import type { ChildSpec, RunOutcome } from '../interfaces/run.interface.js';
 import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
 import { outcomeOfRow } from '../run-views.js';
+import { outcomeOf } from '../observability/outcome.js';
 import { WorkflowStorage } from '../storage/workflow.storage.js';
 import {
   type ClaimedJob,
@@ -42,6 +43,14 @@ import { Execution } from './execution.js';
 import { packetBudget, settlementSize } from '../storage/packet.js';
 import { SettleBatcher } from './settle-batcher.js';
 import { WorkflowNotifier } from '../workflow.notifier.js';
+import {
+  childTraceHeaders,
+  deliveryEnded,
+  deliverySettled,
+  observeDelivery,
+  withContext,
+} from '../observability/telemetry.js';
+import { visibleHeaders } from '../observability/trace-context.js';
 
 const OUTCOME_KINDS = new Set(['continue', 'wait', 'spawn', 'succeed', 'fail', 'cancel']);
 /** Most children one step may spawn. */
@@ -75,16 +84,24 @@ export class JobExecutor {
   async execute(exec: Execution): Promise<void> {
     exec.begunAt = this.now();
     try {
-      if (exec.job.kind === JobKind.Step) await this.runStep(exec);
-      else await this.deliver(exec);
+      // The delivery's span (when an SDK records): the runner or handler runs inside it.
+      const traced = observeDelivery(exec);
+      if (traced) await withContext(traced, () => this.dispatch(exec));
+      else await this.dispatch(exec);
     } catch (err) {
       this.logger.error(`Unexpected error around job ${exec.job.id}: ${(err as Error)?.stack ?? err}`);
     } finally {
       exec.settled();
+      // A delivery the runtime took over ends when its takeOver() does.
+      if (!exec.abortReason) deliveryEnded(exec);
       // Only here has the runner's promise settled: a runner the runtime took the job
       // from held its slot until now.
       exec.runnerReturned();
     }
+  }
+
+  private dispatch(exec: Execution): Promise<void> {
+    return exec.job.kind === JobKind.Step ? this.runStep(exec) : this.deliver(exec);
   }
 
   /** The runtime takes a job from its runner (cancel, timeout, shutdown, lost lease) and settles it itself. */
@@ -101,7 +118,7 @@ export class JobExecutor {
         break;
       case 'timeout': {
         const binding = this.registry.runners.get(exec.workflow);
-        await this.settle(exec, this.failure(job, new Error(detail ?? 'step timed out'), binding?.backoff), 'timeout');
+        await this.settle(exec, this.failure(job, new Error(detail ?? 'step timed out'), binding?.backoff));
         break;
       }
       case 'shutdown':
@@ -114,6 +131,7 @@ export class JobExecutor {
         break;
     }
     exec.settled();
+    deliveryEnded(exec);
   }
 
   private async runStep(exec: Execution): Promise<void> {
@@ -129,7 +147,7 @@ export class JobExecutor {
     let received: ReceivedSignal | undefined;
     try {
       payload = JSON.parse(job.payload);
-      headers = job.parsedHeaders ??= Object.freeze(JSON.parse(job.headers));
+      headers = job.parsedHeaders ??= Object.freeze(visibleHeaders(job.headers));
       if (job.received) received = toReceived(JSON.parse(job.received));
     } catch (err) {
       await this.own(exec, () =>
@@ -262,7 +280,7 @@ export class JobExecutor {
       const raw = JSON.parse(job.payload);
       outcome = {
         ...raw,
-        headers: JSON.parse(job.headers),
+        headers: visibleHeaders(job.headers),
         submittedAt: new Date(raw.submittedAt),
         finishedAt: new Date(raw.finishedAt),
         // Deliveries written before endings were counted are all of a first ending.
@@ -434,6 +452,8 @@ export class JobExecutor {
       if (typeof value !== 'string') throw new Error(`${where}: header "${key}" must be a string`);
       headers[key] = value;
     }
+    // The child's spans belong to the trace of the step that spawned it.
+    Object.assign(headers, childTraceHeaders(parent));
     const runner = this.registry.runners.get(c.workflow);
     const priority = c.priority ?? runner?.priority ?? this.config.defaults.priority;
     if (!Number.isSafeInteger(priority) || Math.abs(priority) > LIMITS.maxPriority) {
@@ -484,8 +504,8 @@ export class JobExecutor {
    * Commits a settlement, retrying while the database is unreachable. Giving up is safe:
    * the job stays leased, the lease expires and another delivery runs it.
    */
-  private async settle(exec: Execution, settlement: Settlement, word?: string): Promise<void> {
-    const record = this.recordOf(exec, settlement, word);
+  private async settle(exec: Execution, settlement: Settlement): Promise<void> {
+    const record = this.recordOf(exec, settlement);
     // Only a successor leased to this worker keeps the slot; anything else frees it now,
     // while the settlement commits.
     const planned = inPlace(settlement);
@@ -537,12 +557,13 @@ export class JobExecutor {
   }
 
   /** The delivery's history row, with history on: how it ended, in StepRecord's words. */
-  private recordOf(exec: Execution, s: Settlement, word?: string): DeliveryRecord | undefined {
+  private recordOf(exec: Execution, s: Settlement): DeliveryRecord | undefined {
     if (!this.config.history || exec.job.kind !== JobKind.Step) return undefined;
     const error = s.type === 'retry' || s.type === 'deadLetter' ? s.error : undefined;
     return {
       startedAt: exec.begunAt,
-      outcome: word ?? outcomeWord(s),
+      // The same words as the spans and metrics (a retried timeout is 'timeout', one that gave up 'dead').
+      outcome: outcomeOf(s, 'settled', exec.abortReason),
       ...(error !== undefined ? { error } : {}),
       worker: WORKER_ID,
     };
@@ -550,6 +571,7 @@ export class JobExecutor {
 
   /** After a settlement committed: the successor leased to this worker runs in this slot; anything else wakes whom it concerns. */
   private settled(exec: Execution, settlement: Settlement, result: SettleResult): void {
+    deliverySettled(exec, settlement, result);
     if (result === 'settled' && inPlace(settlement)) {
       const n = settlement.next;
       exec.next = {
@@ -677,22 +699,6 @@ function toReceived(raw: {
 
 /** This process, as history rows name the worker of a delivery. */
 const WORKER_ID = `${hostname()}#${process.pid}`;
-
-/** How a settlement reads in the history. */
-function outcomeWord(s: Settlement): string {
-  switch (s.type) {
-    case 'finish':
-      return s.status === 'succeeded' ? 'succeed' : s.status === 'failed' ? 'fail' : 'cancel';
-    case 'deadLetter':
-      return 'dead';
-    case 'release':
-      return 'handed-back';
-    case 'observeCancel':
-      return 'cancelled';
-    default:
-      return s.type;
-  }
-}
 
 /** A continue whose successor is leased to this worker: it keeps the slot and runs without a claim. */
 function inPlace(s: Settlement): s is Extract<Settlement, { type: 'continue' }> & { next: { leaseToken: string } } {

@@ -68,6 +68,8 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
   private nextProbe = 0;
   private throttleTimer?: NodeJS.Timeout;
   private throttleAt = Number.POSITIVE_INFINITY;
+  /** When the claim loop last began an iteration (Date.now()): the health check's heartbeat. */
+  private beatAt = 0;
 
   constructor(
     @Inject(WORKFLOW_CONFIG) private readonly config: ResolvedWorkflowConfig,
@@ -84,6 +86,11 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
   /** The queues this process's worker claims from: its workflows and its handlers' deliveries. */
   hostedQueues(): string[] {
     return this.queues.map((q) => q.name);
+  }
+
+  /** When the claim loop last began an iteration (Date.now()); undefined while it is not running. */
+  loopBeatAt(): number | undefined {
+    return this.running && this.loop ? this.beatAt : undefined;
   }
 
   /** Steps and deliveries this process is running now. */
@@ -214,6 +221,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
     const opts = this.options;
     let failures = 0;
     while (this.running) {
+      this.beatAt = Date.now();
       this.wakePending = false;
       let more = false;
       let idleMs = opts.pollIntervalMs;
