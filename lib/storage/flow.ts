@@ -29,14 +29,12 @@ export interface FlowLimits {
   rate?: { limit: number; periodMs: number; perKey: boolean };
 }
 
-export type FlowRow = JobRow;
-
 const concurrencyBucket = (key: string) => `c:${key}`;
 const rateBucket = (rate: NonNullable<FlowLimits['rate']>, key: string | null) =>
   rate.perKey ? `r:${key ?? ''}` : 'r*';
 
 export interface Admission {
-  admitted: FlowRow[];
+  admitted: JobRow[];
   /** Writes that go with the claim's commit: ring starts, parked jobs, wake times. */
   writes: Statement[];
   /** When the earliest throttled bucket has room again, for a local wake-up. */
@@ -52,7 +50,7 @@ export async function admit(
   ctx: StorageContext,
   sql: Sql,
   queue: string,
-  rows: FlowRow[],
+  rows: JobRow[],
   limits: FlowLimits,
 ): Promise<Admission> {
   const { t } = ctx;
@@ -88,7 +86,7 @@ export async function admit(
   }
   const rooms = rate ? await rateRooms(sql, t, queue, rows, rate, rateBuckets) : new Map<string, RateRoom>();
 
-  const admitted: FlowRow[] = [];
+  const admitted: JobRow[] = [];
   const blocked: string[] = [];
   const throttled: string[] = [];
   const waits = new Map<string, number>();
@@ -145,7 +143,7 @@ async function rateRooms(
   sql: Sql,
   t: Tables,
   queue: string,
-  rows: FlowRow[],
+  rows: JobRow[],
   rate: NonNullable<FlowLimits['rate']>,
   buckets: string[],
 ): Promise<Map<string, RateRoom>> {
