@@ -50,6 +50,8 @@ export interface BenchConfig {
   backlogInsertBatch: number;
   /** Runs parked on a signal beside the backlog, in the same queue: a claim must not notice them. */
   backlogWaiting: number;
+  backlogDelayed: number;
+  backlogSchedules: number;
   scale: number[];
   timeoutS: number;
   /** Set by main.ts per child when BENCH_PROFILE names it: where to write the measured window's CPU profile. */
@@ -78,6 +80,8 @@ export function loadConfig(): BenchConfig {
     backlogDrain: Math.max(1, envInt('BENCH_BACKLOG_DRAIN', 2000)),
     backlogInsertBatch: Math.max(1, envInt('BENCH_BACKLOG_INSERT_BATCH', 2000)),
     backlogWaiting: Math.max(0, envInt('BENCH_BACKLOG_WAITING', 0)),
+    backlogDelayed: Math.max(0, envInt('BENCH_BACKLOG_DELAYED', 0)),
+    backlogSchedules: Math.max(0, envInt('BENCH_BACKLOG_SCHEDULES', 0)),
     scale: envList('BENCH_SCALE', '1,2,4').map((s) => Math.max(1, Math.floor(Number(s)))),
     timeoutS: Math.max(10, envInt('BENCH_TIMEOUT_S', 900)),
   };

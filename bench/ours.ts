@@ -345,10 +345,14 @@ function backlogJobId(i: number): string {
  * Fills the queue with `n` ready step-0 jobs of workflow 'single' (plus their runs rows)
  * straight through multi-row INSERTs matching lib/storage/schema/migrations.ts, and then
  * `cfg.backlogWaiting` more parked on a signal (state 3, no timeout), as a million runs
- * awaiting approval would be.
+ * awaiting approval would be, `cfg.backlogDelayed` more delayed by a day (state 1, as after
+ * `continueAfter`), and `cfg.backlogSchedules` hourly schedules of another workflow, none
+ * due during the run.
  */
 async function insertBacklog(cfg: BenchConfig, ready: number): Promise<number> {
-  const n = ready + cfg.backlogWaiting;
+  const n = ready + cfg.backlogWaiting + cfg.backlogDelayed;
+  const parked = ready + cfg.backlogWaiting;
+  const later = Date.now() + 86_400_000;
   const pad = makePad(cfg.payloadBytes);
   const payload = JSON.stringify({ t: 0, p: pad });
   const inputHash = createHash('sha256').update(payload).digest('hex');
@@ -381,9 +385,9 @@ async function insertBacklog(cfg: BenchConfig, ready: number): Promise<number> {
       backlogJobId(i),
       'single',
       0,
-      i < ready ? 0 : 3,
+      i < ready ? 0 : i < parked ? 3 : 1,
       0,
-      i < ready ? start + i : Number.MAX_SAFE_INTEGER,
+      i < ready ? start + i : i < parked ? Number.MAX_SAFE_INTEGER : later + i,
       backlogRunId(i),
       0,
       0,
@@ -396,6 +400,15 @@ async function insertBacklog(cfg: BenchConfig, ready: number): Promise<number> {
     ]),
   ]);
   await withMysql(cfg.mysqlUrl, async (c) => {
+    for (let i = 0; i < cfg.backlogSchedules; i += cfg.backlogInsertBatch) {
+      const rows: unknown[][] = [];
+      for (let j = i; j < Math.min(cfg.backlogSchedules, i + cfg.backlogInsertBatch); j++)
+        rows.push([`sched-${j}`, 'elsewhere', '30 * * * *', 'UTC', '{}', inputHash, '{}', 'skip', later + j, now, now]);
+      await c.query(
+        `INSERT INTO \`${PREFIX}schedules\` (\`id\`, \`workflow\`, \`cron\`, \`time_zone\`, \`input\`, \`input_hash\`, \`headers\`, \`overlap\`, \`next_run_at\`, \`created_at\`, \`updated_at\`) VALUES ?`,
+        [rows],
+      );
+    }
     await c.query(`ANALYZE TABLE \`${PREFIX}jobs\`, \`${PREFIX}runs\``);
   });
   return wallNow() - t0;
@@ -455,7 +468,10 @@ export async function oursBacklog(cfg: BenchConfig, backlog: number, fill: Backl
   const { insertMs, explain } = fill;
   const workerOpts = { concurrency: cfg.concurrency, pollIntervalMs: cfg.pollIntervalMs };
   const drain = Math.min(backlog, cfg.backlogDrain);
-  const waiting = cfg.backlogWaiting ? `, ${cfg.backlogWaiting} more runs waiting for a signal in the same queue` : '';
+  const waiting =
+    (cfg.backlogWaiting ? `, ${cfg.backlogWaiting} more runs waiting for a signal in the same queue` : '') +
+    (cfg.backlogDelayed ? `, ${cfg.backlogDelayed} more delayed a day` : '') +
+    (cfg.backlogSchedules ? `, ${cfg.backlogSchedules} idle schedules` : '');
   const settings = `${describeOptions(moduleOptions(cfg, workerOpts))}, single-step runs, drain first ${drain}${waiting}`;
   await send({ type: 'settings', settings });
 
@@ -490,7 +506,7 @@ export async function oursBacklog(cfg: BenchConfig, backlog: number, fill: Backl
     notes: [
       `drain started after the server wrote back the insert (${(fill.quiet.waitedMs / 1000).toFixed(1)} s; then ${fill.quiet.dirtyPages} dirty pages, history ${fill.quiet.history})`,
       `${claimProbe.empty} empty claims`,
-      `${leftover} jobs left queued after shutdown (expected about ${backlog + cfg.backlogWaiting - tracker.completed})`,
+      `${leftover} jobs left queued after shutdown (expected about ${backlog + cfg.backlogWaiting + cfg.backlogDelayed - tracker.completed})`,
     ],
   };
 }
