@@ -1,10 +1,11 @@
-import { JobState, type RunRow, RunRowState } from './storage.types.js';
+import { JobKind, JobState, type RunRow, RunRowState } from './storage.types.js';
 import type { StorageContext, Tables } from './tables.js';
 
 /** A run row with what RunStatus needs of its current job. */
+const RUN_FIELDS =
+  'r.*, j.`state` AS job_state, j.`attempts` AS job_attempts, j.`run_at` AS job_run_at, j.`wait_for` AS job_wait_for, j.`children_open` AS job_children_open';
 const RUN_WITH_JOB = (t: Tables, index = '') =>
-  `SELECT r.*, j.\`state\` AS job_state, j.\`attempts\` AS job_attempts, j.\`run_at\` AS job_run_at, j.\`wait_for\` AS job_wait_for, j.\`children_open\` AS job_children_open
-    FROM ${t.runs} AS r ${index} LEFT JOIN ${t.jobs} AS j ON j.\`id\` = r.\`current_job_id\``;
+  `SELECT ${RUN_FIELDS} FROM ${t.runs} AS r ${index} LEFT JOIN ${t.jobs} AS j ON j.\`id\` = r.\`current_job_id\``;
 
 /** One run with its current job's state, attempts and due time. */
 export async function getRun(ctx: StorageContext, runId: string): Promise<RunRow | null> {
@@ -55,6 +56,24 @@ export async function listRuns(ctx: StorageContext, q: ListQuery): Promise<RunRo
       [...params, q.limit],
     );
   };
+  // Running runs are as many as the leased steps, however many runs wait: found from the
+  // leased jobs (ix_claim for a workflow, ix_state otherwise), ordered here.
+  const running = async () => {
+    const { where, params } = filters(false);
+    if (q.after) {
+      where.push('(r.`submitted_at` < ? OR (r.`submitted_at` = ? AND r.`id` < ?))');
+      params.push(q.after.submittedAt, q.after.submittedAt, q.after.id);
+    }
+    const byQueue = q.workflow !== undefined;
+    const rows = await ctx.client.query<RunRow[]>(
+      `SELECT ${RUN_FIELDS} FROM ${t.jobs} AS j FORCE INDEX (\`${byQueue ? 'ix_claim' : 'ix_state'}\`)
+        JOIN ${t.runs} AS r FORCE INDEX (PRIMARY) ON r.\`id\` = j.\`run_id\` AND r.\`current_job_id\` = j.\`id\`
+        WHERE ${byQueue ? 'j.`queue` = ? AND ' : ''}j.\`state\` = ${JobState.Leased} AND j.\`kind\` = ${JobKind.Step}
+          AND r.\`state\` = '${RunRowState.Active}'${where.length ? ` AND ${where.join(' AND ')}` : ''}`,
+      byQueue ? [q.workflow, ...params] : params,
+    );
+    return rows.sort(newestFirst).slice(0, q.limit);
+  };
   const phases = q.phases?.length ? `(${q.phases.map((p) => PHASE_SQL[p]).join(' OR ')})` : undefined;
   const filters = (byState: boolean) => {
     const where: string[] = [];
@@ -80,6 +99,7 @@ export async function listRuns(ctx: StorageContext, q: ListQuery): Promise<RunRo
   }
   const ranges = await Promise.all(
     q.rowStates.map((state) => {
+      if (state === RunRowState.Active && q.phases?.length === 1 && q.phases[0] === 'running') return running();
       const { where, params } = filters(false);
       where.push('r.`state` = ?');
       params.push(state);
@@ -87,11 +107,11 @@ export async function listRuns(ctx: StorageContext, q: ListQuery): Promise<RunRo
       return page(q.workflow !== undefined ? 'ix_list_workflow' : 'ix_list', where, params);
     }),
   );
-  return ranges
-    .flat()
-    .sort((a, b) => Number(b.submitted_at) - Number(a.submitted_at) || (a.id < b.id ? 1 : a.id > b.id ? -1 : 0))
-    .slice(0, q.limit);
+  return ranges.flat().sort(newestFirst).slice(0, q.limit);
 }
+
+const newestFirst = (a: RunRow, b: RunRow) =>
+  Number(b.submitted_at) - Number(a.submitted_at) || (a.id < b.id ? 1 : a.id > b.id ? -1 : 0);
 
 const BUSY = [
   'ready',

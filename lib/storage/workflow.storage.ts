@@ -270,8 +270,8 @@ export class WorkflowStorage {
     return fireDueSchedules(ctx, priorityOf, this.maxAllowedPacket, limit);
   }
 
-  async foldCounts(): Promise<number> {
-    return foldCounts(await this.c());
+  async foldCounts(limit?: number): Promise<number> {
+    return foldCounts(await this.c(), limit);
   }
 
   async readCounts() {

@@ -173,6 +173,12 @@ describe('listRuns and countRuns', () => {
   const filters: Array<[string, Parameters<WorkflowService['listRuns']>[0], (r: RunStatus) => boolean]> = [
     ['one state', { state: 'waiting' }, (r) => r.state === 'waiting'],
     ['running', { state: 'running' }, (r) => r.state === 'running'],
+    [
+      'running in a workflow',
+      { workflow: 'alpha', state: 'running' },
+      (r) => r.workflow === 'alpha' && r.state === 'running',
+    ],
+    ['running or waiting', { state: ['running', 'waiting'] }, (r) => r.state === 'running' || r.state === 'waiting'],
     ['pending (a delayed step)', { state: 'pending' }, (r) => r.state === 'pending'],
     ['several states', { state: ['failed', 'succeeded'] }, (r) => r.state === 'failed' || r.state === 'succeeded'],
     [
@@ -197,7 +203,7 @@ describe('listRuns and countRuns', () => {
   it.each(filters)('filters by %s, across pages', async (_name, filter, keep) => {
     const expected = (await everyRun()).filter(keep).map((r) => r.runId);
     expect(await allPages(filter)).toEqual(expected);
-    if (filter?.state !== 'running' && filter?.workflow !== 'nobody') expect(expected.length).toBeGreaterThan(0);
+    if (filter?.workflow !== 'nobody') expect(expected.length).toBeGreaterThan(0);
   });
 
   it("lists a parent's children", async () => {
@@ -286,33 +292,41 @@ describe('listRuns and countRuns', () => {
     const seen: Array<[string, unknown[]]> = [];
     const query = ctx.client.query.bind(ctx.client);
     ctx.client.query = (async (sql: string, params?: unknown[]) => {
-      if (/ORDER BY r\.`submitted_at` DESC/.test(sql)) seen.push([sql, params ?? []]);
+      if (/FORCE INDEX \(`ix_(list|state|claim)/.test(sql)) seen.push([sql, params ?? []]);
       return query(sql, params);
     }) as typeof ctx.client.query;
     const parent = (await service.listRuns({ state: 'waiting' })).runs.find((r) => r.waitingFor?.children)!;
-    const shapes: Array<[Parameters<WorkflowService['listRuns']>[0], string]> = [
-      [{}, 'ix_list'],
-      [{ state: ['running', 'failed'] }, 'ix_list'],
-      [{ workflow: 'alpha' }, 'ix_list_workflow'],
-      [{ workflow: 'alpha', state: 'succeeded' }, 'ix_list_workflow'],
-      [{ concurrencyKey: 'tenant-1' }, 'ix_list_key'],
-      [{ parentRunId: parent.runId }, 'ix_list_parent'],
+    // The table each statement starts from, and the index it reads it by.
+    const shapes: Array<[Parameters<WorkflowService['listRuns']>[0], string[]]> = [
+      [{}, ['r:ix_list']],
+      [{ state: ['waiting', 'failed'] }, ['r:ix_list']],
+      [{ state: 'running' }, ['j:ix_state']],
+      [{ state: ['running', 'failed'] }, ['j:ix_state', 'r:ix_list']],
+      [{ workflow: 'alpha', state: 'running' }, ['j:ix_claim']],
+      [{ workflow: 'alpha' }, ['r:ix_list_workflow']],
+      [{ workflow: 'alpha', state: 'succeeded' }, ['r:ix_list_workflow']],
+      [{ concurrencyKey: 'tenant-1' }, ['r:ix_list_key']],
+      [{ parentRunId: parent.runId }, ['r:ix_list_parent']],
     ];
     const conn = await rawConnection();
     try {
-      for (const [filter, index] of shapes) {
+      for (const [filter, drivers] of shapes) {
         for (const cursor of [undefined, (await service.listRuns({ ...filter, limit: 1 })).nextCursor]) {
           seen.length = 0;
           await service.listRuns({ ...filter, limit: 2, ...(cursor ? { cursor } : {}) });
-          expect(seen.length).toBeGreaterThan(0);
+          const used = new Set<string>();
           for (const [sql, params] of seen) {
             const [plan] = (await conn.query(`EXPLAIN ${sql}`, params)) as unknown as [
               Array<{ table: string; key: string | null; Extra: string | null }>,
             ];
-            const runsRow = plan.find((p) => p.table === 'r')!;
-            expect([JSON.stringify(filter), runsRow.key]).toEqual([JSON.stringify(filter), index]);
-            for (const p of plan) expect(p.Extra ?? '').not.toMatch(/filesort|temporary/i);
+            used.add(`${plan[0].table}:${plan[0].key}`);
+            for (const p of plan)
+              expect([JSON.stringify(filter), p.Extra ?? '']).not.toEqual([
+                JSON.stringify(filter),
+                expect.stringMatching(/filesort|temporary/i),
+              ]);
           }
+          expect([JSON.stringify(filter), [...used].sort()]).toEqual([JSON.stringify(filter), [...drivers].sort()]);
         }
       }
     } finally {

@@ -121,7 +121,7 @@ describe('version 4 on a database that already has runs', () => {
     const prefix = uniquePrefix('seedmig');
     const app = await startApp({ prefix, providers: [SeededRunner] });
     const service = app.get(WorkflowService);
-    const ids = [];
+    const ids: string[] = [];
     for (const wait of [false, false, false, true])
       ids.push((await service.submit('seeded', { input: { wait } })).runId);
     await waitFor(
