@@ -134,7 +134,7 @@ describe('WorkflowHealthIndicator', () => {
       await expect(indicator.isHealthy('db', { timeoutMs: 2_000 })).resolves.toEqual({
         db: { status: 'up', lagMs: 0 },
       });
-      process.kill(db.pid!, 'SIGSTOP');
+      await db.freeze();
       try {
         const started = Date.now();
         const result = await indicator.isHealthy('db', { timeoutMs: 300 });
@@ -143,7 +143,7 @@ describe('WorkflowHealthIndicator', () => {
           db: { status: 'down', lagMs: null, message: 'database did not answer: no answer within 300 ms' },
         });
       } finally {
-        process.kill(db.pid!, 'SIGCONT');
+        db.thaw();
       }
     } finally {
       await app?.close();

@@ -1,10 +1,11 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { type AddressInfo, createServer } from 'node:net';
 import mysql from 'mysql2/promise';
+import { waitFor } from './wait.js';
 
 const run = promisify(execFile);
 
@@ -35,6 +36,30 @@ export class PrivateMariaDb {
   /** The running server's process id (undefined before the first start). */
   get pid(): number | undefined {
     return this.child?.pid;
+  }
+
+  /**
+   * Freezes the server (SIGSTOP) and returns once every one of its threads has stopped: the
+   * signal takes effect at each thread's next scheduling point, and on a loaded machine a
+   * thread may still answer a query sent just after kill() returned.
+   */
+  async freeze(): Promise<void> {
+    const pid = this.pid!;
+    process.kill(pid, 'SIGSTOP');
+    const stopped = (tid: string) => {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      return /^[tT]/.test(stat.slice(stat.lastIndexOf(')') + 2));
+    };
+    await waitFor(
+      () => readdirSync(`/proc/${pid}/task`).every(stopped),
+      'every thread of the private server to stop',
+      5_000,
+      2,
+    );
+  }
+
+  thaw(): void {
+    process.kill(this.pid!, 'SIGCONT');
   }
 
   get url(): string {
