@@ -90,10 +90,12 @@ export async function dashboardApp(o: DashboardAppOptions): Promise<INestApplica
     imports: [WorkflowModule.forRoot(testOptions({ prefix: o.prefix })), WorkflowDashboardModule.forRoot(o.dashboard)],
     providers: RUNNERS,
   }).compile();
+  // Chromium keeps preconnected sockets open with no request on them: without this, close() waits for them.
+  const options = { logger: false as const, forceCloseConnections: true };
   const app =
     o.platform === 'fastify'
-      ? moduleRef.createNestApplication(new FastifyAdapter(), { logger: false })
-      : moduleRef.createNestApplication({ logger: false });
+      ? moduleRef.createNestApplication(new FastifyAdapter(), options)
+      : moduleRef.createNestApplication(options);
   if (o.globalPrefix) app.setGlobalPrefix(o.globalPrefix);
   await app.listen(0, '127.0.0.1');
   return app;
@@ -156,7 +158,7 @@ export async function waitingRun(service: WorkflowService, input: unknown, runId
 
 /** POSTs an action the way a script would, with the headers given and nothing else. */
 export async function post(url: string, headers: Record<string, string>, body = '{}'): Promise<{ status: number }> {
-  const res = await fetch(url, { method: 'POST', headers, body });
+  const res = await fetch(url, { method: 'POST', headers, body, signal: AbortSignal.timeout(10_000) });
   await res.arrayBuffer();
   return { status: res.status };
 }
