@@ -1,5 +1,6 @@
 /** Raw MySQL access for set-up, verification and server counters; never on the measured path of our module. */
 import mysql from 'mysql2/promise';
+import { WORKFLOW_TABLES } from 'nestjs-durable-workflow';
 
 export async function mysqlConnection(url: string): Promise<mysql.Connection> {
   return mysql.createConnection({
@@ -22,19 +23,7 @@ export async function withMysql<T>(url: string, fn: (c: mysql.Connection) => Pro
 /** Drops the module's tables for `prefix` so every measurement starts from an empty schema. */
 export async function dropWorkflowTables(url: string, prefix: string): Promise<void> {
   await withMysql(url, async (c) => {
-    for (const t of [
-      'history',
-      'flow_starts',
-      'flow',
-      'schedules',
-      'signals',
-      'handlers',
-      'dead',
-      'jobs',
-      'runs',
-      'migrations',
-    ])
-      await c.query(`DROP TABLE IF EXISTS \`${prefix}${t}\``);
+    for (const t of WORKFLOW_TABLES) await c.query(`DROP TABLE IF EXISTS \`${prefix}${t}\``);
   });
 }
 

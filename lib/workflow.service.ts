@@ -15,7 +15,10 @@ import type {
   DeadStep,
   DeadStepFilter,
   StepRecord,
+  RunCounts,
+  RunFilter,
   RunOutcome,
+  RunPage,
   RunSpec,
   RunStatus,
   SignalOptions,
@@ -26,6 +29,7 @@ import type {
 import { isConnectionError } from './storage/sql-client.js';
 import { WorkflowStorage } from './storage/workflow.storage.js';
 import { toOutcome, toStatus } from './run-views.js';
+import { countRuns, listRuns } from './run-listing.js';
 import { handlerOf, JobKind, type NewRun, parseJobId, publicJobId } from './storage/storage.types.js';
 import { hashJson, parseJson, serializeJson } from './utils/json.js';
 import { ulid } from './utils/ulid.js';
@@ -316,6 +320,24 @@ export class WorkflowService implements OnApplicationBootstrap {
     } finally {
       off();
     }
+  }
+
+  /**
+   * Runs newest first (ties by run id, descending), `limit` per page (50 by default, at
+   * most 500), every filter given holding. Pass `nextCursor` back as `cursor` for the next
+   * page; a cursor stays valid while runs are added and finish.
+   */
+  listRuns(filter?: RunFilter): Promise<RunPage> {
+    return listRuns(this.storage, filter);
+  }
+
+  /**
+   * Runs per workflow and state, for every workflow with runs in the database or known to
+   * this process, by name. Read from totals the settlements keep: the cost does not grow
+   * with finished runs.
+   */
+  countRuns(): Promise<RunCounts[]> {
+    return countRuns(this.storage, this.registry.submittable);
   }
 
   /**

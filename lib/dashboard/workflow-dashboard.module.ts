@@ -1,5 +1,4 @@
 import { type DynamicModule, Module } from '@nestjs/common';
-import '../storage/runs.stub.js';
 import { DashboardActionGuard } from './dashboard-action.guard.js';
 import { DASHBOARD_ASSETS, loadDashboardAssets } from './dashboard.assets.js';
 import { DASHBOARD_OPTIONS, DEFAULT_DASHBOARD_PATH } from './workflow-dashboard.constants.js';

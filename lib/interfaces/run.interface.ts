@@ -73,6 +73,32 @@ export interface RunStatus {
   concurrencyKey?: string;
 }
 
+/** What `listRuns` lists: every filter given must hold. */
+export interface RunFilter {
+  workflow?: string;
+  state?: RunState | RunState[];
+  concurrencyKey?: string;
+  parentRunId?: string;
+  /** Runs per page: 50 by default, at most 500. */
+  limit?: number;
+  /** `nextCursor` of the page before. */
+  cursor?: string;
+}
+
+export interface RunPage {
+  /** Newest first (ties by run id, descending). */
+  runs: RunStatus[];
+  /** Set when more runs follow: pass it as `cursor` for the next page. */
+  nextCursor?: string;
+}
+
+/** Runs of one workflow by state, as the database holds them now (retention removes finished ones). */
+export interface RunCounts {
+  workflow: string;
+  states: Record<RunState, number>;
+  total: number;
+}
+
 export interface WaitOptions {
   timeoutMs?: number;
 }

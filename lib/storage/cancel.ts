@@ -2,6 +2,7 @@ import { CommitUnknownError } from './sql-client.js';
 import { JobState, RunRowState } from './storage.types.js';
 import { type StorageContext, toClaimed } from './tables.js';
 import { deleteJobs, endRun, lockCurrent } from './transitions.js';
+import { recordChanges } from './counts.js';
 
 export type CancelResult = 'cancelled' | 'cancelling' | 'already-cancelling' | false;
 
@@ -55,6 +56,7 @@ async function cancelOnce(
         `UPDATE ${t.runs} SET \`state\` = '${RunRowState.Cancelling}', \`updated_at\` = ? WHERE \`id\` = ?`,
         [now, runId],
       );
+      await recordChanges(ctx, sql, [{ workflow: run.workflow, from: run.state, to: RunRowState.Cancelling }]);
       return 'cancelling';
     }
     writing('cancelled');

@@ -3,6 +3,7 @@ import { CommitUnknownError } from './sql-client.js';
 import { type DeadRow, JobKind, type NewJob, RunRowState } from './storage.types.js';
 import type { StorageContext } from './tables.js';
 import { insertJobs } from './transitions.js';
+import { recordChanges } from './counts.js';
 
 /** Dead letters, newest first, without their payloads. */
 export async function deadSteps(
@@ -82,10 +83,11 @@ async function redriveOnce(
     writing();
     if (job.kind === JobKind.Step) {
       const [run] = await sql.query<
-        Array<{ state: string; current_step: number | string; concurrency_key: string | null }>
-      >(`SELECT \`state\`, \`current_step\`, \`concurrency_key\` FROM ${t.runs} WHERE \`id\` = ? FOR UPDATE`, [
-        dead.run_id,
-      ]);
+        Array<{ workflow: string; state: string; current_step: number | string; concurrency_key: string | null }>
+      >(
+        `SELECT \`workflow\`, \`state\`, \`current_step\`, \`concurrency_key\` FROM ${t.runs} WHERE \`id\` = ? FOR UPDATE`,
+        [dead.run_id],
+      );
       if (!run || run.state !== 'failed' || Number(run.current_step) !== job.stepNumber) return false;
       job.ckey = run.concurrency_key;
       await sql.query(
@@ -93,6 +95,7 @@ async function redriveOnce(
           \`finished_at\` = NULL, \`updated_at\` = ? WHERE \`id\` = ?`,
         [job.id, now, dead.run_id],
       );
+      await recordChanges(ctx, sql, [{ workflow: run.workflow, from: run.state, to: RunRowState.Active }]);
     }
     await sql.query(...insertJobs(t, [job], now));
     await sql.query(`DELETE FROM ${t.dead} WHERE \`job_id\` = ?`, [jobId]);

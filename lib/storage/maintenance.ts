@@ -12,6 +12,7 @@ import {
   RunRowState,
 } from './storage.types.js';
 import { insertHistory } from './transitions.js';
+import { recordChanges } from './counts.js';
 import { CLAIM_COLUMNS, type JobRow, type StorageContext, toClaimed } from './tables.js';
 
 /**
@@ -100,7 +101,7 @@ export async function reapExpired(
  * with it (those that ended after it, say of a cancelled parent), so no run is left
  * naming a parent that is gone.
  *
- * Commits: small batches by index range, each its own statement, so none holds many locks.
+ * Commits: small batches by index range, each its own transaction, so none holds many locks.
  * Locks:   a named lock for the whole sweep (one process sweeps at a time; the others
  *          skip and get null), then the rows of each batch.
  * Crash:   a partial sweep, which the next one continues.
@@ -131,21 +132,7 @@ export async function sweepRetention(
           [ids, runsBefore],
         )
       ).map((r) => r.id);
-      // A run's mailbox goes with it.
-      await sql.query(`DELETE FROM ${ctx.t.signals} WHERE \`run_id\` IN (?)`, [[...ids, ...children]]);
-      await sql.query(`DELETE FROM ${ctx.t.history} WHERE \`run_id\` IN (?)`, [[...ids, ...children]]);
-      const r = await sql.query<WriteResult>(`DELETE FROM ${ctx.t.runs} WHERE \`id\` IN (?) AND \`finished_at\` < ?`, [
-        ids,
-        runsBefore,
-      ]);
-      runs += r.affectedRows;
-      if (children.length) {
-        const c = await sql.query<WriteResult>(
-          `DELETE FROM ${ctx.t.runs} WHERE \`id\` IN (?) AND \`finished_at\` IS NOT NULL`,
-          [children],
-        );
-        runs += c.affectedRows;
-      }
+      runs += await deleteRuns(ctx, ids, children, runsBefore);
       if (ids.length < batch) break;
     }
     let dead = 0;
@@ -158,5 +145,33 @@ export async function sweepRetention(
       if (r.affectedRows < batch) break;
     }
     return { runs, dead };
+  });
+}
+
+/**
+ * One retention batch in one transaction: the runs (those still finished as the lock
+ * finds them: a retried dead step may have re-opened one), their mailboxes and history,
+ * and their share of the counts.
+ */
+async function deleteRuns(ctx: StorageContext, ids: string[], children: string[], before: number): Promise<number> {
+  const { t } = ctx;
+  return ctx.client.transaction(async (sql) => {
+    const locked = await sql.query<Array<{ id: string; workflow: string; state: string; finished_at: number | null }>>(
+      `SELECT \`id\`, \`workflow\`, \`state\`, \`finished_at\` FROM ${t.runs} FORCE INDEX (PRIMARY) WHERE \`id\` IN (?) FOR UPDATE`,
+      [[...ids, ...children]],
+    );
+    const mine = new Set(ids);
+    const gone = locked.filter((r) => r.finished_at !== null && (!mine.has(r.id) || Number(r.finished_at) < before));
+    if (gone.length === 0) return 0;
+    const goneIds = gone.map((r) => r.id);
+    await sql.query(`DELETE FROM ${t.signals} WHERE \`run_id\` IN (?)`, [goneIds]);
+    await sql.query(`DELETE FROM ${t.history} WHERE \`run_id\` IN (?)`, [goneIds]);
+    await sql.query(`DELETE FROM ${t.runs} WHERE \`id\` IN (?)`, [goneIds]);
+    await recordChanges(
+      ctx,
+      sql,
+      gone.map((r) => ({ workflow: r.workflow, from: r.state })),
+    );
+    return gone.length;
   });
 }

@@ -1,14 +1,96 @@
-import { JobState, type RunRow } from './storage.types.js';
-import type { StorageContext } from './tables.js';
+import { JobState, type RunRow, RunRowState } from './storage.types.js';
+import type { StorageContext, Tables } from './tables.js';
+
+/** A run row with what RunStatus needs of its current job. */
+const RUN_WITH_JOB = (t: Tables, index = '') =>
+  `SELECT r.*, j.\`state\` AS job_state, j.\`attempts\` AS job_attempts, j.\`run_at\` AS job_run_at, j.\`wait_for\` AS job_wait_for, j.\`children_open\` AS job_children_open
+    FROM ${t.runs} AS r ${index} LEFT JOIN ${t.jobs} AS j ON j.\`id\` = r.\`current_job_id\``;
 
 /** One run with its current job's state, attempts and due time. */
 export async function getRun(ctx: StorageContext, runId: string): Promise<RunRow | null> {
-  const rows = await ctx.client.query<RunRow[]>(
-    `SELECT r.*, j.\`state\` AS job_state, j.\`attempts\` AS job_attempts, j.\`run_at\` AS job_run_at, j.\`wait_for\` AS job_wait_for, j.\`children_open\` AS job_children_open
-      FROM ${ctx.t.runs} r LEFT JOIN ${ctx.t.jobs} j ON j.\`id\` = r.\`current_job_id\` WHERE r.\`id\` = ?`,
-    [runId],
-  );
+  const rows = await ctx.client.query<RunRow[]>(`${RUN_WITH_JOB(ctx.t)} WHERE r.\`id\` = ?`, [runId]);
   return rows[0] ?? null;
+}
+
+/** What a live run's step is doing, as RunStatus derives `pending` / `running` / `waiting` from it. */
+export type LivePhase = 'pending' | 'running' | 'waiting';
+
+export interface ListQuery {
+  /** Row states to list (the active one narrowed by `phases` when given). */
+  rowStates: string[];
+  phases?: LivePhase[];
+  workflow?: string;
+  concurrencyKey?: string;
+  parentRunId?: string;
+  /** Rows to return at most. */
+  limit: number;
+  /** Only runs after this one in the order (submitted_at, id) descending. */
+  after?: { submittedAt: number; id: string };
+}
+
+const PHASE_SQL: Record<LivePhase, string> = {
+  running: `j.\`state\` = ${JobState.Leased}`,
+  waiting: `j.\`state\` = ${JobState.Waiting}`,
+  pending: `(j.\`state\` IS NULL OR j.\`state\` NOT IN (${JobState.Leased}, ${JobState.Waiting}))`,
+};
+
+/**
+ * Runs newest first (submitted_at, then id, descending), read in index order: by a
+ * parent's or a key's runs (ix_list_parent, ix_list_key) when one is asked for, the other
+ * filters applied to those rows; otherwise one range of ix_list_workflow or ix_list per
+ * row state, each read only as far as the page needs and merged here. No range reads a
+ * run of a state that was not asked for, so live runs are found without passing finished
+ * ones.
+ */
+export async function listRuns(ctx: StorageContext, q: ListQuery): Promise<RunRow[]> {
+  const { t } = ctx;
+  const page = (index: string, where: string[], params: unknown[]) => {
+    if (q.after) {
+      where.push('(r.`submitted_at` < ? OR (r.`submitted_at` = ? AND r.`id` < ?))');
+      params.push(q.after.submittedAt, q.after.submittedAt, q.after.id);
+    }
+    return ctx.client.query<RunRow[]>(
+      `${RUN_WITH_JOB(t, `FORCE INDEX (\`${index}\`)`)} WHERE ${where.join(' AND ')}
+        ORDER BY r.\`submitted_at\` DESC, r.\`id\` DESC LIMIT ?`,
+      [...params, q.limit],
+    );
+  };
+  const phases = q.phases?.length ? `(${q.phases.map((p) => PHASE_SQL[p]).join(' OR ')})` : undefined;
+  const filters = (byState: boolean) => {
+    const where: string[] = [];
+    const params: unknown[] = [];
+    const add = (column: string, value: string | undefined) => {
+      if (value === undefined) return;
+      where.push(`r.\`${column}\` = ?`);
+      params.push(value);
+    };
+    add('parent_run_id', q.parentRunId);
+    add('concurrency_key', q.concurrencyKey);
+    add('workflow', q.workflow);
+    if (byState) {
+      where.push('r.`state` IN (?)');
+      params.push(q.rowStates);
+      if (phases) where.push(`(r.\`state\` <> '${RunRowState.Active}' OR ${phases})`);
+    }
+    return { where, params };
+  };
+  if (q.parentRunId !== undefined || q.concurrencyKey !== undefined) {
+    const { where, params } = filters(true);
+    return page(q.parentRunId !== undefined ? 'ix_list_parent' : 'ix_list_key', where, params);
+  }
+  const ranges = await Promise.all(
+    q.rowStates.map((state) => {
+      const { where, params } = filters(false);
+      where.push('r.`state` = ?');
+      params.push(state);
+      if (state === RunRowState.Active && phases) where.push(phases);
+      return page(q.workflow !== undefined ? 'ix_list_workflow' : 'ix_list', where, params);
+    }),
+  );
+  return ranges
+    .flat()
+    .sort((a, b) => Number(b.submitted_at) - Number(a.submitted_at) || (a.id < b.id ? 1 : a.id > b.id ? -1 : 0))
+    .slice(0, q.limit);
 }
 
 const BUSY = [

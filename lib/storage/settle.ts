@@ -22,6 +22,7 @@ import {
   type SettleResult,
 } from './storage.types.js';
 import { insertRunsIn } from './submit.js';
+import { countChanges } from './counts.js';
 import type { StorageContext } from './tables.js';
 import {
   advanceRuns,
@@ -185,6 +186,12 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
       countIs(moving.length),
     );
   }
+  // Every ending run was active: the fast path ends no other (countIs, or the check below).
+  const counted = countChanges(
+    ctx.t,
+    ending.map((e) => ({ workflow: e.job.queue, from: RunRowState.Active, to: runEnd(e).status })),
+    now,
+  );
   if (ending.length && !notify) {
     first.push(
       endRuns(ctx.t, ending.map(runEnd), now, true),
@@ -195,6 +202,7 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
         ending.map((e) => e.job.runId),
       ),
     );
+    if (counted) first.push(counted);
   }
   const notifyAt = first.length;
   if (ending.length && notify)
@@ -226,6 +234,7 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
       return deliveries(queuesFor(run.workflow), ctx.deliveryAttempts, e, run, now);
     });
     second.push(endRuns(ctx.t, ends, now, false));
+    if (counted) second.push(counted);
     if (jobs.length) second.push(insertJobs(ctx.t, jobs, now));
   }
   let handedBack: SettleItem[] = [];

@@ -6,6 +6,7 @@ import { ulid } from '../utils/ulid.js';
 import { type NewRun, RunRowState } from './storage.types.js';
 import type { StorageContext } from './tables.js';
 import { insertJobs } from './transitions.js';
+import { countChanges } from './counts.js';
 import { escapedBytes, packetBudget } from './packet.js';
 
 export interface ExistingRun {
@@ -135,18 +136,18 @@ async function insertRuns(
   }
   // Inputs that fit one by one may not fit together: one INSERT per packet's worth.
   const chunks = packetChunks(fresh, packetBudget(maxAllowedPacket));
+  const counted = countChanges(
+    t,
+    fresh.map((r) => ({ workflow: r.workflow, to: RunRowState.Active })),
+    now,
+  );
   for (let i = 0; i < chunks.length; i++) {
-    await runBatch(
-      sql,
-      [
-        insertJobs(
-          t,
-          chunks[i].map((r) => r.firstJob),
-          now,
-        ),
-      ],
-      commit && i === chunks.length - 1,
+    const jobs = insertJobs(
+      t,
+      chunks[i].map((r) => r.firstJob),
+      now,
     );
+    await runBatch(sql, i === 0 && counted ? [jobs, counted] : [jobs], commit && i === chunks.length - 1);
   }
   return created;
 }

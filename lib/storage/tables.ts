@@ -13,6 +13,7 @@ export interface Tables {
   flow: string;
   flowStarts: string;
   history: string;
+  counts: string;
 }
 
 export function tablesOf(prefix: string): Tables {
@@ -27,6 +28,7 @@ export function tablesOf(prefix: string): Tables {
     flow: t('flow'),
     flowStarts: t('flow_starts'),
     history: t('history'),
+    counts: t('counts'),
   };
 }
 

@@ -20,6 +20,7 @@ import { DEFAULTS } from '../workflow.constants.js';
 import type { Sql } from './sql-client.js';
 import type { RunEnding } from './settlements.js';
 import { handlerQueues } from './handlers.js';
+import { recordChanges } from './counts.js';
 import { type ClaimedJob, type DeliveryRecord, JobKind, JobState, type NewJob, RunRowState } from './storage.types.js';
 import { CLAIM_COLUMNS, JOB_COLUMNS, type JobRow, type StorageContext, type Tables } from './tables.js';
 
@@ -298,6 +299,7 @@ export async function endRun(
   const d: RunEnd & { priority: number; headers: string } =
     run.state === RunRowState.Cancelling ? { ...end, status: 'cancelled', result: undefined, error: undefined } : end;
   await sql.query(...endRuns(ctx.t, [d], now, false));
+  await recordChanges(ctx, sql, [{ workflow: run.workflow, from: run.state, to: d.status }]);
   const queuesFor = await handlerQueues(ctx, sql, [run.workflow]);
   const jobs = deliveries(queuesFor(run.workflow), ctx.deliveryAttempts, d, run, now);
   if (jobs.length) await sql.query(...insertJobs(ctx.t, jobs, now));

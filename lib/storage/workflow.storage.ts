@@ -9,6 +9,7 @@ import { deadSteps, retryDead } from './dead-letters.js';
 import { expireHandlers, HandlerDirectory, type HostedHandler, registerHandlers } from './handlers.js';
 import { cancellingAmong, renewLeases } from './leases.js';
 import { reapExpired, sweepRetention } from './maintenance.js';
+import { foldCounts, readCounts } from './counts.js';
 import { oldestDue, oldestDueByQueue } from './queue-lag.js';
 import {
   busyJobs,
@@ -20,6 +21,8 @@ import {
   historyOf,
   joinHandled,
   liveChildren,
+  type ListQuery,
+  listRuns,
   trippedJoins,
 } from './queries.js';
 import { type SettleItem, settleMany } from './settle.js';
@@ -271,6 +274,18 @@ export class WorkflowStorage {
   ): Promise<{ created: number; more: boolean }> {
     const ctx = await this.c();
     return fireDueSchedules(ctx, priorityOf, this.maxAllowedPacket, limit);
+  }
+
+  async foldCounts(): Promise<number> {
+    return foldCounts(await this.c());
+  }
+
+  async readCounts() {
+    return readCounts(await this.c());
+  }
+
+  async listRuns(query: ListQuery): Promise<RunRow[]> {
+    return listRuns(await this.c(), query);
   }
 
   async sweepRetention(runsBefore: number, deadBefore: number, batch?: number) {

@@ -40,6 +40,7 @@ export class Maintenance {
     const upkeepMs = Math.min(60_000, Math.max(1_000, this.opts.pollIntervalMs * 40));
     this.every('retention', upkeepMs, () => this.sweep());
     this.every('handlers', Math.min(30_000, upkeepMs), () => this.handlers());
+    this.every('counts', Math.max(1_000, this.opts.pollIntervalMs * 4), () => this.foldCounts());
     const first = setTimeout(() => void this.run('retention', () => this.sweep()), 1000 + Math.random() * 4000);
     first.unref();
     this.timers.push(first);
@@ -118,6 +119,11 @@ export class Maintenance {
     const r = await this.storage.sweepRetention(now - this.opts.runsMs, now - this.opts.deadMs);
     if (r && (r.runs || r.dead))
       this.logger.log(`Retention removed ${r.runs} finished run(s) and ${r.dead} dead letter(s).`);
+  }
+
+  /** Keeps the run counts a few rows per workflow, however many runs moved. */
+  async foldCounts(): Promise<void> {
+    while ((await this.storage.foldCounts()) >= 5000);
   }
 
   /** Keeps this process's handlers registered, and dead-letters deliveries no live process will ever take. */

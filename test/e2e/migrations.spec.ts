@@ -1,8 +1,17 @@
+import { Injectable } from '@nestjs/common';
 import type { TestingModule } from '@nestjs/testing';
 import { DataSource } from 'typeorm';
-import { createWorkflowMigrations, WorkflowConfigError } from 'nestjs-durable-workflow';
+import {
+  createWorkflowMigrations,
+  type Step,
+  StepOutcome,
+  StepRunner,
+  WorkflowConfigError,
+  WorkflowService,
+} from 'nestjs-durable-workflow';
 import { startApp } from '../utils/create-test-app.js';
 import { DB_URL, dropTables, rawConnection, uniquePrefix } from '../utils/db.js';
+import { waitFor } from '../utils/wait.js';
 
 describe('schema migrations', () => {
   const apps: TestingModule[] = [];
@@ -92,6 +101,53 @@ describe('autoMigrate: false on an older schema', () => {
       );
       expect(err).toBeInstanceOf(WorkflowConfigError);
       expect(err?.message).toMatch(/lacks version\(s\) 3/);
+    } finally {
+      await conn.end();
+      await dropTables(prefix);
+    }
+  });
+});
+
+@Injectable()
+@StepRunner('seeded')
+class SeededRunner {
+  runStep(step: Step<{ wait: boolean }>) {
+    return step.payload.wait ? StepOutcome.waitForSignal('go', step.payload) : StepOutcome.succeed(1);
+  }
+}
+
+describe('version 4 on a database that already has runs', () => {
+  it('counts the runs already there, once, even when it runs again after a crash', async () => {
+    const prefix = uniquePrefix('seedmig');
+    const app = await startApp({ prefix, providers: [SeededRunner] });
+    const service = app.get(WorkflowService);
+    const ids = [];
+    for (const wait of [false, false, false, true])
+      ids.push((await service.submit('seeded', { input: { wait } })).runId);
+    await waitFor(
+      async () => (await Promise.all(ids.map((id) => service.status(id)))).every((s) => s && s.state !== 'pending'),
+      'the runs to succeed or wait',
+    );
+    await app.close();
+    const conn = await rawConnection();
+    try {
+      const counts = async () => {
+        const again = await startApp({ prefix, worker: false });
+        try {
+          return (await again.get(WorkflowService).countRuns()).find((c) => c.workflow === 'seeded');
+        } finally {
+          await again.close();
+        }
+      };
+      // As the 0.1 schema was: runs, no counts of them.
+      await conn.query(`DELETE FROM \`${prefix}counts\``);
+      await conn.query(`DELETE FROM \`${prefix}migrations\` WHERE version = 4`);
+      const seeded = await counts();
+      expect([seeded?.states.succeeded, seeded?.states.waiting, seeded?.total]).toEqual([3, 1, 4]);
+      // Cut off after the seed, before the version was recorded: the seed is not added twice.
+      await conn.query(`DELETE FROM \`${prefix}migrations\` WHERE version = 4`);
+      const rerun = await counts();
+      expect([rerun?.states.succeeded, rerun?.states.waiting, rerun?.total]).toEqual([3, 1, 4]);
     } finally {
       await conn.end();
       await dropTables(prefix);

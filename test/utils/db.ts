@@ -1,4 +1,5 @@
 import mysql from 'mysql2/promise';
+import { WORKFLOW_TABLES } from 'nestjs-durable-workflow';
 
 export const DB_URL = process.env.WORKFLOW_DB_URL ?? 'mysql://root@127.0.0.1:3306/test';
 
@@ -17,19 +18,7 @@ export async function rawConnection(url = DB_URL): Promise<mysql.Connection> {
 export async function dropTables(prefix: string, url = DB_URL): Promise<void> {
   const conn = await rawConnection(url);
   try {
-    for (const t of [
-      'history',
-      'flow_starts',
-      'flow',
-      'schedules',
-      'signals',
-      'handlers',
-      'dead',
-      'jobs',
-      'runs',
-      'migrations',
-    ])
-      await conn.query(`DROP TABLE IF EXISTS \`${prefix}${t}\``);
+    for (const t of WORKFLOW_TABLES) await conn.query(`DROP TABLE IF EXISTS \`${prefix}${t}\``);
   } finally {
     await conn.end();
   }

@@ -170,7 +170,7 @@ export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
     // when its window next has room (ix_wake: one scan for all). flow_starts: a rate bucket's
     // last `limit` step starts, a ring whose slot ring_next is the oldest.
     version: 4,
-    name: 'concurrency keys, flow, flow_starts, history, jobs.started_at',
+    name: 'concurrency keys, flow, flow_starts, history, jobs.started_at, listing indexes, counts',
     statements: (p) => [
       `ALTER TABLE \`${p}runs\` ADD COLUMN \`concurrency_key\` VARCHAR(128) NULL`,
       `ALTER TABLE \`${p}schedules\` ADD COLUMN \`concurrency_key\` VARCHAR(128) NULL`,
@@ -213,6 +213,25 @@ export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
         PRIMARY KEY (\`run_id\`, \`seq\`)
       ) ${TABLE}`,
       `ALTER TABLE \`${p}jobs\` ADD COLUMN \`started_at\` BIGINT NULL`,
+      // Listing: newest first within one row state (ix_list, ix_list_workflow: a listing of
+      // several states merges one range per state), or within a key or a parent, so a page
+      // reads only its own rows in index order. counts: run totals kept as delta rows by
+      // the transactions that move runs (counts.ts), seeded here from the runs already
+      // there (deterministic ids: a re-run after a crash adds nothing).
+      `ALTER TABLE \`${p}runs\` ADD KEY \`ix_list\` (\`state\`, \`submitted_at\`, \`id\`)`,
+      `ALTER TABLE \`${p}runs\` ADD KEY \`ix_list_workflow\` (\`workflow\`, \`state\`, \`submitted_at\`, \`id\`)`,
+      `ALTER TABLE \`${p}runs\` ADD KEY \`ix_list_key\` (\`concurrency_key\`, \`submitted_at\`, \`id\`)`,
+      `ALTER TABLE \`${p}runs\` ADD KEY \`ix_list_parent\` (\`parent_run_id\`, \`submitted_at\`, \`id\`)`,
+      `CREATE TABLE IF NOT EXISTS \`${p}counts\` (
+        \`id\` VARCHAR(64) ${ASCII} NOT NULL,
+        \`workflow\` VARCHAR(128) ${ASCII} NOT NULL,
+        \`state\` VARCHAR(12) ${ASCII} NOT NULL,
+        \`n\` BIGINT NOT NULL,
+        PRIMARY KEY (\`id\`)
+      ) ${TABLE}`,
+      `INSERT IGNORE INTO \`${p}counts\` (\`id\`, \`workflow\`, \`state\`, \`n\`)
+        SELECT CONCAT('seed:', SHA1(CONCAT(\`workflow\`, '/', \`state\`))), \`workflow\`, \`state\`, COUNT(*)
+        FROM \`${p}runs\` GROUP BY \`workflow\`, \`state\``,
     ],
   },
 ];
@@ -248,6 +267,24 @@ export function migrationsTableDdl(prefix: string): string {
 }
 
 /**
+ * The module's table names without their prefix, in an order they can be dropped in
+ * (for an app's own teardown, say between test suites).
+ */
+export const WORKFLOW_TABLES: readonly string[] = [
+  'counts',
+  'history',
+  'flow_starts',
+  'flow',
+  'schedules',
+  'signals',
+  'handlers',
+  'dead',
+  'jobs',
+  'runs',
+  'migrations',
+];
+
+/**
  * The schema as TypeORM migration classes, for apps that run their own migrations
  * (`autoMigrate: false`). Pass your `tablePrefix` if you changed it.
  */
@@ -267,17 +304,7 @@ export function createWorkflowMigrations(tablePrefix = 'workflow_'): Array<new (
       }
       async down(queryRunner: QueryRunner): Promise<void> {
         if (m.version === 1) {
-          for (const t of [
-            'flow_starts',
-            'flow',
-            'schedules',
-            'signals',
-            'handlers',
-            'dead',
-            'jobs',
-            'runs',
-            'migrations',
-          ]) {
+          for (const t of WORKFLOW_TABLES) {
             await queryRunner.query(`DROP TABLE IF EXISTS \`${tablePrefix}${t}\``);
           }
         }
