@@ -117,7 +117,7 @@
             type: 'button',
             className: 'count',
             dataset: { workflow, state },
-            'aria-label': `${n} ${state} runs of ${workflow || 'every workflow'}`,
+            'aria-label': `${n} ${state || ''} runs of ${workflow || 'every workflow'}`.replace('  ', ' '),
             onclick: () => applyFilter(workflow, state),
           },
           String(n),
@@ -130,6 +130,7 @@
         {},
         h('th', { scope: 'row' }, c.workflow),
         STATES.map((s) => cell(c.workflow, s, c.states[s] || 0)),
+        cell(c.workflow, '', c.total),
       );
     });
     table.replaceChildren(
@@ -141,6 +142,7 @@
           {},
           h('th', { scope: 'col' }, 'workflow'),
           STATES.map((s) => h('th', { scope: 'col' }, s)),
+          h('th', { scope: 'col' }, 'total'),
         ),
       ),
       h('tbody', {}, rows),
@@ -153,6 +155,11 @@
               {},
               h('th', { scope: 'row' }, 'all'),
               STATES.map((s) => cell('', s, totals[s])),
+              cell(
+                '',
+                '',
+                counts.reduce((n, c) => n + c.total, 0),
+              ),
             ),
           )
         : null,
