@@ -15,6 +15,20 @@
   const SVG = 'http://www.w3.org/2000/svg';
 
   const $ = (id) => document.getElementById(id);
+  /** replaceChildren, leaving out what is absent (it would print "null"). */
+  const fill = (el, ...nodes) => el.replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined));
+  /** Numbers align right; `opt` columns give way on a phone. */
+  const COLUMN = { step: 'num', attempt: 'num', attempts: 'num opt', took: 'num', submitted: 'opt', worker: 'opt' };
+  const head = (columns) =>
+    h(
+      'thead',
+      {},
+      h(
+        'tr',
+        {},
+        columns.map((c) => h('th', { scope: 'col', className: COLUMN[c] ?? '' }, c)),
+      ),
+    );
 
   /** An element with attributes/properties and children; strings become text nodes. */
   function h(tag, props, ...children) {
@@ -133,7 +147,8 @@
         cell(c.workflow, '', c.total),
       );
     });
-    table.replaceChildren(
+    fill(
+      table,
       h(
         'thead',
         {},
@@ -184,8 +199,10 @@
 
   function drawChart() {
     const chart = $('chart');
-    const W = 600;
+    // Drawn in the element's own pixels, so text keeps its size from a phone to a wide screen.
+    const W = Math.max(200, Math.round(chart.getBoundingClientRect().width) || 600);
     const H = 160;
+    chart.setAttribute('viewBox', `0 0 ${W} ${H}`);
     const top = 14;
     const bottom = 18;
     const sum = (b) => TERMINAL.reduce((n, s) => n + b[s], 0);
@@ -221,9 +238,12 @@
     chart.replaceChildren(...nodes);
     const recent = bars.slice(-Math.max(1, Math.round(60000 / refreshMs)));
     const lastMinute = recent.reduce((n, b) => n + sum(b), 0);
-    $('chart-caption').textContent = bars.length
-      ? `Runs finished per ${refreshMs / 1000} s (succeeded, failed, cancelled); ${lastMinute} in the last minute.`
-      : 'Measuring…';
+    const key = TERMINAL.map((s) => h('span', { className: `key key-${s}` }, s));
+    fill(
+      $('chart-caption'),
+      bars.length ? `Runs finished per ${refreshMs / 1000} s, ${lastMinute} in the last minute: ` : 'Measuring… ',
+      key,
+    );
   }
 
   function runRow(run) {
@@ -234,23 +254,12 @@
       h('td', {}, run.workflow),
       h('td', {}, stateBadge(run.state)),
       h('td', { className: 'num' }, String(run.currentStep)),
-      h('td', { className: 'num' }, String(run.attempts)),
-      h('td', {}, when(run.submittedAt)),
+      h('td', { className: 'num opt' }, String(run.attempts)),
+      h('td', { className: 'opt' }, when(run.submittedAt)),
       h('td', {}, when(run.updatedAt)),
     );
   }
-  const runHead = () =>
-    h(
-      'thead',
-      {},
-      h(
-        'tr',
-        {},
-        ['run', 'workflow', 'state', 'step', 'attempts', 'submitted', 'updated'].map((c) =>
-          h('th', { scope: 'col' }, c),
-        ),
-      ),
-    );
+  const runHead = () => head(['run', 'workflow', 'state', 'step', 'attempts', 'submitted', 'updated']);
 
   async function loadRuns(append = false) {
     const query = new URLSearchParams();
@@ -278,16 +287,7 @@
     );
     $('dead-empty').hidden = deadSteps.length > 0;
   }
-  const deadHead = () =>
-    h(
-      'thead',
-      {},
-      h(
-        'tr',
-        {},
-        ['step', 'run', 'workflow', 'attempts', 'error', 'dead since', ''].map((c) => h('th', { scope: 'col' }, c)),
-      ),
-    );
+  const deadHead = () => head(['step', 'run', 'workflow', 'attempts', 'error', 'dead since', '']);
   function deadRow(d, after) {
     const retry = readOnly
       ? null
@@ -315,7 +315,7 @@
       h('td', { className: 'num' }, d.handler ? `handler ${d.handler}` : String(d.stepNumber)),
       h('td', {}, runLink(d.runId)),
       h('td', {}, d.workflow),
-      h('td', { className: 'num' }, String(d.attempts)),
+      h('td', { className: 'num opt' }, String(d.attempts)),
       h('td', {}, h('pre', { className: 'error-text' }, d.lastError)),
       h('td', {}, when(d.deadAt)),
       h('td', {}, retry),
@@ -353,25 +353,8 @@
 
   const field = (label, ...value) => [h('dt', {}, label), h('dd', {}, ...value)];
   const block = (title, ...content) => h('section', {}, h('h3', {}, title), ...content);
-  const table = (head, rows) =>
-    h(
-      'div',
-      { className: 'scroll' },
-      h(
-        'table',
-        { className: 'list' },
-        h(
-          'thead',
-          {},
-          h(
-            'tr',
-            {},
-            head.map((c) => h('th', { scope: 'col' }, c)),
-          ),
-        ),
-        h('tbody', {}, rows),
-      ),
-    );
+  const table = (columns, rows) =>
+    h('div', { className: 'scroll' }, h('table', { className: 'list' }, head(columns), h('tbody', {}, rows)));
 
   function waitingText(w) {
     if (!w) return null;
@@ -476,7 +459,8 @@
           )
         : null;
 
-    detail.replaceChildren(
+    fill(
+      detail,
       h('p', {}, h('a', { href: '#' }, '← All runs')),
       h('h2', {}, 'Run ', h('span', { className: 'id' }, run.runId), ' ', stateBadge(run.state)),
       h('div', { className: 'actions' }, actions),
@@ -533,7 +517,7 @@
                     h('td', {}, r.outcome),
                     h('td', {}, when(r.startedAt)),
                     h('td', { className: 'num' }, `${Math.max(0, new Date(r.finishedAt) - new Date(r.startedAt))} ms`),
-                    h('td', {}, r.worker),
+                    h('td', { className: 'opt' }, r.worker),
                     h('td', {}, r.error ? h('pre', { className: 'error-text' }, r.error) : ''),
                   ),
                 ),
@@ -607,6 +591,7 @@
     if (id) location.hash = `#/runs/${encodeURIComponent(id)}`;
   });
   window.addEventListener('hashchange', route);
+  window.addEventListener('resize', drawChart);
 
   route();
   refreshOverview().catch(showError);
