@@ -1,7 +1,7 @@
 // Takes the README's dashboard screenshots: the sample's research agent under a few
 // minutes' worth of traffic (some runs fail, some wait for approval, some fan out),
 // shown in Debian's Chromium. `npm run docs:screenshot`; needs the database the tests use.
-/* global process, console, setTimeout */
+/* global process, console, setTimeout, URL */
 import 'reflect-metadata';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
