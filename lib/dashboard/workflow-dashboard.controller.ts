@@ -51,7 +51,7 @@ export function createDashboardController(path: string, guards: Type<CanActivate
   @Controller(path)
   @UseGuards(...guards)
   class WorkflowDashboardController implements OnModuleInit {
-    private readonly logger = new Logger('WorkflowDashboard');
+    private readonly logger = new Logger(WorkflowDashboardController.name);
 
     constructor(
       private readonly workflows: WorkflowService,
@@ -80,9 +80,11 @@ export function createDashboardController(path: string, guards: Type<CanActivate
       return renderPage(this.assets, url, this.config.readOnly);
     }
 
+    // Revalidated, not cached for good: an upgrade of the package changes them under the same name.
     @Get('assets/dashboard.js')
     @Header('Content-Type', 'text/javascript; charset=utf-8')
     @Header('Cache-Control', 'no-cache')
+    @Header('X-Content-Type-Options', 'nosniff')
     script(): string {
       return this.assets.js;
     }
@@ -90,6 +92,7 @@ export function createDashboardController(path: string, guards: Type<CanActivate
     @Get('assets/dashboard.css')
     @Header('Content-Type', 'text/css; charset=utf-8')
     @Header('Cache-Control', 'no-cache')
+    @Header('X-Content-Type-Options', 'nosniff')
     style(): string {
       return this.assets.css;
     }
