@@ -3,11 +3,14 @@
  * it (routing, body parsing, headers). The page loads and lists, a count filters, a run
  * opens, a cancel and a signal go through, the refusals hold.
  */
+import { execFile } from 'node:child_process';
+import { resolve } from 'node:path';
+import { promisify } from 'node:util';
 import { type CanActivate, type ExecutionContext, type INestApplication, Injectable } from '@nestjs/common';
 import type { BrowserContext } from 'playwright-core';
 import { WorkflowService } from 'nestjs-durable-workflow';
 import { dashboardApp, launchChromium, openPage, post, runRowState, waitingRun } from '../utils/dashboard.js';
-import { Prefixes } from '../utils/db.js';
+import { DB_URL, Prefixes } from '../utils/db.js';
 import { waitFor } from '../utils/wait.js';
 
 const prefixes = new Prefixes('dashfy');
@@ -148,5 +151,32 @@ describe('dashboard options (Fastify)', () => {
       await readOnly.close();
       await guarded.close();
     }
+  });
+});
+
+describe('dashboard of the built package', () => {
+  it('serves its page and files from dist/ on Fastify, with @nestjs/platform-express not installed', async () => {
+    const fixtures = resolve(process.cwd(), '.tmp/test/fixtures');
+    const { stdout } = await promisify(execFile)(
+      process.execPath,
+      ['--import', resolve(fixtures, 'hide-peers.js'), resolve(fixtures, 'dashboard-package.js')],
+      {
+        env: {
+          ...process.env,
+          WORKFLOW_DB_URL: DB_URL,
+          PREFIX: prefixes.next(),
+          HIDE_PACKAGES: '@nestjs/platform-express,express',
+        },
+        timeout: 60_000,
+      },
+    );
+    const report = JSON.parse(stdout.trim().split('\n').pop()!);
+    expect(report.express).toBe('absent');
+    expect(report.page).toMatchObject({ status: 200, type: 'text/html; charset=utf-8' });
+    expect(report.page.body).toMatch(/^<!doctype html>/);
+    expect(report.script).toMatchObject({ status: 200, type: 'text/javascript; charset=utf-8' });
+    expect(report.style).toMatchObject({ status: 200, type: 'text/css; charset=utf-8' });
+    expect(report.counts).toMatchObject({ status: 200 });
+    expect(report.counts.body).toMatch(/^\{"counts":\[\{"workflow":"pkg"/);
   });
 });
