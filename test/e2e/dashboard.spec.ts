@@ -398,6 +398,38 @@ describe('dashboard options', () => {
     }
   });
 
+  it('two dashboards in one app keep their own path, guards and readOnly', async () => {
+    @Injectable()
+    class Nobody implements CanActivate {
+      canActivate() {
+        return false;
+      }
+    }
+    const moduleRef = await Test.createTestingModule({
+      imports: [
+        WorkflowModule.forRoot(testOptions({ prefix: prefixes.next() })),
+        WorkflowDashboardModule.forRoot({ path: '/look', allowUnauthenticated: true, readOnly: true }),
+        WorkflowDashboardModule.forRoot({ path: '/act', allowUnauthenticated: true }),
+        WorkflowDashboardModule.forRoot({ path: '/closed', guards: [Nobody] }),
+      ],
+      providers: RUNNERS,
+    }).compile();
+    const app = moduleRef.createNestApplication({ logger: false, forceCloseConnections: true });
+    await app.listen(0, '127.0.0.1');
+    try {
+      const base = await app.getUrl();
+      const runId = await waitingRun(app.get(WorkflowService), 'two dashboards');
+      const headers = { 'content-type': 'application/json', 'x-workflow-dashboard': '1' };
+      expect((await fetch(`${base}/closed/api/runs/${runId}`)).status).toBe(403);
+      expect((await fetch(`${base}/look/api/runs/${runId}`)).status).toBe(200);
+      expect((await post(`${base}/look/api/runs/${runId}/cancel`, headers)).status).toBe(403);
+      expect((await post(`${base}/act/api/runs/${runId}/cancel`, headers)).status).toBe(200);
+      expect((await app.get(WorkflowService).status(runId))?.state).toBe('cancelled');
+    } finally {
+      await app.close();
+    }
+  });
+
   it('serves under a global prefix and with a trailing slash', async () => {
     const app = await dashboardApp({
       prefix: prefixes.next(),
