@@ -53,6 +53,7 @@ const ok =
   report.duplicatesWithoutKill === 0 &&
   report.runsWithoutTerminalDelivery === 0 &&
   report.leftoverJobs === 0 &&
+  report.countsDrift.length === 0 &&
   report.deadLetters === report.children.deliberateDeadLetters &&
   report.unexpectedWorkerExits.length === 0 &&
   signalsHold(report.signals) &&

@@ -221,6 +221,8 @@ export interface ChaosReport {
   /** Runs (children included) whose @OnTerminal handler never journaled their final state. */
   runsWithoutTerminalDelivery: number;
   leftoverJobs: number;
+  /** Workflow/state pairs whose count (countRuns' totals) differs from the runs table: must be empty. */
+  countsDrift: string[];
   /** All dead letters; with failFast groups, `children.deliberateDeadLetters` of them are planned. */
   deadLetters: number;
   runsLost: number;
@@ -795,6 +797,18 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       if (leftoverJobs === 0) break;
       await delay(200);
     }
+    // The counts kept by the transactions that moved the runs, against the runs themselves.
+    const tally = async (sql: string) =>
+      new Map((await db.query<Array<{ k: string; n: number }>>(sql)).map((r) => [r.k, Number(r.n)]));
+    const kept = await tally(
+      `SELECT CONCAT(workflow, '/', state) AS k, SUM(n) AS n FROM \`${o.prefix}counts\` GROUP BY k HAVING SUM(n) <> 0`,
+    );
+    const real = await tally(
+      `SELECT CONCAT(workflow, '/', state) AS k, COUNT(*) AS n FROM \`${o.prefix}runs\` GROUP BY k`,
+    );
+    const countsDrift = [...new Set([...kept.keys(), ...real.keys()])]
+      .filter((k) => kept.get(k) !== real.get(k))
+      .map((k) => `${k}: counted ${kept.get(k) ?? 0}, in runs ${real.get(k) ?? 0}`);
 
     const runRows = await db.query<
       Array<{
@@ -1217,6 +1231,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       unexplainedDuplicates,
       runsWithoutTerminalDelivery: withoutTerminal + ids.filter((id) => !idSet.has(id)).length + kids.missingChildren,
       leftoverJobs,
+      countsDrift,
       deadLetters: deadRows.length,
       runsLost: ids.filter((id) => !idSet.has(id)).length + notSucceeded.length + kids.missingChildren,
       unexpectedWorkerExits,

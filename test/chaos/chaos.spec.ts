@@ -50,6 +50,7 @@ describe('chaos: SIGKILL a random worker every 2 s, and the database once', () =
     expect(report.unexplainedDuplicates).toEqual([]);
     expect(report.runsWithoutTerminalDelivery).toBe(0);
     expect(report.leftoverJobs).toBe(0);
+    expect(report.countsDrift).toEqual([]);
     // Only the deliberate failures with StepError.permanent, one in every other failFast group.
     expect(report.deadLetters).toBe(8);
     const s = report.signals;
