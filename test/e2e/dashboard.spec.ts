@@ -194,6 +194,37 @@ describe('dashboard (Express)', () => {
     await page.close();
   });
 
+  it("follows a live run's detail by itself, but not while someone types a signal", async () => {
+    const runId = await waitingRun(service, 'watch me');
+    const { page } = await openPage(browser, `${url}?refresh=1#/runs/${runId}`);
+    await page.getByLabel('Data (JSON)').fill('"half-typed"');
+    const other = await waitingRun(service, 'other');
+    const succeeded = async () => (await service.countRuns()).find((c) => c.workflow === 'dash-wait')!.states.succeeded;
+    const before = await succeeded();
+    await service.signal(runId, 'go', 'from elsewhere');
+    await service.waitForOutcome(runId, { timeoutMs: 10_000 });
+    // The counts (redrawn by the same timer) show the run's end: the detail was left as typed.
+    await page.waitForFunction(
+      (n) =>
+        (globalThis as any).document.querySelector('#counts button[data-workflow="dash-wait"][data-state="succeeded"]')
+          ?.textContent === n,
+      String(before + 1),
+    );
+    expect(before + 1).toBe(await succeeded());
+    expect(await page.getByLabel('Data (JSON)').inputValue()).toBe('"half-typed"');
+    expect(await page.locator('#detail h2 .state').textContent()).toBe('waiting');
+    // Cleared and left: the next tick shows the run as it is.
+    await page.getByLabel('Data (JSON)').fill('');
+    await page.getByLabel('Data (JSON)').blur();
+    await page.locator('#detail h2 .state', { hasText: 'succeeded' }).waitFor();
+
+    await page.goto(`${url}?refresh=1#/runs/${other}`);
+    await page.locator('#detail h2 .state', { hasText: 'waiting' }).waitFor();
+    await service.cancel(other);
+    await page.locator('#detail h2 .state', { hasText: 'cancelled' }).waitFor();
+    await page.close();
+  });
+
   it('retries a dead step from the dead letters: the run resumes and succeeds', async () => {
     const flaky = app.get(FlakyRunner);
     const { runId } = await service.submit('dash-flaky', { input: 'again' });

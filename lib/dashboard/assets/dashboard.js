@@ -362,11 +362,21 @@
     return `signal "${w.signal}"${w.until ? ` until ${when(w.until)}` : ''}`;
   }
 
-  async function showRun(runId) {
+  /** The run on screen while it has not ended: the timer redraws it. */
+  let liveRun;
+
+  /** Someone is typing in the detail (a signal): a redraw would throw it away. */
+  const busyInDetail = () =>
+    [...$('detail').querySelectorAll('input, textarea')].some(
+      (f) => f === document.activeElement || f.value !== f.defaultValue,
+    );
+
+  async function showRun(runId, quietly = false) {
     const detail = $('detail');
     $('overview').hidden = true;
     detail.hidden = false;
-    detail.replaceChildren(h('p', { className: 'empty' }, 'Loading…'));
+    if (!quietly) detail.replaceChildren(h('p', { className: 'empty' }, 'Loading…'));
+    liveRun = undefined;
     let data;
     try {
       data = await api(`runs/${encodeURIComponent(runId)}`);
@@ -379,7 +389,8 @@
     }
     if (location.hash !== `#/runs/${encodeURIComponent(runId)}`) return; // navigated away meanwhile
     const { run } = data;
-    const reload = () => showRun(runId);
+    const reload = () => showRun(runId, true);
+    if (!TERMINAL.includes(run.state)) liveRun = runId;
 
     const actions = [h('button', { type: 'button', onclick: reload }, 'Refresh')];
     if (!readOnly && CANCELLABLE.has(run.state)) {
@@ -444,7 +455,7 @@
               h('input', {
                 name: 'signalName',
                 required: true,
-                value: run.waitingFor?.signal ?? '',
+                defaultValue: run.waitingFor?.signal ?? '',
                 autocomplete: 'off',
                 spellcheck: false,
               }),
@@ -570,6 +581,7 @@
     if (m) {
       showRun(decodeURIComponent(m[1]));
     } else {
+      liveRun = undefined;
       $('detail').hidden = true;
       $('detail').replaceChildren();
       $('overview').hidden = false;
@@ -597,7 +609,7 @@
   refreshOverview().catch(showError);
   // One timer, rescheduled after each refresh: a slow server is never asked twice at once.
   const tick = () =>
-    refreshCounts()
+    Promise.all([refreshCounts(), liveRun && !$('detail').hidden && !busyInDetail() ? showRun(liveRun, true) : null])
       .catch(showError)
       .finally(() => setTimeout(tick, refreshMs));
   setTimeout(tick, refreshMs);
