@@ -232,7 +232,11 @@ describe('dashboard (Express)', () => {
     const [dead] = (await service.deadSteps({ workflow: 'dash-flaky' })).filter((d) => d.runId === runId);
     flaky.healed = true;
 
-    const { page } = await openPage(browser, url);
+    // The failed run's detail says why, and holds its dead letter.
+    const { page } = await openPage(browser, `${url}#/runs/${runId}`);
+    expect(await page.locator('#run-error').textContent()).toContain('the upstream said no');
+    expect(await page.locator(`#detail tr[data-job-id="${dead.jobId}"]`).count()).toBe(1);
+    await page.getByRole('link', { name: '← All runs' }).click();
     const row = page.locator(`#dead tr[data-job-id="${dead.jobId}"]`);
     expect(await row.textContent()).toContain('the upstream said no');
     await row.getByRole('button', { name: 'Retry' }).click();
