@@ -37,7 +37,7 @@
       if (value === undefined || value === null) continue;
       if (key.startsWith('on')) el.addEventListener(key.slice(2), value);
       else if (key === 'dataset') Object.assign(el.dataset, value);
-      else if (key in el && key !== 'list') el[key] = value;
+      else if (key in el) el[key] = value;
       else if (value !== false) el.setAttribute(key, value === true ? '' : String(value));
     }
     for (const child of children.flat()) {
