@@ -19,4 +19,17 @@ export default tseslint.config(
     files: ['lib/**/*.ts'],
     rules: { 'no-console': 'error' },
   },
+  {
+    // The dashboard's page script: a classic browser script, served as it is written.
+    files: ['lib/dashboard/assets/**/*.js'],
+    languageOptions: {
+      sourceType: 'script',
+      globals: Object.fromEntries(
+        ['window', 'document', 'location', 'fetch', 'URL', 'URLSearchParams', 'Node', 'confirm', 'setTimeout', 'clearTimeout'].map(
+          (name) => [name, 'readonly'],
+        ),
+      ),
+    },
+    rules: { 'no-console': 'error' },
+  },
 );

@@ -14,3 +14,5 @@ export * from './errors/index.js';
 export type * from './interfaces/index.js';
 export { STEP_REF } from './workflow.constants.js';
 export { WORKFLOW_MIGRATIONS, WORKFLOW_TABLES, createWorkflowMigrations } from './storage/schema/migrations.js';
+export { WorkflowDashboardModule } from './dashboard/workflow-dashboard.module.js';
+export type { WorkflowDashboardOptions } from './dashboard/workflow-dashboard-options.interface.js';

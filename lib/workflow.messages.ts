@@ -32,4 +32,11 @@ export const MESSAGES = {
     `WorkflowModule: no TypeORM DataSource named "${name}". Register it with TypeOrmModule.forRoot({ name: '${name}', ... }) ` +
     'or pass the DataSource object.',
   notADataSource: () => 'WorkflowModule: `dataSource` must be a TypeORM DataSource or the name of one.',
+  dashboardUnguarded: (path: string) =>
+    `WorkflowDashboardModule at ${path} has no guards: it would show every run's data and actions to anyone who ` +
+    'can reach the server. Pass `guards: [YourAuthGuard]`, or `allowUnauthenticated: true` for a local tool.',
+  dashboardPath: (path: unknown) =>
+    `WorkflowDashboardModule: path ${JSON.stringify(path)} is not a plain route path ` +
+    "(segments of letters, digits, '.', '_', '~', '-'), e.g. '/workflows' or '/admin/workflows'.",
+  dashboardGuards: () => 'WorkflowDashboardModule: `guards` must be an array of guard classes (CanActivate).',
 } as const;

@@ -48,6 +48,7 @@ const OTEL_LOADED = Symbol('OTEL_LOADED');
     QueueLagGauge,
     WorkflowHealthIndicator,
   ],
-  exports: [WorkflowService, WorkflowWorker, WorkflowHealthIndicator],
+  // WorkflowStorage for WorkflowDashboardModule's reads; it is not in lib/index.ts, so not public API.
+  exports: [WorkflowService, WorkflowWorker, WorkflowHealthIndicator, WorkflowStorage],
 })
 export class WorkflowModule extends ConfigurableWorkflowModule {}

@@ -1,6 +1,7 @@
 import { Module } from '@nestjs/common';
-import { WorkflowModule } from 'nestjs-durable-workflow';
+import { WorkflowDashboardModule, WorkflowModule } from 'nestjs-durable-workflow';
 import { FakeModelClient } from './fake-model.client.js';
+import { LocalOnlyGuard } from './local-only.guard.js';
 import { ResearchAgentRunner } from './research-agent.runner.js';
 import { RunNotifier } from './run-notifier.service.js';
 import { RunsController } from './runs.controller.js';
@@ -20,6 +21,9 @@ import { SourceReaderRunner } from './source-reader.runner.js';
       // max_allowed_packet, which earns a startup warning there.
       maxPayloadBytes: 1024 * 1024,
     }),
+    // The runs, their history and the actions at http://localhost:3000/workflows, for this
+    // machine only: the page shows every run's input to whoever can open it.
+    WorkflowDashboardModule.forRoot({ path: '/workflows', guards: [LocalOnlyGuard] }),
   ],
   controllers: [RunsController],
   providers: [FakeModelClient, ResearchAgentRunner, SourceReaderRunner, RunNotifier],

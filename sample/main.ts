@@ -10,7 +10,10 @@ async function bootstrap(): Promise<void> {
   app.enableShutdownHooks();
   const port = Number(process.env.PORT ?? 3000);
   await app.listen(port);
-  Logger.log(`Listening on http://localhost:${port} (try POST /runs {"topic":"..."})`, 'Sample');
+  Logger.log(
+    `Listening on http://localhost:${port} (try POST /runs {"topic":"..."}); dashboard at http://localhost:${port}/workflows`,
+    'Sample',
+  );
 }
 
 void bootstrap();

@@ -212,3 +212,15 @@ export async function historyOf(ctx: StorageContext, runId: string): Promise<His
     [runId],
   );
 }
+
+/**
+ * The payload of a run's current step (the input at step 0), for the dashboard; null once
+ * the run has ended (its step row is gone) or for an unknown run. One read by primary keys.
+ */
+export async function currentPayload(ctx: StorageContext, runId: string): Promise<string | null> {
+  const rows = await ctx.client.query<Array<{ payload: string }>>(
+    `SELECT j.\`payload\` FROM ${ctx.t.runs} r JOIN ${ctx.t.jobs} j ON j.\`id\` = r.\`current_job_id\` WHERE r.\`id\` = ?`,
+    [runId],
+  );
+  return rows[0]?.payload ?? null;
+}

@@ -15,6 +15,7 @@ import {
   busyJobs,
   childRunIds,
   childRuns,
+  currentPayload,
   getRun,
   type HistoryRow,
   historyOf,
@@ -234,6 +235,11 @@ export class WorkflowStorage {
 
   async getRun(runId: string): Promise<RunRow | null> {
     return getRun(await this.c(), runId);
+  }
+
+  /** The current step's payload as stored (JSON text), null once the run has ended. */
+  async currentPayload(runId: string): Promise<string | null> {
+    return currentPayload(await this.c(), runId);
   }
 
   async deadSteps(filter: { workflow?: string; limit: number; before?: number }): Promise<DeadRow[]> {
