@@ -373,8 +373,11 @@ export class WorkflowService implements OnApplicationBootstrap {
     ) {
       return []; // no workflow can have that name
     }
+    if (filter.runId !== undefined && (typeof filter.runId !== 'string' || !RUN_ID_PATTERN.test(filter.runId)))
+      throw new InvalidRunIdError(filter.runId);
     const rows = await this.storage.deadSteps({
       workflow: filter.workflow,
+      runId: filter.runId,
       limit: Math.min(limit, 10_000),
       before: filter.before ? filter.before.getTime() : undefined,
     });

@@ -33,8 +33,8 @@ const STATES = new Set<RunState>(['pending', 'running', 'waiting', 'cancelling',
 const TERMINAL = new Set<RunState>(['succeeded', 'failed', 'cancelled']);
 /** Children shown in a run's detail; the rest through the list filtered by parent. */
 const CHILDREN_SHOWN = 100;
-/** Dead letters of the run's workflow searched for the run's own (the table has no index by run). */
-const DEAD_SCANNED = 500;
+/** A run's dead letters shown in its detail (one per failed step or handler, so few). */
+const DEAD_SHOWN = 100;
 
 /** Run data is never cached by a browser or a proxy, nor sniffed into something else. */
 const Private = () => applyDecorators(Header('Cache-Control', 'no-store'), Header('X-Content-Type-Options', 'nosniff'));
@@ -126,11 +126,7 @@ export function createDashboardController(path: string, guards: Type<CanActivate
         this.storage.currentPayload(runId),
         this.workflows.history(runId),
         this.workflows.listRuns({ parentRunId: runId, limit: CHILDREN_SHOWN }),
-        TERMINAL.has(run.state)
-          ? this.workflows
-              .deadSteps({ workflow: run.workflow, limit: DEAD_SCANNED })
-              .then((dead) => dead.filter((d) => d.runId === runId))
-          : [],
+        TERMINAL.has(run.state) ? this.workflows.deadSteps({ runId, limit: DEAD_SHOWN }) : [],
       ]);
       return {
         run,

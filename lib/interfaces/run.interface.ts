@@ -118,6 +118,8 @@ export interface DeadStep {
 
 export interface DeadStepFilter {
   workflow?: string;
+  /** Only this run's dead letters (its steps' and its terminal deliveries'). */
+  runId?: string;
   limit?: number;
   /** Only dead letters that died before this instant. */
   before?: Date;

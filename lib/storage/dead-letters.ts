@@ -8,10 +8,14 @@ import { recordChanges } from './counts.js';
 /** Dead letters, newest first, without their payloads. */
 export async function deadSteps(
   ctx: StorageContext,
-  filter: { workflow?: string; limit: number; before?: number },
+  filter: { workflow?: string; runId?: string; limit: number; before?: number },
 ): Promise<DeadRow[]> {
   const where: string[] = [];
   const params: unknown[] = [];
+  if (filter.runId !== undefined) {
+    where.push('`run_id` = ?');
+    params.push(filter.runId);
+  }
   if (filter.workflow !== undefined) {
     where.push('`workflow` = ?');
     params.push(filter.workflow);
@@ -24,7 +28,7 @@ export async function deadSteps(
   return ctx.client.query<DeadRow[]>(
     `SELECT \`job_id\`, \`queue\`, \`kind\`, \`workflow\`, \`run_id\`, \`step_number\`, \`attempts\`, \`max_attempts\`, \`priority\`,
       '' AS \`payload\`, '' AS \`headers\`, \`last_error\`, \`dead_at\`
-      FROM ${ctx.t.dead} ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY \`dead_at\` DESC, \`job_id\` DESC LIMIT ?`,
+      FROM ${ctx.t.dead}${filter.runId !== undefined ? ' FORCE INDEX (`ix_run`)' : ''} ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY \`dead_at\` DESC, \`job_id\` DESC LIMIT ?`,
     params,
   );
 }

@@ -242,7 +242,7 @@ export class WorkflowStorage {
     return currentPayload(await this.c(), runId);
   }
 
-  async deadSteps(filter: { workflow?: string; limit: number; before?: number }): Promise<DeadRow[]> {
+  async deadSteps(filter: { workflow?: string; runId?: string; limit: number; before?: number }): Promise<DeadRow[]> {
     return deadSteps(await this.c(), filter);
   }
 

@@ -217,6 +217,16 @@ describe('listRuns and countRuns', () => {
     expect((await webService.listRuns({ parentRunId: 'no-such-parent' })).runs).toEqual([]);
   });
 
+  it("finds a run's dead letters by run id", async () => {
+    const all = await webService.deadSteps({ workflow: 'alpha' });
+    expect(all.length).toBeGreaterThan(0);
+    const [one] = all;
+    expect(await webService.deadSteps({ runId: one.runId })).toEqual(all.filter((d) => d.runId === one.runId));
+    const other = (await everyRun()).find((r) => r.state === 'succeeded')!;
+    expect(await webService.deadSteps({ runId: other.runId })).toEqual([]);
+    await expect(webService.deadSteps({ runId: 'bad id!' })).rejects.toThrow(InvalidRunIdError);
+  });
+
   /** What the truth says countRuns should say. */
   async function expectedCounts() {
     const byWorkflow = new Map<string, Record<string, number>>();

@@ -215,13 +215,14 @@ export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
       `ALTER TABLE \`${p}jobs\` ADD COLUMN \`started_at\` BIGINT NULL`,
       // Listing: newest first within one row state (ix_list, ix_list_workflow: a listing of
       // several states merges one range per state), or within a key or a parent, so a page
-      // reads only its own rows in index order. counts: run totals kept as delta rows by
+      // reads only its own rows in index order; a run's dead letters by ix_run. counts: run totals kept as delta rows by
       // the transactions that move runs (counts.ts), seeded here from the runs already
       // there (deterministic ids: a re-run after a crash adds nothing).
       `ALTER TABLE \`${p}runs\` ADD KEY \`ix_list\` (\`state\`, \`submitted_at\`, \`id\`)`,
       `ALTER TABLE \`${p}runs\` ADD KEY \`ix_list_workflow\` (\`workflow\`, \`state\`, \`submitted_at\`, \`id\`)`,
       `ALTER TABLE \`${p}runs\` ADD KEY \`ix_list_key\` (\`concurrency_key\`, \`submitted_at\`, \`id\`)`,
       `ALTER TABLE \`${p}runs\` ADD KEY \`ix_list_parent\` (\`parent_run_id\`, \`submitted_at\`, \`id\`)`,
+      `ALTER TABLE \`${p}dead\` ADD KEY \`ix_run\` (\`run_id\`, \`dead_at\`)`,
       `CREATE TABLE IF NOT EXISTS \`${p}counts\` (
         \`id\` VARCHAR(64) ${ASCII} NOT NULL,
         \`workflow\` VARCHAR(128) ${ASCII} NOT NULL,
