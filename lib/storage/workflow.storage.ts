@@ -2,7 +2,7 @@ import { Inject, Injectable } from '@nestjs/common';
 import type { EntityManager } from 'typeorm';
 import type { ResolvedWorkflowConfig } from '../workflow.config.js';
 import { WORKFLOW_CONFIG } from '../workflow.constants.js';
-import { type CancelResult, cancelRun } from './cancel.js';
+import { type CancelResult, cancelRun, finishCascade, takeDueCascades } from './cancel.js';
 import { claimBatch, promoteDue, readyQueues } from './claim.js';
 import { type FlowLimits, wakeThrottled } from './flow.js';
 import { deadSteps, retryDead } from './dead-letters.js';
@@ -189,6 +189,15 @@ export class WorkflowStorage {
 
   async cancelRun(runId: string): Promise<CancelResult> {
     return cancelRun(await this.c(), runId);
+  }
+
+  /** Cancels what is below a cancelled run (see cancel.ts); how many runs it cancelled or asked to cancel. */
+  async finishCascade(runId: string, seen?: (runId: string, result: CancelResult) => void): Promise<number> {
+    return finishCascade(await this.c(), runId, seen);
+  }
+
+  async takeDueCascades(limit?: number): Promise<string[]> {
+    return takeDueCascades(await this.c(), limit);
   }
 
   async busyJobs(queues: string[], now: number) {
