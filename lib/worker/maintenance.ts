@@ -3,8 +3,8 @@ import type { HostedHandler, WorkflowStorage } from '../storage/workflow.storage
 
 /**
  * Background upkeep every worker process runs: promote due scheduled jobs, fire due
- * schedule ticks, reap
- * expired leases, and (one process at a time, by database lock) delete finished runs
+ * schedule ticks, reap expired leases, cancel the siblings of tripped failFast joins,
+ * finish cancel cascades whose canceller stopped on the way, and (one process at a time, by database lock) delete finished runs
  * and dead letters past retention. Errors are logged and tried again next tick.
  */
 export class Maintenance {
