@@ -26,7 +26,7 @@ import type {
 import { isConnectionError } from './storage/sql-client.js';
 import { type CancelResult, WorkflowStorage } from './storage/workflow.storage.js';
 import { toOutcome, toStatus } from './run-views.js';
-import { handlerOf, JobKind, type NewRun, parseJobId, publicJobId } from './storage/storage.types.js';
+import { handlerOf, JobKind, type NewRun, parseJobId, publicJobId, type ReserveSlot } from './storage/storage.types.js';
 import { hashJson, parseJson, serializeJson } from './utils/json.js';
 import { ulid } from './utils/ulid.js';
 import { range, type ResolvedWorkflowConfig, show } from './workflow.config.js';
@@ -395,12 +395,20 @@ export class WorkflowService implements OnApplicationBootstrap {
     const budget = packetBudget(this.storage.maxAllowedPacket);
     if (escapedBytes(json, true) > budget)
       throw new PacketTooLargeError('signal data', escapedBytes(json, true), budget);
+    // Outside a caller's transaction the step may be leased to a free slot of this process's
+    // worker in the signal's own transaction; otherwise the wake-up is real now (inside a
+    // caller's transaction, the next poll finds it).
+    let handed = false;
+    const reserve: ReserveSlot = (queue, keyed) => {
+      const hand = this.notifier.reserveSlot(queue, keyed);
+      return hand && { ...hand, take: (job) => ((handed = true), hand.take(job)) };
+    };
     const sent = await this.storage.sendSignal(
       { runId, name, data: json, signalId, sentAt: this.config.clock.now() },
       options.manager,
+      options.manager ? undefined : reserve,
     );
-    // Outside a caller's transaction the wake-up is real now; inside one the next poll finds it.
-    if (sent && !options.manager) this.notifier.wake();
+    if (sent && !options.manager && !handed) this.notifier.wake();
     return sent;
   }
 

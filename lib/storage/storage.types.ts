@@ -88,6 +88,25 @@ export interface ClaimedJob {
   parsedHeaders?: Readonly<Record<string, string>>;
 }
 
+/**
+ * A free worker slot of this process, held for a step that a transaction of this process
+ * is about to make ready (a signal's): the transaction leases the step to `token` as a
+ * claim would, and after its COMMIT the step is handed over with `take`, with no claim of
+ * its own; `release` gives the slot back when it did not lease. One of the two, once.
+ */
+export interface Handoff {
+  /** A claim token: the step's lease token is `${token}/${jobId}`, as a claim writes it. */
+  token: string;
+  leaseMs: number;
+  /** The runner's maxAttempts, for a step that has none yet. */
+  maxAttempts: number;
+  take(job: ClaimedJob): void;
+  release(): void;
+}
+
+/** Asks this process's worker for a slot of `queue`'s workflow (`keyed`: the step counts against keyConcurrency). */
+export type ReserveSlot = (queue: string, keyed: boolean) => Handoff | undefined;
+
 /** What one delivery of a step leaves in the history: written by the transaction that settles it. */
 export interface DeliveryRecord {
   /** Runtime clock ms. */

@@ -34,7 +34,15 @@ import { type OutgoingSignal, sendSignal, wakeTimedOut } from './signals.js';
 import { settleWithin } from './step-transaction.js';
 import type { Settlement } from './settlements.js';
 import type { ResolvedSchedule } from '../utils/schedule-spec.js';
-import type { ClaimedJob, DeadRow, DeliveryRecord, NewRun, RunRow, SettleResult } from './storage.types.js';
+import type {
+  ClaimedJob,
+  DeadRow,
+  DeliveryRecord,
+  NewRun,
+  ReserveSlot,
+  RunRow,
+  SettleResult,
+} from './storage.types.js';
 import { type ExistingRun, submitRuns } from './submit.js';
 import { type StorageContext, tablesOf } from './tables.js';
 import { WorkflowConnection } from './workflow-connection.js';
@@ -150,8 +158,9 @@ export class WorkflowStorage {
     return wakeTimedOut(await this.c(), limit);
   }
 
-  async sendSignal(signal: OutgoingSignal, manager?: EntityManager): Promise<boolean> {
-    return sendSignal(await this.c(), signal, manager);
+  /** `reserve`: a slot of this process's worker that the step the signal wakes may be leased to at once. */
+  async sendSignal(signal: OutgoingSignal, manager?: EntityManager, reserve?: ReserveSlot): Promise<boolean> {
+    return sendSignal(await this.c(), signal, manager, reserve);
   }
 
   async renewLeases(
