@@ -35,8 +35,10 @@ export class Maintenance {
   start(): void {
     this.every('promote', this.opts.pollIntervalMs, () => this.promote());
     this.every('joins', this.opts.pollIntervalMs, () => this.joins());
-    this.every('cascades', this.opts.pollIntervalMs, () => this.cascades());
-    this.every('reap', Math.min(5000, Math.max(200, Math.floor(this.opts.leaseMs / 4))), () => this.reap());
+    const reapMs = Math.min(5000, Math.max(200, Math.floor(this.opts.leaseMs / 4)));
+    this.every('reap', reapMs, () => this.reap());
+    // Like the reaper, it takes over what a process that died left: a cascade's lease passes first anyway.
+    this.every('cascades', reapMs, () => this.cascades());
     // A sweep that finds nothing is two index probes: cheap enough to run every few seconds.
     const upkeepMs = Math.min(60_000, Math.max(1_000, this.opts.pollIntervalMs * 40));
     this.every('retention', upkeepMs, () => this.sweep());
