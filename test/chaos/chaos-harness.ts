@@ -209,6 +209,8 @@ export interface ChaosReport {
    * process did not renew its lease in time (an event-loop stall, no CPU, a slow database).
    */
   duplicatesAfterLeaseExpiry: number;
+  /** Of those, the ones whose earlier delivery began within 5 s of its process's start (pools still filling, code still cold). */
+  leaseExpiriesInFirst5s: number;
   /** Of those, the ones whose process reported an event-loop stall of a third of the lease (a renewal period) or more between the delivery's start (less a lease) and the reaping. */
   leaseExpiriesWithStall: number;
   /**
@@ -220,6 +222,8 @@ export interface ChaosReport {
     step: number;
     pid: number;
     longestStallMs: number;
+    /** How long the process had been running when the delivery began. */
+    workerAgeMs: number;
     /** When the delivery was leased (its claim, or the settlement that leased it in place): negative, before its journal row. */
     leasedAfterMs: number;
     reapedAfterMs: number;
@@ -424,6 +428,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   const workers: WorkerProcess[] = [];
   /** Every worker started, killed ones included: their reported stalls are read at the end. */
   const everyWorker: WorkerProcess[] = [];
+  /** When each worker reported ready, by pid. */
+  const readyAt = new Map<number, number>();
   const killed = new Set<number>();
   /** When workers were SIGKILLed, by pid (a list: the system may hand a pid out again). */
   const killedAt = new Map<number, number[]>();
@@ -504,6 +510,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
         });
         workers.push(w);
         everyWorker.push(w);
+        readyAt.set(w.pid, Date.now());
         return w;
       });
     for (let i = 0; i < o.workers; i++) await spawnWorker();
@@ -886,6 +893,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     }
     let duplicatesAfterLeaseExpiry = 0;
     let leaseExpiriesWithStall = 0;
+    let leaseExpiriesInFirst5s = 0;
     const leaseExpiries: ChaosReport['leaseExpiries'] = [];
     let duplicateDeliveries = 0;
     let duplicatesWithoutKill = 0;
@@ -927,12 +935,15 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
               .map((st) => st.ms),
           );
           if (longestStallMs >= o.leaseMs / 3) leaseExpiriesWithStall++;
-          if (leaseExpiries.length < 20)
+          const workerAgeMs = at - (readyAt.get(pid) ?? at);
+          if (workerAgeMs < 5_000) leaseExpiriesInFirst5s++;
+          if (leaseExpiries.length < 10 || (duplicatesAfterLeaseExpiry % 25 === 0 && leaseExpiries.length < 30))
             leaseExpiries.push({
               runId: s.run_id,
               step: s.step_number,
               pid,
               longestStallMs,
+              workerAgeMs,
               leasedAfterMs: reaping.leasedAt - at,
               reapedAfterMs: reapedAt - at,
               nextAfterMs: nextAt - at,
@@ -1306,6 +1317,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       maxDbRestartDuplicateLeadMs,
       duplicatesAfterLeaseExpiry,
       leaseExpiriesWithStall,
+      leaseExpiriesInFirst5s,
       leaseExpiries,
       eventLoopStalls,
       duplicatesWithoutKill,
