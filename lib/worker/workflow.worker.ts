@@ -189,7 +189,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
    * while the worker runs, for a workflow hosted here whose steps a claim need not count
    * (no rateLimit; keyConcurrency only for a step with a key), under both concurrency
    * limits, and when no queue of this process is known to have work waiting (that work
-   * goes first, in the claim's order).
+   * goes first, in the claim's order). Internal: the module's own WorkflowService calls it.
    */
   reserve(queue: string, keyed: boolean): Handoff | undefined {
     if (!this.running) return undefined;
