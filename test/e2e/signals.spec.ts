@@ -318,6 +318,16 @@ class GatedRunner {
   }
 }
 
+/** Waits for `go`, with a rate limit: each step's start is counted by a claim, so none is handed over. */
+@Injectable()
+@StepRunner('metered', { concurrency: 2, rateLimit: { limit: 1000, periodMs: 1000 } })
+class MeteredRunner {
+  runStep(step: Step) {
+    if (step.stepNumber === 0) return StepOutcome.waitForSignal('go', null);
+    return StepOutcome.succeed(null);
+  }
+}
+
 /**
  * A signal sent in the process whose worker runs the waiting workflow leases the woken
  * step to that worker in the signal's own transaction when a slot is free and nothing
@@ -334,7 +344,7 @@ describe('signals handed to the local worker', () => {
     // A poll of a minute: a step that starts at once after its signal was not found by polling.
     app = await startApp({
       prefix,
-      providers: [GatedRunner],
+      providers: [GatedRunner, MeteredRunner],
       worker: { concurrency: 4, pollIntervalMs: 60_000, leaseMs: 5_000, shutdownTimeoutMs: 2_000 },
     });
     service = app.get(WorkflowService);
@@ -383,5 +393,24 @@ describe('signals handed to the local worker', () => {
     runner.gates.get(holder)!();
     expect(await service.waitForOutcome(next, { timeoutMs: 5_000 })).toMatchObject({ status: 'succeeded' });
     expect(runner.most).toBe(1);
+  });
+
+  it('a rate-limited workflow: the step goes through a claim, which counts its start', async () => {
+    const { runId } = await service.submit('metered', { input: null });
+    await waitFor(async () => (await service.status(runId))?.state === 'waiting', `run ${runId} waiting`);
+    // The window's record of step starts: one per start a claim counted (the ring is far from full).
+    const starts = async () => {
+      const conn = await rawConnection();
+      try {
+        const [rows] = await conn.query(`SELECT COUNT(*) AS n FROM \`${prefix}flow_starts\` WHERE queue = 'metered'`);
+        return Number((rows as Array<{ n: number }>)[0].n);
+      } finally {
+        await conn.end();
+      }
+    };
+    const before = await starts();
+    expect(await service.signal(runId, 'go')).toBe(true);
+    expect(await service.waitForOutcome(runId, { timeoutMs: 5_000 })).toMatchObject({ status: 'succeeded' });
+    expect(await starts()).toBe(before + 1);
   });
 });
