@@ -1,5 +1,6 @@
 import { Injectable } from '@nestjs/common';
 import { EventEmitter } from 'node:events';
+import type { Handoff, ReserveSlot } from './storage/storage.types.js';
 
 /**
  * In-process signals between the service and the worker of one application: wake the
@@ -12,6 +13,7 @@ export class WorkflowNotifier {
   private readonly events = new EventEmitter().setMaxListeners(0);
   private dueTimer?: NodeJS.Timeout;
   private dueAt = 0;
+  private slots?: ReserveSlot;
 
   wake(): void {
     this.events.emit('wake');
@@ -46,6 +48,19 @@ export class WorkflowNotifier {
   close(): void {
     if (this.dueTimer) clearTimeout(this.dueTimer);
     this.dueTimer = undefined;
+  }
+
+  /** The local worker offers its free slots to steps this process's signals wake (WorkflowWorker.reserve). */
+  offerSlots(fn: ReserveSlot): () => void {
+    this.slots = fn;
+    return () => {
+      if (this.slots === fn) this.slots = undefined;
+    };
+  }
+
+  /** A slot of the local worker for a step of `queue` about to be made ready here, if it has one to spare. */
+  reserveSlot(queue: string, keyed: boolean): Handoff | undefined {
+    return this.slots?.(queue, keyed);
   }
 
   cancelRequested(runId: string): void {

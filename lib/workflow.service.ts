@@ -27,10 +27,10 @@ import type {
   WaitOptions,
 } from './interfaces/run.interface.js';
 import { isConnectionError } from './storage/sql-client.js';
-import { WorkflowStorage } from './storage/workflow.storage.js';
+import { type CancelResult, WorkflowStorage } from './storage/workflow.storage.js';
 import { toOutcome, toStatus } from './run-views.js';
 import { countRuns, listRuns } from './run-listing.js';
-import { handlerOf, JobKind, type NewRun, parseJobId, publicJobId } from './storage/storage.types.js';
+import { handlerOf, JobKind, type NewRun, parseJobId, publicJobId, type ReserveSlot } from './storage/storage.types.js';
 import { hashJson, parseJson, serializeJson } from './utils/json.js';
 import { ulid } from './utils/ulid.js';
 import { range, type ResolvedWorkflowConfig, show } from './workflow.config.js';
@@ -237,15 +237,20 @@ export class WorkflowService implements OnApplicationBootstrap {
     // Refused like submit, so a caller's bug (an id from the wrong field) is not taken for an unknown run.
     if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId)) throw new InvalidRunIdError(runId);
     const result = await this.storage.cancelRun(runId);
-    // Children are cancelled in transactions of their own: a parent's transaction never locks a child's rows.
-    if (result) for (const child of await this.storage.liveChildren(runId)) await this.cancel(child);
+    this.cancelled(runId, result);
+    // The descendants, each in a transaction of its own (a parent's never locks a child's rows). The
+    // cancel left a durable mark of them: if this process dies on the way, maintenance finishes the walk.
+    if (result) await this.storage.finishCascade(runId, (id, r) => this.cancelled(id, r));
+    return result !== false;
+  }
+
+  private cancelled(runId: string, result: CancelResult): void {
     if (result === 'cancelled') {
       this.notifier.runFinished(runId);
       this.notifier.wake();
     } else if (result) {
       this.notifier.cancelRequested(runId);
     }
-    return result !== false;
   }
 
   /** The run as it is now; null for an unknown run, InvalidRunIdError for an id no run can have. */
@@ -415,12 +420,20 @@ export class WorkflowService implements OnApplicationBootstrap {
     const budget = packetBudget(this.storage.maxAllowedPacket);
     if (escapedBytes(json, true) > budget)
       throw new PacketTooLargeError('signal data', escapedBytes(json, true), budget);
+    // Outside a caller's transaction the step may be leased to a free slot of this process's
+    // worker in the signal's own transaction; otherwise the wake-up is real now (inside a
+    // caller's transaction, the next poll finds it).
+    let handed = false;
+    const reserve: ReserveSlot = (queue, keyed) => {
+      const hand = this.notifier.reserveSlot(queue, keyed);
+      return hand && { ...hand, take: (job) => ((handed = true), hand.take(job)) };
+    };
     const sent = await this.storage.sendSignal(
       { runId, name, data: json, signalId, sentAt: this.config.clock.now() },
       options.manager,
+      options.manager ? undefined : reserve,
     );
-    // Outside a caller's transaction the wake-up is real now; inside one the next poll finds it.
-    if (sent && !options.manager) this.notifier.wake();
+    if (sent && !options.manager && !handed) this.notifier.wake();
     return sent;
   }
 

@@ -2,9 +2,9 @@ import type { EntityManager } from 'typeorm';
 import { ForeignEntityManagerError } from '../errors/foreign-entity-manager.error.js';
 import { ulid } from '../utils/ulid.js';
 import { MESSAGES } from '../workflow.messages.js';
-import { CommitUnknownError, runBatch, type Sql } from './sql-client.js';
-import { JobState } from './storage.types.js';
-import type { StorageContext } from './tables.js';
+import { CommitUnknownError, runBatch, type Sql, type WriteResult } from './sql-client.js';
+import { type ClaimedJob, type Handoff, JobState, type ReserveSlot } from './storage.types.js';
+import { CLAIM_COLUMNS, type JobRow, type StorageContext, toClaimed } from './tables.js';
 import { lockCurrent } from './transitions.js';
 
 export interface OutgoingSignal {
@@ -76,21 +76,57 @@ export async function takeFromMailbox(
  * False for an unknown or finished run (nothing stored), unless it is a repeat of a
  * signalId the run has stored.
  */
-export async function sendSignal(ctx: StorageContext, s: OutgoingSignal, manager?: EntityManager): Promise<boolean> {
+export async function sendSignal(
+  ctx: StorageContext,
+  s: OutgoingSignal,
+  manager?: EntityManager,
+  reserve?: ReserveSlot,
+): Promise<boolean> {
   if (manager) {
     if (manager.dataSource !== ctx.client.dataSource)
       throw new ForeignEntityManagerError(MESSAGES.foreignEntityManager('signal'));
     return ctx.client.inManager(manager, (sql) => deliver(ctx, sql, s));
   }
-  for (let lost = 0; ; lost++) {
-    try {
-      return await ctx.client.transaction((sql) => deliver(ctx, sql, s));
-    } catch (err) {
-      if (!(err instanceof CommitUnknownError) || lost >= 3) throw err;
-      const [there] = await ctx.client.query<unknown[]>(...storedAlready(ctx, s));
-      if (there) return true;
+  const offer: SlotOffer | undefined = reserve && { reserve };
+  try {
+    for (let lost = 0; ; lost++) {
+      try {
+        return await ctx.client.transaction((sql) => deliver(ctx, sql, s, offer));
+      } catch (err) {
+        if (!(err instanceof CommitUnknownError) || lost >= 3) throw err;
+        // A lease this trip may have written is found by its token, so the step runs here and spends no attempt in vain.
+        if (offer?.tried) offer.leased = await leasedTo(ctx, offer.tried.jobId, offer.tried.token, offer.received!);
+        const [there] = await ctx.client.query<unknown[]>(...storedAlready(ctx, s));
+        if (there) return true;
+      }
     }
+  } finally {
+    if (offer?.hand && offer.leased) offer.hand.take(offer.leased);
+    else offer?.hand?.release();
   }
+}
+
+/**
+ * A slot of this process's worker for the step the signal wakes, asked for once per
+ * send (a transaction run again keeps it), and what came of it.
+ */
+interface SlotOffer {
+  reserve: ReserveSlot;
+  asked?: boolean;
+  hand?: Handoff;
+  /** The lease the last trip wrote, by job id and lease token. */
+  tried?: { jobId: string; token: string };
+  received?: string;
+  /** The step, leased to the slot by a committed trip. */
+  leased?: ClaimedJob;
+}
+
+async function leasedTo(ctx: StorageContext, jobId: string, token: string, received: string) {
+  const [row] = await ctx.client.query<JobRow[]>(
+    `SELECT ${CLAIM_COLUMNS} FROM ${ctx.t.jobs} FORCE INDEX (PRIMARY) WHERE \`id\` = ? AND \`state\` = ${JobState.Leased} AND \`lease_token\` = ?`,
+    [jobId, token],
+  );
+  return row ? { ...toClaimed(row, token, Number(row.attempts)), received } : undefined;
 }
 
 /** Whether the run's mailbox holds this signalId (a plain read: no lock, no gap lock for a missing row). */
@@ -109,8 +145,10 @@ function storedAlready(ctx: StorageContext, s: OutgoingSignal): [string, unknown
  * stored under that lock and woke it. So the oldest unread signal of the name, which a
  * wait takes, is this one: no need to look for another.
  */
-async function deliver(ctx: StorageContext, sql: Sql, s: OutgoingSignal): Promise<boolean> {
+async function deliver(ctx: StorageContext, sql: Sql, s: OutgoingSignal, offer?: SlotOffer): Promise<boolean> {
   const { t } = ctx;
+  // A trip that is run again (a deadlock, or a COMMIT that failed) leased nothing.
+  if (offer) offer.leased = offer.tried = undefined;
   const current = await lockCurrent(sql, t, s.runId);
   // A repeat of a signal the run has stored is still a yes once the run has ended (often
   // because of that very signal): a webhook retried late gets the answer its first try got.
@@ -133,15 +171,37 @@ async function deliver(ctx: StorageContext, sql: Sql, s: OutgoingSignal): Promis
   // count carried from one statement to the next (ROW_COUNT()) is not to be trusted when
   // the client goes away mid-trip, and the trip would commit a signal read but no wake-up.
   const ours = `SELECT 1 FROM ${t.signals} WHERE \`run_id\` = ? AND \`signal_id\` = ? AND \`send_key\` = ?`;
-  await runBatch(
+  const guard = [job.id, s.name, s.runId, s.signalId, key];
+  // A free slot of this process's worker: the step is leased to it here, as a claim would
+  // lease it, and runs once this commits, without a claim's second transaction and commit.
+  if (offer && !offer.asked) {
+    offer.asked = true;
+    offer.hand = offer.reserve(job.queue, job.ckey != null);
+  }
+  const hand = offer?.hand;
+  const token = hand && `${hand.token}/${job.id}`;
+  const wake: [string, unknown[]] = hand
+    ? [
+        `UPDATE ${t.jobs} SET \`state\` = ${JobState.Leased}, \`run_at\` = ?, \`wait_for\` = NULL, \`received\` = ?,
+          \`attempts\` = \`attempts\` + 1, \`lease_token\` = ?, \`lease_until\` = DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND),
+          \`max_attempts\` = COALESCE(\`max_attempts\`, ?), \`started_at\` = ?
+          WHERE \`id\` = ? AND \`state\` = ${JobState.Waiting} AND \`wait_for\` = ? AND EXISTS (${ours})`,
+        [now, received, token, hand.leaseMs * 1000, hand.maxAttempts, now, ...guard],
+      ]
+    : [
+        `UPDATE ${t.jobs} SET \`state\` = ${JobState.Ready}, \`run_at\` = ?, \`wait_for\` = NULL, \`received\` = ?
+          WHERE \`id\` = ? AND \`state\` = ${JobState.Waiting} AND \`wait_for\` = ? AND EXISTS (${ours})`,
+        [now, received, ...guard],
+      ];
+  if (hand) {
+    offer.tried = { jobId: job.id, token: token! };
+    offer.received = received;
+  }
+  const results = await runBatch(
     sql,
     [
       store,
-      [
-        `UPDATE ${t.jobs} SET \`state\` = ${JobState.Ready}, \`run_at\` = ?, \`wait_for\` = NULL, \`received\` = ?
-          WHERE \`id\` = ? AND \`state\` = ${JobState.Waiting} AND \`wait_for\` = ? AND EXISTS (${ours})`,
-        [now, received, job.id, s.name, s.runId, s.signalId, key],
-      ],
+      wake,
       // Read now, unless the row was there already (a repeated signalId: stored once, read once).
       [
         `UPDATE ${t.signals} SET \`consumed_at\` = ? WHERE \`run_id\` = ? AND \`signal_id\` = ? AND \`send_key\` = ? AND \`consumed_at\` IS NULL`,
@@ -150,6 +210,13 @@ async function deliver(ctx: StorageContext, sql: Sql, s: OutgoingSignal): Promis
     ],
     true,
   );
+  if (hand && (results[1] as WriteResult | undefined)?.affectedRows === 1) {
+    offer.leased = {
+      ...toClaimed(job, token!, Number(job.attempts) + 1),
+      maxAttempts: Number(job.max_attempts ?? hand.maxAttempts),
+      received,
+    };
+  }
   return true;
 }
 

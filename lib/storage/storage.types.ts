@@ -1,4 +1,5 @@
-export const JobKind = { Step: 0, Terminal: 1 } as const;
+/** Cascade: not a job but a cancelled run's pending cascade to its children (cancel.ts), kept in the queue table so it commits with the cancel. */
+export const JobKind = { Step: 0, Terminal: 1, Cascade: 2 } as const;
 export type JobKind = (typeof JobKind)[keyof typeof JobKind];
 
 /**
@@ -23,9 +24,19 @@ export const handlerOf = (queue: string): string =>
  * holds it. Waiting: parked on a signal (`wait_for`), made ready by the signal or, at
  * run_at, by its timeout. Blocked: held back by its workflow's keyConcurrency, made ready
  * again by the settlement that frees a slot of its key. Throttled: held back by its
- * rateLimit, made ready again when the window has room (flow.ts). Only Ready sits in the claim range of ix_claim.
+ * rateLimit, made ready again when the window has room (flow.ts). Cascade: a cancel's
+ * walk to the run's children still to be done (cancel.ts), taken up by maintenance at
+ * run_at; no claim, promotion or wake-up reads this state. Only Ready sits in the claim range of ix_claim.
  */
-export const JobState = { Ready: 0, Scheduled: 1, Leased: 2, Waiting: 3, Blocked: 4, Throttled: 5 } as const;
+export const JobState = {
+  Ready: 0,
+  Scheduled: 1,
+  Leased: 2,
+  Waiting: 3,
+  Blocked: 4,
+  Throttled: 5,
+  Cascade: 6,
+} as const;
 
 /** The due time of a wait without timeout: never. */
 export const NEVER = Number.MAX_SAFE_INTEGER;
@@ -76,6 +87,25 @@ export interface ClaimedJob {
   /** `headers` already parsed and frozen, handed from a step to its successor run in place. */
   parsedHeaders?: Readonly<Record<string, string>>;
 }
+
+/**
+ * A free worker slot of this process, held for a step that a transaction of this process
+ * is about to make ready (a signal's): the transaction leases the step to `token` as a
+ * claim would, and after its COMMIT the step is handed over with `take`, with no claim of
+ * its own; `release` gives the slot back when it did not lease. One of the two, once.
+ */
+export interface Handoff {
+  /** A claim token: the step's lease token is `${token}/${jobId}`, as a claim writes it. */
+  token: string;
+  leaseMs: number;
+  /** The runner's maxAttempts, for a step that has none yet. */
+  maxAttempts: number;
+  take(job: ClaimedJob): void;
+  release(): void;
+}
+
+/** Asks this process's worker for a slot of `queue`'s workflow (`keyed`: the step counts against keyConcurrency). */
+export type ReserveSlot = (queue: string, keyed: boolean) => Handoff | undefined;
 
 /** What one delivery of a step leaves in the history: written by the transaction that settles it. */
 export interface DeliveryRecord {

@@ -2,7 +2,7 @@ import { Inject, Injectable } from '@nestjs/common';
 import type { EntityManager } from 'typeorm';
 import type { ResolvedWorkflowConfig } from '../workflow.config.js';
 import { WORKFLOW_CONFIG } from '../workflow.constants.js';
-import { type CancelResult, cancelRun } from './cancel.js';
+import { type CancelResult, cancelRun, finishCascade, takeDueCascades } from './cancel.js';
 import { claimBatch, promoteDue, readyQueues } from './claim.js';
 import { type FlowLimits, wakeThrottled } from './flow.js';
 import { deadSteps, retryDead } from './dead-letters.js';
@@ -38,7 +38,15 @@ import { type OutgoingSignal, sendSignal, wakeTimedOut } from './signals.js';
 import { settleWithin } from './step-transaction.js';
 import type { Settlement } from './settlements.js';
 import type { ResolvedSchedule } from '../utils/schedule-spec.js';
-import type { ClaimedJob, DeadRow, DeliveryRecord, NewRun, RunRow, SettleResult } from './storage.types.js';
+import type {
+  ClaimedJob,
+  DeadRow,
+  DeliveryRecord,
+  NewRun,
+  ReserveSlot,
+  RunRow,
+  SettleResult,
+} from './storage.types.js';
 import { type ExistingRun, submitRuns } from './submit.js';
 import { type StorageContext, tablesOf } from './tables.js';
 import { WorkflowConnection } from './workflow-connection.js';
@@ -154,8 +162,9 @@ export class WorkflowStorage {
     return wakeTimedOut(await this.c(), limit);
   }
 
-  async sendSignal(signal: OutgoingSignal, manager?: EntityManager): Promise<boolean> {
-    return sendSignal(await this.c(), signal, manager);
+  /** `reserve`: a slot of this process's worker that the step the signal wakes may be leased to at once. */
+  async sendSignal(signal: OutgoingSignal, manager?: EntityManager, reserve?: ReserveSlot): Promise<boolean> {
+    return sendSignal(await this.c(), signal, manager, reserve);
   }
 
   async renewLeases(
@@ -193,6 +202,15 @@ export class WorkflowStorage {
 
   async cancelRun(runId: string): Promise<CancelResult> {
     return cancelRun(await this.c(), runId);
+  }
+
+  /** Cancels what is below a cancelled run (see cancel.ts); how many runs it cancelled or asked to cancel. */
+  async finishCascade(runId: string, seen?: (runId: string, result: CancelResult) => void): Promise<number> {
+    return finishCascade(await this.c(), runId, seen);
+  }
+
+  async takeDueCascades(limit?: number): Promise<string[]> {
+    return takeDueCascades(await this.c(), limit);
   }
 
   async busyJobs(queues: string[], now: number) {

@@ -3,8 +3,8 @@ import type { HostedHandler, WorkflowStorage } from '../storage/workflow.storage
 
 /**
  * Background upkeep every worker process runs: promote due scheduled jobs, fire due
- * schedule ticks, reap
- * expired leases, and (one process at a time, by database lock) delete finished runs
+ * schedule ticks, reap expired leases, cancel the siblings of tripped failFast joins,
+ * finish cancel cascades whose canceller stopped on the way, and (one process at a time, by database lock) delete finished runs
  * and dead letters past retention. Errors are logged and tried again next tick.
  */
 export class Maintenance {
@@ -35,7 +35,10 @@ export class Maintenance {
   start(): void {
     this.every('promote', this.opts.pollIntervalMs, () => this.promote());
     this.every('joins', this.opts.pollIntervalMs, () => this.joins());
-    this.every('reap', Math.min(5000, Math.max(200, Math.floor(this.opts.leaseMs / 4))), () => this.reap());
+    const reapMs = Math.min(5000, Math.max(200, Math.floor(this.opts.leaseMs / 4)));
+    this.every('reap', reapMs, () => this.reap());
+    // Like the reaper, it takes over what a process that died left: a cascade's lease passes first anyway.
+    this.every('cascades', reapMs, () => this.cascades());
     // A sweep that finds nothing is two index probes: cheap enough to run every few seconds.
     const upkeepMs = Math.min(60_000, Math.max(1_000, this.opts.pollIntervalMs * 40));
     this.every('retention', upkeepMs, () => this.sweep());
@@ -66,28 +69,42 @@ export class Maintenance {
 
   /**
    * failFast joins a failed child tripped: the other children of that spawn are cancelled,
-   * and everything below them (a cancelled parent's children go with it), each run in a
-   * transaction of its own, parents first. Runs that have ended are walked too, so a pass
-   * cut off by a crash is done again whole by the next one: the join stays tripped until
-   * the walk is over. Only that spawn's children: a pass that reaches a join late, after
-   * another process handled it and the parent spawned again, cancels nothing of the new one.
+   * each in a transaction of its own, and everything below them (finishCascade). A pass cut
+   * off by a crash leaves the join tripped, so the next one cancels what is left of that
+   * spawn, and each cancelled sibling's cascade mark, so whatever process takes it up
+   * cancels the rest below. Only that spawn's children: a pass that reaches a join late,
+   * after another process handled it and the parent spawned again, cancels nothing of the new one.
    */
   async joins(): Promise<void> {
     let cancelled = false;
     for (const join of await this.storage.trippedJoins()) {
-      for (const child of await this.storage.childRunIds(join.runId, join.stepNumber - 1))
-        cancelled = (await this.cancelTree(child)) || cancelled;
+      for (const child of await this.storage.childRunIds(join.runId, join.stepNumber - 1)) {
+        const result = await this.storage.cancelRun(child);
+        if (!result) continue;
+        if (result !== 'already-cancelling') cancelled = true;
+        if ((await this.storage.finishCascade(child)) > 0) cancelled = true;
+      }
       await this.storage.joinHandled(join.jobId, join.stepNumber);
     }
     // The last cancel of a join makes its parent's next step claimable.
     if (cancelled) this.onWork();
   }
 
-  /** Cancels a run and every run below it; true if any was cancelled. */
-  private async cancelTree(runId: string): Promise<boolean> {
-    let cancelled = (await this.storage.cancelRun(runId)) !== false;
-    for (const child of await this.storage.childRunIds(runId)) cancelled = (await this.cancelTree(child)) || cancelled;
-    return cancelled;
+  /**
+   * Cancel cascades whose walker stopped before the end (its process died or stalled
+   * past the cascade lease): this process walks them on from the marks left.
+   */
+  async cascades(): Promise<void> {
+    let cancelled = 0;
+    const taken = await this.storage.takeDueCascades();
+    for (const runId of taken) cancelled += await this.storage.finishCascade(runId);
+    if (taken.length) {
+      this.logger.warn(
+        `Took over the cancel cascade of ${taken.length} run(s) whose canceller stopped on the way: ${cancelled} run(s) below them cancelled.`,
+      );
+    }
+    // Terminal deliveries of what was cancelled wait to be claimed.
+    if (cancelled) this.onWork();
   }
 
   /** Also fires due schedule ticks: the same cadence, and a ManualClock jump calls it at once. */

@@ -10,7 +10,7 @@ import type { ResolvedWorkerConfig, ResolvedWorkflowConfig } from '../workflow.c
 import { WORKFLOW_CONFIG } from '../workflow.constants.js';
 import { WorkflowRegistry } from '../workflow.registry.js';
 import { WorkflowStorage } from '../storage/workflow.storage.js';
-import { type ClaimedJob, JobKind } from '../storage/storage.types.js';
+import { type ClaimedJob, type Handoff, JobKind } from '../storage/storage.types.js';
 import { Execution } from './execution.js';
 import { LeaseKeeper } from './lease-keeper.js';
 import { Maintenance } from './maintenance.js';
@@ -70,6 +70,9 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
   private throttleAt = Number.POSITIVE_INFINITY;
   /** When the claim loop last began an iteration (Date.now()): the health check's heartbeat. */
   private beatAt = 0;
+  /** Slots reserved for a signal's step (reserve) and not yet taken or released; the drain waits for them. */
+  private handoffs = 0;
+  private handoffsSettled?: () => void;
 
   constructor(
     @Inject(WORKFLOW_CONFIG) private readonly config: ResolvedWorkflowConfig,
@@ -142,6 +145,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
       this.notifier.onWake(() => this.jobsMayWait()),
       this.notifier.onDue(() => this.maintenance?.promoteNow()),
       this.config.clock.onChange?.(() => this.maintenance?.promoteNow()) ?? (() => undefined),
+      this.notifier.offerSlots((queue, keyed) => this.reserve(queue, keyed)),
       this.notifier.onCancel((runId) => {
         for (const e of this.inFlight.values())
           if (e.job.runId === runId && e.job.kind === JobKind.Step) this.cancel(e);
@@ -176,6 +180,46 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
       );
     }
     this.loop = this.claimLoop(storage);
+  }
+
+  /**
+   * A slot for a step of `queue` that a signal of this process is about to wake: the
+   * signal's transaction leases the step to it and hands it over, which saves the claim's
+   * transaction (its round trips and its commit). Only what a claim would do next anyway:
+   * while the worker runs, for a workflow hosted here whose steps a claim need not count
+   * (no rateLimit; keyConcurrency only for a step with a key), under both concurrency
+   * limits, and when no queue of this process is known to have work waiting (that work
+   * goes first, in the claim's order). Internal: the module's own WorkflowService calls it.
+   */
+  reserve(queue: string, keyed: boolean): Handoff | undefined {
+    if (!this.running) return undefined;
+    const q = this.queues.find((r) => r.name === queue);
+    if (!q?.workflow || q.limits?.rate || (keyed && q.limits?.keyConcurrency)) return undefined;
+    if (this.busySlots >= this.options.concurrency || q.inFlight >= q.limit) return undefined;
+    if (this.queues.some((r) => r.waiting)) return undefined;
+    const slot = this.takeSlot(q);
+    let done = false;
+    this.handoffs++;
+    const settled = () => {
+      done = true;
+      if (--this.handoffs === 0) this.handoffsSettled?.();
+    };
+    return {
+      token: this.nextToken(),
+      leaseMs: this.options.leaseMs,
+      maxAttempts: q.maxAttempts,
+      take: (job) => {
+        if (done) return;
+        // Leased to this process already: it runs here even if shutdown began meanwhile (its drain waits for it).
+        this.launch(q, job, 0, slot);
+        settled();
+      },
+      release: () => {
+        if (done) return;
+        this.freeSlot(q, slot);
+        settled();
+      },
+    };
   }
 
   wake(): void {
@@ -370,6 +414,8 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
     await this.maintenance?.stop();
     this.notifier.close();
     await this.loop;
+    // A signal's transaction that leased a step to this worker hands it over once it commits: wait for it to be in flight.
+    if (this.handoffs > 0) await waitAll([new Promise<void>((r) => (this.handoffsSettled = r))], 5_000);
     const timeout = this.options.shutdownTimeoutMs;
     if (this.inFlight.size) {
       this.logger.log(`Shutting down: waiting up to ${timeout} ms for ${this.inFlight.size} job(s) in flight.`);

@@ -13,6 +13,9 @@
  * CHAOS_GRANDCHILDREN (default 2) of its own, and the first spawn of every
  * CHAOS_FAIL_FAST_EVERY-th spawning run (default 5) is a failFast group with a child that
  * fails on purpose (see child-plan.ts).
+ * Workers report event-loop stalls over CHAOS_LAG_TRACK_MS (default 200; 0: none); a
+ * duplicate whose earlier delivery lost its lease to the reaper on a live process counts
+ * as a redelivery after lease expiry (with that process's longest stall), not as unexplained.
  * Prints the figures; exits 1 if any invariant is broken.
  */
 import { childrenHold, runChaos, signalsHold } from './chaos-harness.js';
@@ -43,6 +46,7 @@ const report = await runChaos({
   childSteps: num('CHAOS_CHILD_STEPS', 3),
   grandchildren: num('CHAOS_GRANDCHILDREN', 2),
   failFastEvery: num('CHAOS_FAIL_FAST_EVERY', 5),
+  lagTrackMs: num('CHAOS_LAG_TRACK_MS', 200),
   log: (line) => process.stdout.write(`${new Date().toISOString()} ${line}\n`),
 });
 process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);

@@ -34,6 +34,8 @@ export interface ChaosOptions {
    * submitted, so the submitter meets one too.
    */
   dbRestartEveryMs?: number;
+  /** Workers report event-loop stalls over this many ms (default 200; 0: none), to attribute duplicates. */
+  lagTrackMs?: number;
   /** Runs per submitMany call (default 500). */
   submitBatch?: number;
   /** At most this many database restarts (default: no limit). */
@@ -201,8 +203,38 @@ export interface ChaosReport {
   /** The longest time from such an earlier delivery to the crash after it. */
   maxDbRestartDuplicateLeadMs: number;
   /**
+   * Duplicates whose earlier delivery was on a live process (no kill of it, no database
+   * crash in between) and lost its lease: the reaper's `lease-expired` record of that very
+   * attempt is in the history. At-least-once redelivery, as designed, of a step whose
+   * process did not renew its lease in time (an event-loop stall, no CPU, a slow database).
+   */
+  duplicatesAfterLeaseExpiry: number;
+  /** Of those, the ones whose earlier delivery began within 5 s of its process's start (pools still filling, code still cold). */
+  leaseExpiriesInFirst5s: number;
+  /** Of those, the ones whose process reported an event-loop stall of a third of the lease (a renewal period) or more between the delivery's start (less a lease) and the reaping. */
+  leaseExpiriesWithStall: number;
+  /**
+   * Examples of those: the process, its longest stall in that window, and when the lease
+   * was reaped and the step delivered again, relative to the earlier delivery's journal row.
+   */
+  leaseExpiries: Array<{
+    runId: string;
+    step: number;
+    pid: number;
+    longestStallMs: number;
+    /** How long the process had been running when the delivery began. */
+    workerAgeMs: number;
+    /** When the delivery was leased (its claim, or the settlement that leased it in place): negative, before its journal row. */
+    leasedAfterMs: number;
+    reapedAfterMs: number;
+    nextAfterMs: number;
+  }>;
+  /** Event-loop stalls over `lagTrackMs` the workers reported: how many, the longest, how many longer than the lease. */
+  eventLoopStalls: { count: number; longestMs: number; overLease: number; overThirdOfLease: number };
+  /**
    * Duplicates whose earlier delivery was cut off neither by a kill of its process nor by a
-   * database crash (neither happened between it and the next delivery): must be 0.
+   * database crash (neither happened between it and the next delivery), and did not lose its
+   * lease to the reaper either: must be 0.
    */
   duplicatesWithoutKill: number;
   /**
@@ -217,6 +249,8 @@ export interface ChaosReport {
     crashesMs: number[];
     /** With signals: the run's signals, as step:mode/duplicate@when their send completed (relative, as above). */
     signals?: string[];
+    /** The earlier delivery's process: its event-loop stalls between that delivery and the next one, as ms@end (relative). */
+    stalls?: string[];
   }>;
   /** Runs (children included) whose @OnTerminal handler never journaled their final state. */
   runsWithoutTerminalDelivery: number;
@@ -394,6 +428,10 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   const db = new HarnessConnection(url);
   const journal = `\`${o.prefix}journal\``;
   const workers: WorkerProcess[] = [];
+  /** Every worker started, killed ones included: their reported stalls are read at the end. */
+  const everyWorker: WorkerProcess[] = [];
+  /** When each worker reported ready, by pid. */
+  const readyAt = new Map<number, number>();
   const killed = new Set<number>();
   /** When workers were SIGKILLed, by pid (a list: the system may hand a pid out again). */
   const killedAt = new Map<number, number[]>();
@@ -457,6 +495,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       SIGNAL_EVERY: String(signalEvery),
       SIGNAL_TIMEOUT_EVERY: String(signalTimeoutEvery),
       SIGNAL_TIMEOUT_MS: String(o.signalTimeoutMs ?? 1_000),
+      LAG_TRACK_MS: String(o.lagTrackMs ?? 200),
       ...spawnOptionsToEnv(spawnOpts),
     };
     const spawnWorker = () =>
@@ -472,6 +511,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
           log(`worker ${w.pid} EXITED BY ITSELF (code ${code}, signal ${signal}): ${stderr.slice(-500)}`);
         });
         workers.push(w);
+        everyWorker.push(w);
+        readyAt.set(w.pid, Date.now());
         return w;
       });
     for (let i = 0; i < o.workers; i++) await spawnWorker();
@@ -837,6 +878,37 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
               GROUP_CONCAT(CONCAT(pid, '@', CAST(ROUND(UNIX_TIMESTAMP(at) * 1000) AS UNSIGNED), '#', attempt) ORDER BY id) AS deliveries
          FROM ${journal} WHERE kind = 'step' GROUP BY run_id, step_number`,
     );
+    // The reaper's record of every delivery whose lease expired, and each worker's event-loop stalls.
+    const reaped = new Map(
+      (
+        await db.query<
+          Array<{ run_id: string; step_number: number; attempt: number; started_at: number; finished_at: number }>
+        >(
+          `SELECT run_id, step_number, attempt, started_at, finished_at FROM \`${o.prefix}history\` WHERE outcome = 'lease-expired'`,
+        )
+      ).map((r) => [
+        `${r.run_id}|${r.step_number}|${r.attempt}`,
+        { leasedAt: Number(r.started_at), at: Number(r.finished_at) },
+      ]),
+    );
+    const stallsOf = new Map<number, Array<{ from: number; to: number; ms: number }>>();
+    const eventLoopStalls = { count: 0, longestMs: 0, overLease: 0, overThirdOfLease: 0 };
+    for (const w of everyWorker) {
+      for (const line of w.lines) {
+        const m = /^stall (\d+) (\d+)$/.exec(line);
+        if (!m) continue;
+        const [to, ms] = [Number(m[1]), Number(m[2])];
+        stallsOf.set(w.pid, [...(stallsOf.get(w.pid) ?? []), { from: to - ms, to, ms }]);
+        eventLoopStalls.count++;
+        eventLoopStalls.longestMs = Math.max(eventLoopStalls.longestMs, ms);
+        if (ms > o.leaseMs) eventLoopStalls.overLease++;
+        if (ms >= o.leaseMs / 3) eventLoopStalls.overThirdOfLease++;
+      }
+    }
+    let duplicatesAfterLeaseExpiry = 0;
+    let leaseExpiriesWithStall = 0;
+    let leaseExpiriesInFirst5s = 0;
+    const leaseExpiries: ChaosReport['leaseExpiries'] = [];
     let duplicateDeliveries = 0;
     let duplicatesWithoutKill = 0;
     let duplicatesAroundKill = 0;
@@ -865,6 +937,33 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
           maxDbRestartDuplicateLeadMs = Math.max(maxDbRestartDuplicateLeadMs, crash - at);
           continue;
         }
+        const reaping = reaped.get(`${s.run_id}|${s.step_number}|${deliveries[i][2]}`);
+        if (reaping !== undefined) {
+          const reapedAt = reaping.at;
+          duplicatesAfterLeaseExpiry++;
+          // The lease ran out if no renewal landed for a whole lease before the reaping.
+          const longestStallMs = Math.max(
+            0,
+            ...(stallsOf.get(pid) ?? [])
+              .filter((st) => st.to >= at - o.leaseMs && st.from <= reapedAt)
+              .map((st) => st.ms),
+          );
+          if (longestStallMs >= o.leaseMs / 3) leaseExpiriesWithStall++;
+          const workerAgeMs = at - (readyAt.get(pid) ?? at);
+          if (workerAgeMs < 5_000) leaseExpiriesInFirst5s++;
+          if (leaseExpiries.length < 10 || (duplicatesAfterLeaseExpiry % 25 === 0 && leaseExpiries.length < 30))
+            leaseExpiries.push({
+              runId: s.run_id,
+              step: s.step_number,
+              pid,
+              longestStallMs,
+              workerAgeMs,
+              leasedAfterMs: reaping.leasedAt - at,
+              reapedAfterMs: reapedAt - at,
+              nextAfterMs: nextAt - at,
+            });
+          continue;
+        }
         duplicatesWithoutKill++;
         if (unexplainedDuplicates.length < 20) {
           const first = deliveries[0][1];
@@ -874,6 +973,9 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
             deliveries: String(s.deliveries),
             killsMs: deliveries.flatMap(([p]) => killedAt.get(p) ?? []).map((k) => k - first),
             crashesMs: crashes.map((c) => c - first),
+            stalls: (stallsOf.get(pid) ?? [])
+              .filter((st) => st.to >= at - o.leaseMs && st.from <= nextAt)
+              .map((st) => `${st.ms}@${st.to - first}`),
             ...(signalEvery > 0
               ? {
                   signals: (plan.get(s.run_id) ?? []).map(
@@ -1227,6 +1329,11 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       duplicatesAroundKill,
       duplicatesAroundDbRestart,
       maxDbRestartDuplicateLeadMs,
+      duplicatesAfterLeaseExpiry,
+      leaseExpiriesWithStall,
+      leaseExpiriesInFirst5s,
+      leaseExpiries,
+      eventLoopStalls,
       duplicatesWithoutKill,
       unexplainedDuplicates,
       runsWithoutTerminalDelivery: withoutTerminal + ids.filter((id) => !idSet.has(id)).length + kids.missingChildren,

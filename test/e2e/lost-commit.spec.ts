@@ -34,7 +34,11 @@ class ChainRunner {
 @Injectable()
 @StepRunner('gate')
 class GateRunner {
+  calls = new Map<string, number>();
+
   runStep(step: Step) {
+    const key = `${step.runId}/${step.stepNumber}`;
+    this.calls.set(key, (this.calls.get(key) ?? 0) + 1);
     if (step.stepNumber === 0) return StepOutcome.waitForSignal('go', null);
     return StepOutcome.succeed(step.received);
   }
@@ -137,6 +141,22 @@ describe.each<CutWhen>(['after', 'before'])('a connection cut %s COMMIT', (when)
       status: 'succeeded',
       result: { name: 'go', timedOut: false, data: 'once', signalId: `go-${when}` },
     });
+  });
+
+  it('a signal in the worker’s process, its step leased to that worker in the signal’s transaction: it runs once, with one attempt allowed', async () => {
+    const local = worker.get(WorkflowService);
+    const { runId } = await local.submit('gate', { input: null, maxAttemptsPerStep: 1 });
+    for (let s = await local.status(runId); s?.state !== 'waiting'; s = await local.status(runId))
+      await new Promise((r) => setTimeout(r, 20));
+    const cut = proxy.cutOnce({ when, match: (sql) => isCommit(sql) && /SET `state` = 2, .*`received`/s.test(sql) });
+    expect(await local.signal(runId, 'go', 'handed', { signalId: `hand-${when}` })).toBe(true);
+    await cut;
+    expect(await local.waitForOutcome(runId, { timeoutMs: 10_000 })).toMatchObject({
+      status: 'succeeded',
+      result: { name: 'go', data: 'handed', signalId: `hand-${when}` },
+    });
+    expect(worker.get(GateRunner).calls.get(`${runId}/1`)).toBe(1);
+    expect((await local.deadSteps()).filter((d) => d.runId === runId)).toEqual([]);
   });
 
   it('a retryDead: the answer is true and the run resumes once', async () => {

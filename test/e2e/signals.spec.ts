@@ -16,6 +16,7 @@ import {
   StepRunner,
   WorkflowService,
 } from 'nestjs-durable-workflow';
+import { WorkflowStorage } from '../../lib/storage/workflow.storage.js';
 import { startApp } from '../utils/create-test-app.js';
 import { DB_URL, dropTables, rawConnection, uniquePrefix } from '../utils/db.js';
 import { waitFor } from '../utils/wait.js';
@@ -292,5 +293,124 @@ describe('signals in the caller’s transaction', () => {
     await expect(other.transaction((m) => service.signal('any-run', 'x', 1, { manager: m }))).rejects.toBeInstanceOf(
       ForeignEntityManagerError,
     );
+  });
+});
+
+/** Waits for `go`, then runs its next step until the test opens its gate. */
+@Injectable()
+@StepRunner('gated', { concurrency: 1 })
+class GatedRunner {
+  running = 0;
+  most = 0;
+  gates = new Map<string, () => void>();
+  started = new Map<string, number>();
+  claimsAtStart = new Map<string, number>();
+  claims = () => 0;
+
+  async runStep(step: Step<{ hold?: boolean }>) {
+    if (step.stepNumber === 0) return StepOutcome.waitForSignal('go', step.payload);
+    this.most = Math.max(this.most, ++this.running);
+    this.started.set(step.runId, Date.now());
+    this.claimsAtStart.set(step.runId, this.claims());
+    if (step.payload.hold) await new Promise<void>((r) => this.gates.set(step.runId, r));
+    this.running--;
+    return StepOutcome.succeed(null);
+  }
+}
+
+/** Waits for `go`, with a rate limit: each step's start is counted by a claim, so none is handed over. */
+@Injectable()
+@StepRunner('metered', { concurrency: 2, rateLimit: { limit: 1000, periodMs: 1000 } })
+class MeteredRunner {
+  runStep(step: Step) {
+    if (step.stepNumber === 0) return StepOutcome.waitForSignal('go', null);
+    return StepOutcome.succeed(null);
+  }
+}
+
+/**
+ * A signal sent in the process whose worker runs the waiting workflow leases the woken
+ * step to that worker in the signal's own transaction when a slot is free and nothing
+ * else waits for it: the step starts without a claim. Otherwise a claim takes it, as ever.
+ */
+describe('signals handed to the local worker', () => {
+  const prefix = uniquePrefix('handoff');
+  let app: TestingModule;
+  let service: WorkflowService;
+  let runner: GatedRunner;
+  let claims = 0;
+
+  beforeAll(async () => {
+    // A poll of a minute: a step that starts at once after its signal was not found by polling.
+    app = await startApp({
+      prefix,
+      providers: [GatedRunner, MeteredRunner],
+      worker: { concurrency: 4, pollIntervalMs: 60_000, leaseMs: 5_000, shutdownTimeoutMs: 2_000 },
+    });
+    service = app.get(WorkflowService);
+    runner = app.get(GatedRunner);
+    const storage = app.get(WorkflowStorage);
+    const claim = storage.claimBatch.bind(storage);
+    storage.claimBatch = (...args: Parameters<typeof claim>) => (claims++, claim(...args));
+    runner.claims = () => claims;
+  });
+
+  afterAll(async () => {
+    for (const open of app.get(GatedRunner).gates.values()) open();
+    await app?.close();
+    await dropTables(prefix);
+  });
+
+  const waitingRun = async (input: { hold?: boolean }) => {
+    const { runId } = await service.submit('gated', { input });
+    await waitFor(async () => (await service.status(runId))?.state === 'waiting', `run ${runId} waiting`);
+    return runId;
+  };
+
+  it('a free slot: the woken step starts without a claim, at once', async () => {
+    const runId = await waitingRun({});
+    const before = claims;
+    const sent = Date.now();
+    expect(await service.signal(runId, 'go')).toBe(true);
+    expect(await service.waitForOutcome(runId, { timeoutMs: 5_000 })).toMatchObject({ status: 'succeeded' });
+    expect(runner.claimsAtStart.get(runId)).toBe(before);
+    expect(runner.started.get(runId)! - sent).toBeLessThan(1_000);
+    expect(await service.history(runId)).toMatchObject([
+      { stepNumber: 0, attempt: 1, outcome: 'wait' },
+      { stepNumber: 1, attempt: 1, outcome: 'succeed' },
+    ]);
+  });
+
+  it('no slot free: the step waits for a claim, and the runner’s concurrency holds', async () => {
+    const holder = await waitingRun({ hold: true });
+    const next = await waitingRun({});
+    expect(await service.signal(holder, 'go')).toBe(true);
+    await waitFor(() => runner.gates.get(holder), 'the first step holding the one slot of gated');
+    expect(await service.signal(next, 'go')).toBe(true);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(runner.started.has(next)).toBe(false);
+    expect(await service.status(next)).toMatchObject({ state: 'pending' });
+    runner.gates.get(holder)!();
+    expect(await service.waitForOutcome(next, { timeoutMs: 5_000 })).toMatchObject({ status: 'succeeded' });
+    expect(runner.most).toBe(1);
+  });
+
+  it('a rate-limited workflow: the step goes through a claim, which counts its start', async () => {
+    const { runId } = await service.submit('metered', { input: null });
+    await waitFor(async () => (await service.status(runId))?.state === 'waiting', `run ${runId} waiting`);
+    // The window's record of step starts: one per start a claim counted (the ring is far from full).
+    const starts = async () => {
+      const conn = await rawConnection();
+      try {
+        const [rows] = await conn.query(`SELECT COUNT(*) AS n FROM \`${prefix}flow_starts\` WHERE queue = 'metered'`);
+        return Number((rows as Array<{ n: number }>)[0].n);
+      } finally {
+        await conn.end();
+      }
+    };
+    const before = await starts();
+    expect(await service.signal(runId, 'go')).toBe(true);
+    expect(await service.waitForOutcome(runId, { timeoutMs: 5_000 })).toMatchObject({ status: 'succeeded' });
+    expect(await starts()).toBe(before + 1);
   });
 });
