@@ -1,4 +1,5 @@
 /** Jest 30 + ts-jest ESM preset; run through `npm test` (node --experimental-vm-modules). */
+/* global process */
 export default {
   preset: 'ts-jest/presets/default-esm',
   testEnvironment: 'node',

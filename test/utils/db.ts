@@ -18,6 +18,7 @@ export async function dropTables(prefix: string, url = DB_URL): Promise<void> {
   const conn = await rawConnection(url);
   try {
     for (const t of [
+      'locks',
       'history',
       'flow_starts',
       'flow',

@@ -170,7 +170,7 @@ export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
     // when its window next has room (ix_wake: one scan for all). flow_starts: a rate bucket's
     // last `limit` step starts, a ring whose slot ring_next is the oldest.
     version: 4,
-    name: 'concurrency keys, flow, flow_starts, history, jobs.started_at',
+    name: 'concurrency keys, flow, flow_starts, history, jobs.started_at, locks',
     statements: (p) => [
       `ALTER TABLE \`${p}runs\` ADD COLUMN \`concurrency_key\` VARCHAR(128) NULL`,
       `ALTER TABLE \`${p}schedules\` ADD COLUMN \`concurrency_key\` VARCHAR(128) NULL`,
@@ -213,6 +213,10 @@ export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
         PRIMARY KEY (\`run_id\`, \`seq\`)
       ) ${TABLE}`,
       `ALTER TABLE \`${p}jobs\` ADD COLUMN \`started_at\` BIGINT NULL`,
+      // locks: the named locks (migrate, retention), see named-lock.ts. migrate() makes it
+      // before this version runs, since it takes its lock from it; here for the apps that
+      // run the TypeORM migrations instead.
+      locksTableDdl(p),
     ],
   },
 ];
@@ -248,6 +252,20 @@ export function migrationsTableDdl(prefix: string): string {
 }
 
 /**
+ * One row per named lock: who holds it and until when (the database's clock), so a lock
+ * taken by a process that died frees itself. Made before any versioned migration, since
+ * the migration lock lives here.
+ */
+export function locksTableDdl(prefix: string): string {
+  return `CREATE TABLE IF NOT EXISTS \`${prefix}locks\` (
+    \`name\` VARCHAR(64) ${ASCII} NOT NULL,
+    \`holder\` VARCHAR(100) ${ASCII} NULL,
+    \`lease_until\` DATETIME(3) NULL,
+    PRIMARY KEY (\`name\`)
+  ) ${TABLE}`;
+}
+
+/**
  * The schema as TypeORM migration classes, for apps that run their own migrations
  * (`autoMigrate: false`). Pass your `tablePrefix` if you changed it.
  */
@@ -268,6 +286,8 @@ export function createWorkflowMigrations(tablePrefix = 'workflow_'): Array<new (
       async down(queryRunner: QueryRunner): Promise<void> {
         if (m.version === 1) {
           for (const t of [
+            'locks',
+            'history',
             'flow_starts',
             'flow',
             'schedules',
