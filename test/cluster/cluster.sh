@@ -187,6 +187,9 @@ defaults
   timeout client 2h
   timeout server 2h
   timeout check 2s
+  # A connection refused by a node that just died is sent to another one.
+  retries 3
+  option redispatch
   # A node counts as up only when it is Synced and in the primary component (check.sh): a node that
   # listens but is still joining, donating or cut off answers queries with errors (1047), not data.
   option external-check
