@@ -1,3 +1,4 @@
+import { appendFileSync } from 'node:fs';
 import type { TestingModule } from '@nestjs/testing';
 import type { Connection } from 'mysql2/promise';
 import { WorkflowService } from 'nestjs-durable-workflow';
@@ -227,6 +228,14 @@ export interface ChaosReport {
    * with the connection).
    */
   duplicatesAroundDbRestart: number;
+  /**
+   * On a cluster: duplicates whose earlier delivery began before, and the next after, the
+   * start of a window in which the cluster stalls commits: from a node's SIGKILL until the
+   * others evict it (evs.suspect_timeout, 5 s, plus the view change: 7 s allowed), and from
+   * the node's restart until it is Synced again (its join changes the view too). A step
+   * whose settlement waits longer than its lease is run again.
+   */
+  duplicatesAroundNodeFailure: number;
   /** The longest time from such an earlier delivery to the crash after it. */
   maxDbRestartDuplicateLeadMs: number;
   /**
@@ -490,6 +499,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   const signalDb = new HarnessConnection(url, undefined, !!galera);
   const nodeCrashes: number[] = [];
   const nodeDowntimeMs: number[] = [];
+  /** [from, to] of each window in which the cluster may stall commits (see duplicatesAroundNodeFailure). */
+  const nodeStalls: Array<[number, number]> = [];
   const killedNodes: number[] = [];
   const certs = new CertificationCount(galera);
   await certs.start();
@@ -549,6 +560,17 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
         const w = await startWorker(env);
         let stderr = '';
         w.child.stderr!.on('data', (d) => (stderr = (stderr + d).slice(-4000)));
+        // CHAOS_WORKER_LOG=<file>: the workers' warnings and errors, for an investigation.
+        const logFile = process.env.CHAOS_WORKER_LOG;
+        if (logFile) {
+          const keep = (d: Buffer) => {
+            for (const line of String(d).split('\n'))
+              if (/WARN|ERROR|Error/.test(line))
+                appendFileSync(logFile, `${new Date().toISOString()} ${w.pid} ${line}\n`);
+          };
+          w.child.stdout!.on('data', keep);
+          w.child.stderr!.on('data', keep);
+        }
         w.child.once('exit', (code, signal) => {
           if (killed.has(w.pid)) return;
           const at = workers.indexOf(w);
@@ -815,8 +837,12 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
           log(`node ${node} SIGKILLed (${nodeCrashes.length} node failures)`);
           await pause(1_500);
         });
+        const killedAt = nodeCrashes[nodeCrashes.length - 1];
+        nodeStalls.push([killedAt, killedAt + 7_000]);
         await delay(Math.max(0, (o.nodeDownMs ?? 3_000) - 1_500));
+        const restartAt = Date.now();
         await galera.startNode(node);
+        nodeStalls.push([restartAt, Date.now()]);
         await certs.afterStart(node);
         nodeDowntimeMs.push(Date.now() - nodeCrashes[nodeCrashes.length - 1]);
         log(`node ${node} rejoined and Synced ${nodeDowntimeMs[nodeDowntimeMs.length - 1]} ms after its kill`);
@@ -941,6 +967,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     let duplicatesWithoutKill = 0;
     let duplicatesAroundKill = 0;
     let duplicatesAroundDbRestart = 0;
+    let duplicatesAroundNodeFailure = 0;
+    const stalled = (from: number, to: number) => nodeStalls.some(([a, b]) => a <= to && b >= from);
     let maxDbRestartDuplicateLeadMs = 0;
     const unexplainedDuplicates: ChaosReport['unexplainedDuplicates'] = [];
     for (const s of steps) {
@@ -959,7 +987,11 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
           duplicatesAroundKill++;
           continue;
         }
-        const crash = [...crashes, ...nodeCrashes].find((c) => c >= at && c <= nextAt);
+        if (stalled(at, nextAt)) {
+          duplicatesAroundNodeFailure++;
+          continue;
+        }
+        const crash = crashes.find((c) => c >= at && c <= nextAt);
         if (crash !== undefined) {
           duplicatesAroundDbRestart++;
           maxDbRestartDuplicateLeadMs = Math.max(maxDbRestartDuplicateLeadMs, crash - at);
@@ -1085,7 +1117,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     /** A worker was killed, or the database crashed, between these two times. */
     const killOrCrashBetween = (from: number, to: number) =>
       [...killedAt.values()].some((ks) => ks.some((k) => k >= from - KILL_SLACK_MS && k <= to)) ||
-      [...crashes, ...nodeCrashes].some((c) => c >= from && c <= to);
+      crashes.some((c) => c >= from && c <= to) ||
+      stalled(from, to);
 
     // Every run journals each of its steps; a run that ends early (a deliberate failure, a
     // cancel) journals a prefix of them; none journals a step it does not have.
@@ -1337,6 +1370,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       duplicateDeliveries,
       duplicatesAroundKill,
       duplicatesAroundDbRestart,
+      duplicatesAroundNodeFailure,
       maxDbRestartDuplicateLeadMs,
       duplicatesWithoutKill,
       unexplainedDuplicates,
