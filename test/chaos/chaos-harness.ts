@@ -50,7 +50,7 @@ export interface ChaosOptions {
   cluster?: 'writer' | 'spread';
   /**
    * With `cluster`: every this many ms (the first once half the runs are submitted) one node
-   * is SIGKILLed, the writer (node 1) in 'writer' mode, each node in turn in 'spread' mode,
+   * is SIGKILLed, the current writer in 'writer' mode, each node in turn in 'spread' mode,
    * and started again `nodeDownMs` later (default 3000); it rejoins by IST or SST. 0: none.
    */
   nodeKillEveryMs?: number;
@@ -827,7 +827,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       for (let i = 0; !stop && nodeCrashes.length < (o.nodeKillLimit ?? Infinity); i++) {
         await Promise.race([wait, stopping]);
         if (stop) break;
-        const node = (o.cluster === 'writer' ? 1 : (i % 3) + 1) as 1 | 2 | 3;
+        const node = o.cluster === 'writer' ? await galera.currentWriter() : (((i % 3) + 1) as 1 | 2 | 3);
         // Held until HAProxy has marked the node down, so no worker starts against a node going away.
         await exclusive(async () => {
           await certs.beforeKill(node);

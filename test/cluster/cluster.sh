@@ -198,8 +198,13 @@ defaults
   default-server inter 500ms fastinter 250ms rise 2 fall 2 on-marked-down shutdown-sessions
 
 # Single writer: every connection goes to node 1 while it is up, else to the first backup that is.
+# The stick table holds one entry, the node chosen: when node 1 comes back, connections stay on the
+# node that took over instead of failing back. A failback would leave the old sessions writing on
+# the backup while new ones write on node 1: two writers for as long as those sessions live.
 listen writer
   bind 127.0.0.1:$WRITER_PORT
+  stick-table type integer size 1
+  stick on int(1)
   server node1 127.0.0.1:$(sql_port 1) check
   server node2 127.0.0.1:$(sql_port 2) check backup
   server node3 127.0.0.1:$(sql_port 3) check backup

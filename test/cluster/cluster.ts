@@ -69,6 +69,18 @@ export class GaleraCluster {
     return this.call('status');
   }
 
+  /** The node HAProxy's writer listener sends connections to now (it stays there until that node fails). */
+  async currentWriter(): Promise<1 | 2 | 3> {
+    const mysql = (await import('mysql2/promise')).default;
+    const conn = await mysql.createConnection({ uri: this.writerUrl });
+    try {
+      const [rows] = await conn.query('SELECT @@wsrep_node_name AS node');
+      return Number(/(\d)$/.exec((rows as Array<{ node: string }>)[0].node)![1]) as 1 | 2 | 3;
+    } finally {
+      await conn.end();
+    }
+  }
+
   /** SIGKILLs node n: a crash, HAProxy fails over when it is the writer. */
   killNode(n: 1 | 2 | 3): Promise<string> {
     return this.call('kill-node', String(n));
