@@ -94,6 +94,37 @@ describe('the engine, as the known gaps say (no module code)', () => {
   });
 });
 
+describe('reading on another node right after a commit', () => {
+  it('can miss the write with wsrep_sync_wait = 0; never with wsrep_sync_wait = 1', async () => {
+    const table = `\`${uniquePrefix('ryw')}t\``;
+    const writer = await rawConnection(cluster.nodeUrl(1));
+    const reader = await rawConnection(cluster.nodeUrl(2));
+    try {
+      await writer.query(`CREATE TABLE ${table} (id INT PRIMARY KEY, v INT NOT NULL) ENGINE=InnoDB`);
+      await writer.query(`INSERT INTO ${table} VALUES (1, 0)`);
+      const stale = { 0: 0, 1: 0 };
+      const tries = 300;
+      for (const wait of [0, 1] as const) {
+        await reader.query(`SET SESSION wsrep_sync_wait = ${wait}`);
+        for (let i = 1; i <= tries; i++) {
+          const v = wait * tries + i;
+          await writer.query(`UPDATE ${table} SET v = ? WHERE id = 1`, [v]);
+          const [rows] = await reader.query(`SELECT v FROM ${table} WHERE id = 1`);
+          if (Number((rows as Array<{ v: number }>)[0].v) !== v) stale[wait]++;
+        }
+      }
+      process.stdout.write(
+        `read on node 2 right after a commit on node 1: stale ${stale[0]}/${tries} with wsrep_sync_wait=0, ${stale[1]}/${tries} with 1\n`,
+      );
+      expect(stale[1]).toBe(0);
+    } finally {
+      await writer.query(`DROP TABLE IF EXISTS ${table}`);
+      await writer.end();
+      await reader.end();
+    }
+  });
+});
+
 describe('the named lock across nodes', () => {
   const prefix = uniquePrefix('glock');
   afterAll(() => dropTables(prefix, cluster.writerUrl));
