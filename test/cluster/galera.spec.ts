@@ -4,6 +4,7 @@ import type { TestingModule } from '@nestjs/testing';
 import { type Step, StepOutcome, StepRunner, WorkflowService } from 'nestjs-durable-workflow';
 import type mysql from 'mysql2/promise';
 import { withNamedLock } from '../../lib/storage/named-lock.js';
+import { runBatch } from '../../lib/storage/sql-client.js';
 import { startApp } from '../utils/create-test-app.js';
 import { dropTables, rawConnection, uniquePrefix } from '../utils/db.js';
 import { ownSqlClient } from '../utils/lock-client.js';
@@ -121,6 +122,46 @@ describe('reading on another node right after a commit', () => {
       await writer.query(`DROP TABLE IF EXISTS ${table}`);
       await writer.end();
       await reader.end();
+    }
+  });
+});
+
+describe("a transaction of the module's that loses to a write committed on another node", () => {
+  it.each([
+    ['statements and COMMIT in one round trip (claims, settlements, signals)', true],
+    ['COMMIT on its own (the careful paths)', false],
+  ])('%s: 1213, rolled back, run again on fresh data; no lost update', async (_what, commitInTrip) => {
+    const table = `\`${uniquePrefix('cert')}t\``;
+    const other = await rawConnection(cluster.nodeUrl(1));
+    const { client, close } = await ownSqlClient(cluster.nodeUrl(2));
+    try {
+      await other.query(`CREATE TABLE ${table} (id INT PRIMARY KEY, v INT NOT NULL) ENGINE=InnoDB`);
+      await other.query(`INSERT INTO ${table} VALUES (1, 0)`);
+      await waitFor(
+        async () => (await client.query<unknown[]>(`SELECT 1 FROM ${table}`)).length === 1,
+        'the row on node 2',
+      );
+      let tries = 0;
+      const retriesBefore = client.conflictRetries;
+      const seen = await client.transaction(async (sql) => {
+        tries++;
+        const [{ v }] = await sql.query<Array<{ v: number }>>(`SELECT v FROM ${table} WHERE id = 1 FOR UPDATE`);
+        // Node 1 commits a write to the row ours holds: on node 2 it aborts ours (or fails its certification).
+        if (tries === 1) await other.query(`UPDATE ${table} SET v = v + 100 WHERE id = 1`);
+        const write: [string, unknown[]] = [`UPDATE ${table} SET v = ? WHERE id = 1`, [Number(v) + 1]];
+        if (commitInTrip) await runBatch(sql, [write], true);
+        else await sql.query(...write);
+        return Number(v);
+      });
+      expect(tries).toBe(2);
+      expect(client.conflictRetries - retriesBefore).toBe(1);
+      expect(seen).toBe(100);
+      const [rows] = await other.query(`SELECT v FROM ${table} WHERE id = 1`);
+      expect((rows as Array<{ v: number }>)[0].v).toBe(101);
+    } finally {
+      await other.query(`DROP TABLE IF EXISTS ${table}`);
+      await other.end();
+      await close();
     }
   });
 });
