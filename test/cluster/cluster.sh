@@ -173,7 +173,6 @@ start_node() { # N [bootstrap]
 haproxy_cfg() {
   cat <<EOF
 global
-  pidfile $DIR/haproxy.pid
   maxconn 4000
   external-check
   insecure-fork-wanted
@@ -183,6 +182,8 @@ defaults
   mode tcp
   log global
   option dontlognull
+  # Every check that changes a server's state, in haproxy.log: a failover shows when and why.
+  option log-health-checks
   timeout connect 2s
   timeout client 2h
   timeout server 2h
@@ -199,7 +200,8 @@ defaults
 
 # Single writer: every connection goes to node 1 while it is up, else to the first backup that is.
 # The stick table holds one entry, the node chosen: when node 1 comes back, connections stay on the
-# node that took over instead of failing back. A failback would leave the old sessions writing on
+# node that took over instead of failing back. (The entry moves with the first connection made
+# while its node is down; with none in between, the next one goes back to node 1.) A failback would leave the old sessions writing on
 # the backup while new ones write on node 1: two writers for as long as those sessions live.
 listen writer
   bind 127.0.0.1:$WRITER_PORT
@@ -231,7 +233,9 @@ start_haproxy() {
   haproxy_pid >/dev/null && return 0
   haproxy_cfg >"$DIR/haproxy.cfg"
   haproxy -c -q -f "$DIR/haproxy.cfg" || die "haproxy.cfg is invalid"
-  haproxy -D -f "$DIR/haproxy.cfg" -p "$DIR/haproxy.pid" >>"$DIR/haproxy.log" 2>&1
+  # In the foreground (-db) under setsid, so its log goes to haproxy.log and its pid is ours to keep.
+  setsid haproxy -db -f "$DIR/haproxy.cfg" </dev/null >>"$DIR/haproxy.log" 2>&1 &
+  echo $! >"$DIR/haproxy.pid"
   local deadline=$(($(date +%s) + 20))
   until mariadb --no-defaults -h127.0.0.1 -P"$WRITER_PORT" -uroot --connect-timeout=1 -N -B -e 'SELECT 1' >/dev/null 2>&1 &&
     mariadb --no-defaults -h127.0.0.1 -P"$SPREAD_PORT" -uroot --connect-timeout=1 -N -B -e 'SELECT 1' >/dev/null 2>&1; do
