@@ -156,6 +156,8 @@ describe("a transaction of the module's that loses to a write committed on anoth
       expect(tries).toBe(2);
       expect(client.conflictRetries - retriesBefore).toBe(1);
       expect(seen).toBe(100);
+      // Read on node 1 what node 2 committed: without a causal read it may not be applied there yet.
+      await other.query('SET SESSION wsrep_sync_wait = 1');
       const [rows] = await other.query(`SELECT v FROM ${table} WHERE id = 1`);
       expect((rows as Array<{ v: number }>)[0].v).toBe(101);
     } finally {
@@ -221,13 +223,22 @@ describe('the named lock across nodes', () => {
 
 /** Every execution of a step in this process, by "runId:step", whichever app (node) ran it. */
 const executions = new Map<string, number>();
+/** Who ran each execution: the node of the app, the delivery's attempt, when. */
+const executedBy = new Map<string, string[]>();
+let runners = 0;
 
 @Injectable()
 @StepRunner('spread')
 class SpreadRunner {
+  /** Apps start one after another, node 1 first, so the n-th instance is node n's. */
+  private readonly node = ++runners;
   runStep(step: Step<{ n: number }>) {
     const key = `${step.runId}:${step.stepNumber}`;
     executions.set(key, (executions.get(key) ?? 0) + 1);
+    executedBy.set(key, [
+      ...(executedBy.get(key) ?? []),
+      `node ${this.node} attempt ${step.attempts} at ${Date.now()}`,
+    ]);
     return step.stepNumber < 4 ? StepOutcome.continue(step.payload) : StepOutcome.succeed(step.payload);
   }
 }
@@ -270,7 +281,7 @@ describe('workers on all three nodes (multi-primary)', () => {
       120_000,
       200,
     );
-    const twice = [...executions].filter(([, n]) => n > 1);
+    const twice = [...executions].filter(([, n]) => n > 1).map(([key]) => [key, executedBy.get(key)]);
     expect(twice).toEqual([]);
     expect(executions.size).toBe(runs * 5); // steps 0 to 4
     const conflicts = (await conflictsSoFar()) - before;
