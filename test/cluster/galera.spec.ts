@@ -3,6 +3,7 @@ import { Injectable } from '@nestjs/common';
 import type { TestingModule } from '@nestjs/testing';
 import { type Step, StepOutcome, StepRunner, WorkflowService } from 'nestjs-durable-workflow';
 import type mysql from 'mysql2/promise';
+import mysqlPromise from 'mysql2/promise';
 import { withNamedLock } from '../../lib/storage/named-lock.js';
 import { runBatch } from '../../lib/storage/sql-client.js';
 import { startApp } from '../utils/create-test-app.js';
@@ -23,6 +24,20 @@ jest.setTimeout(180_000);
 beforeAll(async () => {
   await cluster.start();
 }, 300_000);
+
+/** A connection that may send several statements in one trip, as the module's own pool does. */
+async function rawMulti(url: string): Promise<mysql.Connection> {
+  const { hostname, port } = new URL(url);
+  const conn = await mysqlPromise.createConnection({
+    host: hostname,
+    port: Number(port),
+    user: 'root',
+    database: 'test',
+    multipleStatements: true,
+  });
+  await conn.query('SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED');
+  return conn;
+}
 
 /** Certification failures and brute-force aborts (a replicated write aborting a local transaction) over all nodes. */
 async function conflictsSoFar(): Promise<number> {
@@ -168,6 +183,112 @@ describe("a transaction of the module's that loses to a write committed on anoth
   });
 });
 
+describe("claims racing on three nodes, in the shape of the module's claim", () => {
+  const ROWS = 3_000;
+  /** Claims of up to 3 rows until none is left; `commit` sends UPDATE and COMMIT as the caller wants. Who claimed what. */
+  async function race(
+    claim: (node: 1 | 2 | 3, name: string) => Promise<number[] | null>,
+  ): Promise<{ twice: number; trips: number }> {
+    const claimedBy = new Map<number, string[]>();
+    let trips = 0;
+    await Promise.all(
+      NODES.map(async (n) => {
+        for (;;) {
+          const ids = await claim(n, `n${n}`);
+          if (ids === null) continue;
+          if (ids.length === 0) return;
+          trips++;
+          for (const id of ids) claimedBy.set(id, [...(claimedBy.get(id) ?? []), `n${n}`]);
+        }
+      }),
+    );
+    return { twice: [...claimedBy.values()].filter((w) => w.length > 1).length, trips };
+  }
+
+  async function table(): Promise<string> {
+    const name = `\`${uniquePrefix('race')}q\``;
+    const conn = await rawConnection(cluster.nodeUrl(1));
+    await conn.query(
+      `CREATE TABLE ${name} (id INT PRIMARY KEY, state INT NOT NULL, owner VARCHAR(8) NULL, KEY ix (state, id)) ENGINE=InnoDB`,
+    );
+    await conn.query(`INSERT INTO ${name} (id, state) VALUES ?`, [Array.from({ length: ROWS }, (_, i) => [i, 0])]);
+    await conn.query('SET SESSION wsrep_sync_wait = 1');
+    await conn.query(`SELECT COUNT(*) FROM ${name}`);
+    await conn.end();
+    return name;
+  }
+
+  it('the engine: a COMMIT at the end of a multi-statement trip can answer OK for a claim that did not commit (measured, not asserted)', async () => {
+    const t = await table();
+    const conns = await Promise.all(
+      NODES.map((n) =>
+        rawConnection(cluster.nodeUrl(n)).then(async (c) => {
+          await c.query('SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED');
+          return c;
+        }),
+      ),
+    );
+    try {
+      const multi = await Promise.all(NODES.map((n) => rawMulti(cluster.nodeUrl(n))));
+      try {
+        const { twice, trips } = await race(async (n, name) => {
+          const c = multi[n - 1];
+          try {
+            const [res] = (await c.query(
+              `START TRANSACTION; SELECT id FROM ${t} FORCE INDEX (ix) WHERE state = 0 ORDER BY id LIMIT 3 FOR UPDATE SKIP LOCKED`,
+            )) as unknown as [[unknown, Array<{ id: number }>]];
+            const ids = res[1].map((r) => r.id);
+            if (ids.length === 0) {
+              await c.query('COMMIT');
+              return [];
+            }
+            await c.query(`UPDATE ${t} SET state = 1, owner = ? WHERE id IN (?); COMMIT`, [name, ids]);
+            return ids;
+          } catch {
+            await c.query('ROLLBACK').catch(() => undefined);
+            return null;
+          }
+        });
+        process.stdout.write(
+          `engine, COMMIT in the trip: ${twice} of ${ROWS} rows claimed by two nodes that both saw COMMIT succeed (${trips} claim trips)\n`,
+        );
+      } finally {
+        await Promise.all(multi.map((c) => c.end()));
+      }
+    } finally {
+      await conns[0].query(`DROP TABLE IF EXISTS ${t}`);
+      await Promise.all(conns.map((c) => c.end()));
+    }
+  });
+
+  it('the module (COMMIT in a round trip of its own on Galera): no row is claimed twice', async () => {
+    const t = await table();
+    const clients = await Promise.all(NODES.map((n) => ownSqlClient(cluster.nodeUrl(n))));
+    try {
+      const { twice, trips } = await race((n, name) =>
+        clients[n - 1].client.transaction(async (sql) => {
+          const rows = await sql.query<Array<{ id: number }>>(
+            `SELECT id FROM ${t} FORCE INDEX (ix) WHERE state = 0 ORDER BY id LIMIT 3 FOR UPDATE SKIP LOCKED`,
+          );
+          if (rows.length === 0) return [];
+          await runBatch(
+            sql,
+            [[`UPDATE ${t} SET state = 1, owner = ? WHERE id IN (?)`, [name, rows.map((r) => r.id)]]],
+            true,
+          );
+          return rows.map((r) => r.id);
+        }, 1_000),
+      );
+      process.stdout.write(`module: ${twice} of ${ROWS} rows claimed twice (${trips} claims)\n`);
+      expect(twice).toBe(0);
+      expect(trips).toBeGreaterThanOrEqual(ROWS / 3);
+    } finally {
+      await clients[0].client.query(`DROP TABLE IF EXISTS ${t}`);
+      await Promise.all(clients.map((c) => c.close()));
+    }
+  });
+});
+
 describe('the named lock across nodes', () => {
   const prefix = uniquePrefix('glock');
   afterAll(() => dropTables(prefix, cluster.writerUrl));
@@ -282,6 +403,22 @@ describe('workers on all three nodes (multi-primary)', () => {
       200,
     );
     const twice = [...executions].filter(([, n]) => n > 1).map(([key]) => [key, executedBy.get(key)]);
+    if (twice.length) {
+      // What the database recorded of those deliveries, for the investigation.
+      const conn = await rawConnection(cluster.nodeUrl(1));
+      await conn.query('SET SESSION wsrep_sync_wait = 1');
+      const runIds = twice.map(([key]) => String(key).split(':')[0]);
+      const [history] = await conn.query(
+        `SELECT * FROM \`${prefix}history\` WHERE run_id IN (?) ORDER BY run_id, seq`,
+        [runIds],
+      );
+      const [runRows] = await conn.query(
+        `SELECT id, state, attempts, current_step FROM \`${prefix}runs\` WHERE id IN (?)`,
+        [runIds],
+      );
+      await conn.end();
+      process.stdout.write(`ran twice: ${JSON.stringify({ twice, history, runRows })}\n`);
+    }
     expect(twice).toEqual([]);
     expect(executions.size).toBe(runs * 5); // steps 0 to 4
     const conflicts = (await conflictsSoFar()) - before;
