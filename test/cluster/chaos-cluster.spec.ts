@@ -4,11 +4,12 @@ import { uniquePrefix } from '../utils/db.js';
 /**
  * The chaos test on the Galera cluster through HAProxy's single-writer listener: 300 runs of
  * 5 steps (signals, children, failFast groups as in test/chaos), 3 worker processes, one
- * SIGKILLed every 2 s, and the writer node SIGKILLed twice, 20 s apart, each time restarted
- * 3 s later to rejoin by IST while HAProxy has moved the writes to a backup.
+ * SIGKILLed every 2 s, and the writer node SIGKILLed (once the first half of the runs is
+ * submitted, and again 2 s after it rejoined, if the runs are not done by then), each time
+ * restarted 3 s later to rejoin by IST while HAProxy has moved the writes to a backup.
  * `npm run chaos` with CHAOS_CLUSTER=writer|spread for bigger runs.
  */
-describe('chaos on the Galera cluster: SIGKILL a worker every 2 s, and the writer node twice', () => {
+describe('chaos on the Galera cluster: SIGKILL a worker every 2 s, and the writer node once or twice', () => {
   it('loses no run, runs every step, duplicates only around worker kills and node failures', async () => {
     const report = await runChaos({
       prefix: uniquePrefix('gchaos'),
@@ -22,7 +23,7 @@ describe('chaos on the Galera cluster: SIGKILL a worker every 2 s, and the write
       timeoutMs: 240_000,
       submitBatch: 25,
       cluster: 'writer',
-      nodeKillEveryMs: 20_000,
+      nodeKillEveryMs: 2_000,
       nodeKillLimit: 2,
       nodeDownMs: 3_000,
       signalEvery: 2,
@@ -37,7 +38,10 @@ describe('chaos on the Galera cluster: SIGKILL a worker every 2 s, and the write
     });
 
     process.stdout.write(`chaos on the cluster: ${JSON.stringify(report)}\n`);
-    expect(report.cluster).toMatchObject({ mode: 'writer', nodeFailures: 2 });
+    // The second failure comes 2 s after the first node is Synced again (10-25 s): on a quiet
+    // machine the runs may all be done by then.
+    expect(report.cluster?.mode).toBe('writer');
+    expect(report.cluster?.nodeFailures).toBeGreaterThanOrEqual(1);
     expect(report.kills).toBeGreaterThanOrEqual(2);
     expect(report.unexpectedWorkerExits).toEqual([]);
     expect(report.runsLost).toBe(0);
