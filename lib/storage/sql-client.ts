@@ -180,14 +180,16 @@ export class SqlClient {
   /**
    * One statement on a pooled connection, outside any transaction. A conflict rolled the
    * statement back (on a cluster, once the server's own wsrep_retry_autocommit is spent),
-   * so running it again is running it once.
+   * so running it again is running it once. Not a lock-wait timeout: that statement has
+   * waited innodb_lock_wait_timeout already, and its caller decides whether to wait again.
    */
   async query<T = any>(sql: string, params?: readonly unknown[]): Promise<T> {
     for (let attempt = 0; ; attempt++) {
       try {
         return await this.retryingStaleConnections(() => this.queryOnce<T>(sql, params));
       } catch (err) {
-        if (!isRetryableConflict(err) || attempt >= 8) throw err;
+        const errno = (err as { errno?: number })?.errno;
+        if (!isRetryableConflict(err) || errno === LOCK_WAIT_TIMEOUT || attempt >= 8) throw err;
         this.conflictRetries++;
         await new Promise((r) => setTimeout(r, Math.random() * 5 * (attempt + 1)));
       }
