@@ -1,4 +1,5 @@
 /** Jest 30 + ts-jest ESM preset; run through `npm test` (node --experimental-vm-modules). */
+/* global process */
 export default {
   preset: 'ts-jest/presets/default-esm',
   testEnvironment: 'node',
@@ -12,5 +13,7 @@ export default {
     '^.+\\.ts$': ['ts-jest', { useESM: true, tsconfig: 'tsconfig.json' }],
   },
   testMatch: ['<rootDir>/test/**/*.spec.ts'],
+  // The cluster specs need a three-node Galera cluster (test/cluster): `npm run test:cluster`.
+  testPathIgnorePatterns: process.env.WF_CLUSTER ? ['/node_modules/'] : ['/node_modules/', '<rootDir>/test/cluster/'],
   testTimeout: 60_000,
 };

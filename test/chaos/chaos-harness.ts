@@ -1,8 +1,10 @@
+import { appendFileSync } from 'node:fs';
 import type { TestingModule } from '@nestjs/testing';
 import type { Connection } from 'mysql2/promise';
 import { WorkflowService } from 'nestjs-durable-workflow';
 import { startApp } from '../utils/create-test-app.js';
 import { DB_URL, dropTables, rawConnection } from '../utils/db.js';
+import { GaleraCluster } from '../cluster/cluster.js';
 import { PrivateMariaDb } from '../utils/private-db.js';
 import { createJournal, startWorker, type WorkerProcess } from '../utils/processes.js';
 import {
@@ -42,6 +44,21 @@ export interface ChaosOptions {
   dbRestartLimit?: number;
   /** TCP port of the private MariaDB (with `dbRestartEveryMs`). */
   dbPort?: number;
+  /**
+   * Run on the three-node Galera cluster of test/cluster (started if it is not up), through
+   * HAProxy: 'writer' is the single-writer listener (node 1, the others as backups), 'spread'
+   * the multi-primary one (connections spread over all three nodes).
+   */
+  cluster?: 'writer' | 'spread';
+  /**
+   * With `cluster`: every this many ms (the first once half the runs are submitted) one node
+   * is SIGKILLed, the current writer in 'writer' mode, each node in turn in 'spread' mode,
+   * and started again `nodeDownMs` later (default 3000); it rejoins by IST or SST. 0: none.
+   */
+  nodeKillEveryMs?: number;
+  /** At most this many node failures (default: no limit). */
+  nodeKillLimit?: number;
+  nodeDownMs?: number;
   /**
    * 0 (the default): no waits. Otherwise every step n with n % signalEvery === signalEvery - 1
    * (but the last) waits for the signal `chaos-<n + 1>`, which a signaller in this process (a
@@ -166,19 +183,32 @@ export interface SignalReport {
   problems: string[];
 }
 
+export interface ClusterReport {
+  mode: 'writer' | 'spread';
+  /** SIGKILLs of a node, each followed by its restart and rejoin. */
+  nodeFailures: number;
+  killedNodes: number[];
+  /** From each SIGKILL of a node until it was Synced again. */
+  nodeDowntimeMs: number[];
+  /** wsrep_local_cert_failures + wsrep_local_bf_aborts, summed over the nodes and their restarts. */
+  certificationFailures: number;
+}
+
 export interface ChaosReport {
   runs: number;
   steps: number;
   workers: number;
   kills: number;
   /** The shared database, or a private one that was crashed and restarted. */
-  database: 'shared' | 'private';
+  database: 'shared' | 'private' | 'cluster';
   /** SIGKILLs of the database server, each followed by a restart on the same data. */
   dbRestarts: number;
   /** From each SIGKILL of the server until it accepted a connection again. */
   dbDowntimeMs: number[];
   /** Submits (batches of `submitBatch` runs, fixed run ids) that failed with a connection error and were sent again. */
   submitRetries: number;
+  /** With `cluster`. */
+  cluster?: ClusterReport;
   elapsedMs: number;
   stepsPerSecond: number;
   succeeded: number;
@@ -200,6 +230,14 @@ export interface ChaosReport {
    * with the connection).
    */
   duplicatesAroundDbRestart: number;
+  /**
+   * On a cluster: duplicates whose earlier delivery began before, and the next after, the
+   * start of a window in which the cluster stalls commits: from a node's SIGKILL until the
+   * others evict it (evs.suspect_timeout, 5 s, plus the view change: 7 s allowed), and from
+   * the node's restart until it is Synced again (its join changes the view too). A step
+   * whose settlement waits longer than its lease is run again.
+   */
+  duplicatesAroundNodeFailure: number;
   /** The longest time from such an earlier delivery to the crash after it. */
   maxDbRestartDuplicateLeadMs: number;
   /**
@@ -356,12 +394,57 @@ const KILL_SLACK_MS = 2_000;
 
 const delay = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
+/**
+ * Certification failures and brute-force aborts over the nodes. A node's counters start
+ * again at 0 when it restarts, so each node's count is banked before it is killed.
+ */
+class CertificationCount {
+  private readonly base = new Map<number, number>();
+  private banked = 0;
+  constructor(private readonly galera?: GaleraCluster) {}
+
+  private async read(node: 1 | 2 | 3): Promise<number> {
+    const conn = await rawConnection(this.galera!.nodeUrl(node));
+    try {
+      const [rows] = await conn.query(
+        "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_local_cert_failures', 'wsrep_local_bf_aborts')",
+      );
+      return (rows as Array<{ Value: string }>).reduce((n, r) => n + Number(r.Value), 0);
+    } finally {
+      await conn.end();
+    }
+  }
+
+  async start(): Promise<void> {
+    if (this.base.size || !this.galera) return;
+    for (const n of [1, 2, 3] as const) this.base.set(n, await this.read(n));
+  }
+
+  async beforeKill(node: 1 | 2 | 3): Promise<void> {
+    this.banked += (await this.read(node)) - (this.base.get(node) ?? 0);
+  }
+
+  async afterStart(node: 1 | 2 | 3): Promise<void> {
+    this.base.set(node, await this.read(node).catch(() => 0));
+  }
+
+  async total(): Promise<number> {
+    if (!this.galera) return 0;
+    await this.start();
+    let n = this.banked;
+    for (const node of [1, 2, 3] as const) n += (await this.read(node).catch(() => 0)) - (this.base.get(node) ?? 0);
+    return n;
+  }
+}
+
 /** The harness's own connection: reconnects on connection errors until `patienceMs`. Only for statements safe to repeat. */
 class HarnessConnection {
   private conn?: Connection;
   constructor(
     private readonly url: string,
     private readonly patienceMs = 120_000,
+    /** On a cluster: the harness judges what it reads, so each read waits for every write committed before it (on any node). */
+    private readonly causal = false,
   ) {}
 
   async query<T>(sql: string): Promise<T> {
@@ -374,6 +457,7 @@ class HarnessConnection {
           conn.on('error', () => {
             if (this.conn === conn) this.conn = undefined;
           });
+          if (this.causal) await conn.query('SET SESSION wsrep_sync_wait = 1');
           this.conn = conn;
         }
         const [rows] = await this.conn.query(sql);
@@ -417,6 +501,12 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   };
   const restartEveryMs = o.dbRestartEveryMs ?? 0;
   let privateDb: PrivateMariaDb | undefined;
+  const galera = o.cluster ? new GaleraCluster() : undefined;
+  if (galera) {
+    if (restartEveryMs > 0) throw new Error('cluster and dbRestartEveryMs do not mix: use nodeKillEveryMs');
+    await galera.start();
+    log(`Galera cluster up (${o.cluster} listener): ${(await galera.status()).trim().replace(/\n/g, '; ')}`);
+  }
   if (restartEveryMs > 0) {
     // Sized like the shared server (128 MiB buffer pool, 96 MiB redo log), durable commits (the default).
     privateDb = await PrivateMariaDb.create(o.dbPort ?? 0, {
@@ -424,8 +514,9 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     });
     log(`private MariaDB on port ${privateDb.port} (pid ${privateDb.pid}), data in ${privateDb.dir}`);
   }
-  const url = privateDb?.url ?? DB_URL;
-  const db = new HarnessConnection(url);
+  const url = galera ? (o.cluster === 'spread' ? galera.spreadUrl : galera.writerUrl) : (privateDb?.url ?? DB_URL);
+  const ownUrl = !!(privateDb || galera);
+  const db = new HarnessConnection(url, undefined, !!galera);
   const journal = `\`${o.prefix}journal\``;
   const workers: WorkerProcess[] = [];
   /** Every worker started, killed ones included: their reported stalls are read at the end. */
@@ -445,7 +536,14 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   let stopSignals = false;
   /** signal() calls under way. */
   const inFlight = new Set<Promise<void>>();
-  const signalDb = new HarnessConnection(url);
+  const signalDb = new HarnessConnection(url, undefined, !!galera);
+  const nodeCrashes: number[] = [];
+  const nodeDowntimeMs: number[] = [];
+  /** [from, to] of each window in which the cluster may stall commits (see duplicatesAroundNodeFailure). */
+  const nodeStalls: Array<[number, number]> = [];
+  const killedNodes: number[] = [];
+  const certs = new CertificationCount(galera);
+  await certs.start();
   let chaos: Promise<void> | undefined;
   let stop = false;
   let stopped!: () => void;
@@ -482,7 +580,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     app = await startApp({
       prefix: o.prefix,
       worker: false,
-      options: { workflows: ['crashy'], ...(privateDb ? { connection: { url } } : {}) },
+      options: { workflows: ['crashy'], ...(ownUrl ? { connection: { url } } : {}) },
     });
     const env = {
       PREFIX: o.prefix,
@@ -503,6 +601,17 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
         const w = await startWorker(env);
         let stderr = '';
         w.child.stderr!.on('data', (d) => (stderr = (stderr + d).slice(-4000)));
+        // CHAOS_WORKER_LOG=<file>: the workers' warnings and errors, for an investigation.
+        const logFile = process.env.CHAOS_WORKER_LOG;
+        if (logFile) {
+          const keep = (d: Buffer) => {
+            for (const line of String(d).split('\n'))
+              if (/WARN|ERROR|Error/.test(line))
+                appendFileSync(logFile, `${new Date().toISOString()} ${w.pid} ${line}\n`);
+          };
+          w.child.stdout!.on('data', keep);
+          w.child.stderr!.on('data', keep);
+        }
         w.child.once('exit', (code, signal) => {
           if (killed.has(w.pid)) return;
           const at = workers.indexOf(w);
@@ -521,7 +630,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     signaller = await startApp({
       prefix: o.prefix,
       worker: false,
-      options: { workflows: ['crashy'], ...(privateDb ? { connection: { url } } : {}) },
+      options: { workflows: ['crashy'], ...(ownUrl ? { connection: { url } } : {}) },
     });
     const signals = signaller.get(WorkflowService);
     const ids = Array.from({ length: o.runs }, (_, i) => `run-${String(i).padStart(7, '0')}`);
@@ -753,6 +862,37 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       }
     })();
 
+    const nodeKills = (async () => {
+      const every = o.nodeKillEveryMs ?? 0;
+      if (!galera || every <= 0) return;
+      await certs.start();
+      let wait: Promise<unknown> = half;
+      for (let i = 0; !stop && nodeCrashes.length < (o.nodeKillLimit ?? Infinity); i++) {
+        await Promise.race([wait, stopping]);
+        if (stop) break;
+        const node = o.cluster === 'writer' ? await galera.currentWriter() : (((i % 3) + 1) as 1 | 2 | 3);
+        // Held until HAProxy has marked the node down, so no worker starts against a node going away.
+        await exclusive(async () => {
+          await certs.beforeKill(node);
+          await galera.killNode(node);
+          nodeCrashes.push(Date.now());
+          killedNodes.push(node);
+          log(`node ${node} SIGKILLed (${nodeCrashes.length} node failures)`);
+          await pause(1_500);
+        });
+        const killedAt = nodeCrashes[nodeCrashes.length - 1];
+        nodeStalls.push([killedAt, killedAt + 7_000]);
+        await delay(Math.max(0, (o.nodeDownMs ?? 3_000) - 1_500));
+        const restartAt = Date.now();
+        await galera.startNode(node);
+        nodeStalls.push([restartAt, Date.now()]);
+        await certs.afterStart(node);
+        nodeDowntimeMs.push(Date.now() - nodeCrashes[nodeCrashes.length - 1]);
+        log(`node ${node} rejoined and Synced ${nodeDowntimeMs[nodeDowntimeMs.length - 1]} ms after its kill`);
+        wait = pause(every);
+      }
+    })();
+
     const kills = (async () => {
       while (!stop) {
         await pause(o.killEveryMs);
@@ -767,7 +907,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       }
     })();
     let chaosError: unknown;
-    chaos = Promise.all([restarts, kills]).then(
+    chaos = Promise.all([restarts, kills, nodeKills]).then(
       () => undefined,
       (err) => {
         chaosError = err;
@@ -913,6 +1053,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     let duplicatesWithoutKill = 0;
     let duplicatesAroundKill = 0;
     let duplicatesAroundDbRestart = 0;
+    let duplicatesAroundNodeFailure = 0;
+    const stalled = (from: number, to: number) => nodeStalls.some(([a, b]) => a <= to && b >= from);
     let maxDbRestartDuplicateLeadMs = 0;
     const unexplainedDuplicates: ChaosReport['unexplainedDuplicates'] = [];
     for (const s of steps) {
@@ -929,6 +1071,10 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
         // we saw it dead (a loaded server reads its socket late): hence the slack before `at`.
         if ((killedAt.get(pid) ?? []).some((kill) => kill >= at - KILL_SLACK_MS && kill <= nextAt)) {
           duplicatesAroundKill++;
+          continue;
+        }
+        if (stalled(at, nextAt)) {
+          duplicatesAroundNodeFailure++;
           continue;
         }
         const crash = crashes.find((c) => c >= at && c <= nextAt);
@@ -972,7 +1118,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
             step: s.step_number,
             deliveries: String(s.deliveries),
             killsMs: deliveries.flatMap(([p]) => killedAt.get(p) ?? []).map((k) => k - first),
-            crashesMs: crashes.map((c) => c - first),
+            crashesMs: [...crashes, ...nodeCrashes].map((c) => c - first),
             stalls: (stallsOf.get(pid) ?? [])
               .filter((st) => st.to >= at - o.leaseMs && st.from <= nextAt)
               .map((st) => `${st.ms}@${st.to - first}`),
@@ -1087,7 +1233,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     /** A worker was killed, or the database crashed, between these two times. */
     const killOrCrashBetween = (from: number, to: number) =>
       [...killedAt.values()].some((ks) => ks.some((k) => k >= from - KILL_SLACK_MS && k <= to)) ||
-      crashes.some((c) => c >= from && c <= to);
+      crashes.some((c) => c >= from && c <= to) ||
+      stalled(from, to);
 
     // Every run journals each of its steps; a run that ends early (a deliberate failure, a
     // cancel) journals a prefix of them; none journals a step it does not have.
@@ -1315,10 +1462,21 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       steps: o.steps,
       workers: o.workers,
       kills: killed.size,
-      database: privateDb ? 'private' : 'shared',
+      database: galera ? 'cluster' : privateDb ? 'private' : 'shared',
       dbRestarts: crashes.length,
       dbDowntimeMs,
       submitRetries,
+      ...(galera
+        ? {
+            cluster: {
+              mode: o.cluster!,
+              nodeFailures: nodeCrashes.length,
+              killedNodes,
+              nodeDowntimeMs,
+              certificationFailures: await certs.total(),
+            },
+          }
+        : {}),
       elapsedMs,
       stepsPerSecond: Math.round((o.runs * o.steps + kids.childDeliveries) / (elapsedMs / 1000)),
       succeeded: ids.filter((id) => idSet.has(id)).length - notSucceeded.length,
@@ -1328,6 +1486,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       duplicateDeliveries,
       duplicatesAroundKill,
       duplicatesAroundDbRestart,
+      duplicatesAroundNodeFailure,
       maxDbRestartDuplicateLeadMs,
       duplicatesAfterLeaseExpiry,
       leaseExpiriesWithStall,
@@ -1361,6 +1520,10 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     if (privateDb) {
       await db.end();
       await privateDb.destroy();
+    } else if (galera) {
+      await db.query(`DROP TABLE IF EXISTS ${journal}`).catch(() => undefined);
+      await db.end();
+      await dropTables(o.prefix, galera.writerUrl).catch(() => undefined);
     } else {
       await db.query(`DROP TABLE IF EXISTS ${journal}`).catch(() => undefined);
       await db.end();

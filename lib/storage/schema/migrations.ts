@@ -170,7 +170,7 @@ export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
     // when its window next has room (ix_wake: one scan for all). flow_starts: a rate bucket's
     // last `limit` step starts, a ring whose slot ring_next is the oldest.
     version: 4,
-    name: 'concurrency keys, flow, flow_starts, history, jobs.started_at, listing indexes, counts',
+    name: 'concurrency keys, flow, flow_starts, history, jobs.started_at, listing indexes, counts, locks',
     statements: (p) => [
       `ALTER TABLE \`${p}runs\` ADD COLUMN \`concurrency_key\` VARCHAR(128) NULL`,
       `ALTER TABLE \`${p}schedules\` ADD COLUMN \`concurrency_key\` VARCHAR(128) NULL`,
@@ -233,6 +233,10 @@ export const WORKFLOW_SCHEMA: readonly WorkflowSchemaMigration[] = [
       `INSERT IGNORE INTO \`${p}counts\` (\`id\`, \`workflow\`, \`state\`, \`n\`)
         SELECT CONCAT('seed:', SHA1(CONCAT(\`workflow\`, '/', \`state\`))), \`workflow\`, \`state\`, COUNT(*)
         FROM \`${p}runs\` GROUP BY \`workflow\`, \`state\``,
+      // locks: the named locks (migrate, retention), see named-lock.ts. migrate() makes it
+      // before this version runs, since it takes its lock from it; here for the apps that
+      // run the TypeORM migrations instead.
+      locksTableDdl(p),
     ],
   },
 ];
@@ -282,8 +286,23 @@ export const WORKFLOW_TABLES: readonly string[] = [
   'dead',
   'jobs',
   'runs',
+  'locks',
   'migrations',
 ];
+
+/**
+ * One row per named lock: who holds it and until when (the database's clock), so a lock
+ * taken by a process that died frees itself. Made before any versioned migration, since
+ * the migration lock lives here.
+ */
+export function locksTableDdl(prefix: string): string {
+  return `CREATE TABLE IF NOT EXISTS \`${prefix}locks\` (
+    \`name\` VARCHAR(64) ${ASCII} NOT NULL,
+    \`holder\` VARCHAR(100) ${ASCII} NULL,
+    \`lease_until\` DATETIME(3) NULL,
+    PRIMARY KEY (\`name\`)
+  ) ${TABLE}`;
+}
 
 /**
  * The schema as TypeORM migration classes, for apps that run their own migrations

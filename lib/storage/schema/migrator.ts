@@ -3,14 +3,18 @@ import { WorkflowConfigError } from '../../errors/workflow-config.error.js';
 import { MESSAGES } from '../../workflow.messages.js';
 import { withNamedLock } from '../named-lock.js';
 import type { SqlClient } from '../sql-client.js';
-import { applyStatement, migrationsTableDdl, WORKFLOW_SCHEMA } from './migrations.js';
+import { applyStatement, locksTableDdl, migrationsTableDdl, WORKFLOW_SCHEMA } from './migrations.js';
 
 /**
- * Brings the schema up to date. Runs under GET_LOCK on one connection, so N processes
- * starting at once apply each version exactly once: the others wait, then find it done.
+ * Brings the schema up to date. Runs under the named lock "migrate", so N processes
+ * starting at once (on one server or on any nodes of a cluster) apply each version
+ * exactly once: the others wait, then find it done.
  */
 export async function migrate(client: SqlClient, prefix: string, now: () => number): Promise<number[]> {
   const logger = new Logger('WorkflowMigrator');
+  // The lock lives in this table, so it cannot wait for a migration; IF NOT EXISTS makes
+  // N processes creating it at once harmless.
+  await client.query(locksTableDdl(prefix));
   const applied = await withNamedLock(client, 'migrate', prefix, 120, async (sql) => {
     await sql.query(migrationsTableDdl(prefix));
     const rows = await sql.query<Array<{ version: number }>>(`SELECT \`version\` FROM \`${prefix}migrations\``);
