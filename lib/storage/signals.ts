@@ -162,8 +162,19 @@ async function deliver(ctx: StorageContext, sql: Sql, s: OutgoingSignal, offer?:
     [s.runId, s.signalId, s.name, s.data, s.sentAt, key],
   ];
   if (!job || Number(job.state) !== JobState.Waiting || job.wait_for !== s.name) {
-    await runBatch(sql, [store], true);
-    return true; // kept in the mailbox for the run's next wait of that name
+    // Kept in the mailbox for the run's next wait of that name. The run row is written too:
+    // a step parking on another node of a cluster writes it as well, so certification
+    // orders the two (without it, neither sees the other, and the wake-up is lost). On one
+    // server the run row is locked already (lockCurrent): no new lock, no extra trip.
+    await runBatch(
+      sql,
+      [
+        store,
+        [`UPDATE ${t.runs} SET \`updated_at\` = GREATEST(\`updated_at\` + 1, ?) WHERE \`id\` = ?`, [s.sentAt, s.runId]],
+      ],
+      true,
+    );
+    return true;
   }
   const now = ctx.now();
   const received = receivedJson({ name: s.name, data: s.data, signalId: s.signalId, sentAt: s.sentAt });
