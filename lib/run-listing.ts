@@ -5,10 +5,9 @@ import type { RunCounts, RunFilter, RunPage, RunState } from './interfaces/run.i
 import type { LivePhase, ListQuery } from './storage/queries.js';
 import { RunRowState } from './storage/storage.types.js';
 import type { WorkflowStorage } from './storage/workflow.storage.js';
-import { toStatus } from './run-views.js';
+import { RUN_STATES as STATES, toStatus } from './run-views.js';
 import { concurrencyKeyProblem, RUN_ID_PATTERN, WORKFLOW_NAME_PATTERN } from './workflow.constants.js';
 
-const STATES: readonly RunState[] = ['pending', 'running', 'waiting', 'cancelling', 'succeeded', 'failed', 'cancelled'];
 const PHASES: readonly string[] = ['pending', 'running', 'waiting'];
 const LIMIT = { default: 50, max: 500 };
 

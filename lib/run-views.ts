@@ -4,6 +4,19 @@ import { JobState, NEVER, type RunRow, RunRowState } from './storage/storage.typ
 import { parseJson } from './utils/json.js';
 import { visibleHeaders } from './observability/trace-context.js';
 
+/** Every RunState, in the order a run can pass through them. */
+export const RUN_STATES: readonly RunState[] = [
+  'pending',
+  'running',
+  'waiting',
+  'cancelling',
+  'succeeded',
+  'failed',
+  'cancelled',
+];
+/** The states a run ends in. */
+export const TERMINAL_STATES: ReadonlySet<string> = new Set(['succeeded', 'failed', 'cancelled']);
+
 export function toStatus(row: RunRow): RunStatus {
   let state: RunState;
   const jobState = Number(row.job_state);

@@ -28,7 +28,7 @@ import type {
 } from './interfaces/run.interface.js';
 import { isConnectionError } from './storage/sql-client.js';
 import { type CancelResult, WorkflowStorage } from './storage/workflow.storage.js';
-import { toOutcome, toStatus } from './run-views.js';
+import { TERMINAL_STATES as TERMINAL, toOutcome, toStatus } from './run-views.js';
 import { countRuns, listRuns } from './run-listing.js';
 import { handlerOf, JobKind, type NewRun, parseJobId, publicJobId, type ReserveSlot } from './storage/storage.types.js';
 import { hashJson, parseJson, serializeJson } from './utils/json.js';
@@ -47,8 +47,6 @@ import { WorkflowRegistry } from './workflow.registry.js';
 import { escapedBytes, packetBudget } from './storage/packet.js';
 import { WorkflowNotifier } from './workflow.notifier.js';
 import { traceSubmit } from './observability/telemetry.js';
-
-const TERMINAL = new Set<string>(['succeeded', 'failed', 'cancelled']);
 
 /** Submit, cancel and observe runs, from any process that imports WorkflowModule. */
 @Injectable()

@@ -22,6 +22,7 @@ import { HttpAdapterHost } from '@nestjs/core';
 import { WorkflowError } from '../errors/workflow.error.js';
 import type { RunState } from '../interfaces/run.interface.js';
 import { WorkflowStorage } from '../storage/workflow.storage.js';
+import { RUN_STATES, TERMINAL_STATES } from '../run-views.js';
 import { parseJson } from '../utils/json.js';
 import { WorkflowService } from '../workflow.service.js';
 import { DashboardActionGuard } from './dashboard-action.guard.js';
@@ -29,8 +30,7 @@ import { DASHBOARD_ASSETS, type DashboardAssets, renderPage } from './dashboard.
 import { DASHBOARD_OPTIONS, PAGE_CSP } from './workflow-dashboard.constants.js';
 import type { ResolvedDashboardConfig } from './workflow-dashboard.config.js';
 
-const STATES = new Set<RunState>(['pending', 'running', 'waiting', 'cancelling', 'succeeded', 'failed', 'cancelled']);
-const TERMINAL = new Set<RunState>(['succeeded', 'failed', 'cancelled']);
+const STATES: ReadonlySet<string> = new Set(RUN_STATES);
 /** Children shown in a run's detail; the rest through the list filtered by parent. */
 const CHILDREN_SHOWN = 100;
 /** A run's dead letters shown in its detail (one per failed step or handler, so few). */
@@ -126,7 +126,7 @@ export function createDashboardController(path: string, guards: Type<CanActivate
         this.storage.currentPayload(runId),
         this.workflows.history(runId),
         this.workflows.listRuns({ parentRunId: runId, limit: CHILDREN_SHOWN }),
-        TERMINAL.has(run.state) ? this.workflows.deadSteps({ runId, limit: DEAD_SHOWN }) : [],
+        TERMINAL_STATES.has(run.state) ? this.workflows.deadSteps({ runId, limit: DEAD_SHOWN }) : [],
       ]);
       return {
         run,

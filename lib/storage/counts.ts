@@ -19,26 +19,35 @@ export interface CountChange {
   to?: string;
 }
 
-/** The delta rows for these changes (undefined when they cancel out). */
-export function countChanges(t: Tables, changes: readonly CountChange[], now: number): Statement | undefined {
-  const sums = new Map<string, number>();
-  const add = (workflow: string, state: string, n: number) => {
-    const k = `${workflow}\u0000${state}`;
-    sums.set(k, (sums.get(k) ?? 0) + n);
-  };
-  for (const c of changes) {
-    if (c.from === c.to) continue;
-    if (c.from !== undefined) add(c.workflow, c.from, -1);
-    if (c.to !== undefined) add(c.workflow, c.to, 1);
+interface Delta {
+  workflow: string;
+  state: string;
+  n: number;
+}
+
+/** One INSERT of these deltas summed per (workflow, state), zeros left out; undefined if nothing is left. */
+function insertSums(t: Tables, deltas: Iterable<Delta>, now: number): Statement | undefined {
+  const sums = new Map<string, Delta>();
+  for (const d of deltas) {
+    const k = `${d.workflow}\u0000${d.state}`;
+    const s = sums.get(k) ?? { workflow: d.workflow, state: d.state, n: 0 };
+    s.n += d.n;
+    sums.set(k, s);
   }
-  const rows = [...sums]
-    .filter(([, n]) => n !== 0)
-    .map(([k, n]) => {
-      const [workflow, state] = k.split('\u0000');
-      return [ulid(now), workflow, state, n];
-    });
+  const rows = [...sums.values()].filter((s) => s.n !== 0).map((s) => [ulid(now), s.workflow, s.state, s.n]);
   if (rows.length === 0) return undefined;
   return [`INSERT INTO ${t.counts} (\`id\`, \`workflow\`, \`state\`, \`n\`) VALUES ?`, [rows]];
+}
+
+/** The delta rows for these changes (undefined when they cancel out). */
+export function countChanges(t: Tables, changes: readonly CountChange[], now: number): Statement | undefined {
+  const deltas: Delta[] = [];
+  for (const c of changes) {
+    if (c.from === c.to) continue;
+    if (c.from !== undefined) deltas.push({ workflow: c.workflow, state: c.from, n: -1 });
+    if (c.to !== undefined) deltas.push({ workflow: c.workflow, state: c.to, n: 1 });
+  }
+  return insertSums(t, deltas, now);
 }
 
 /** Writes the delta rows for these changes in the caller's transaction. */
@@ -66,17 +75,12 @@ export async function foldCounts(ctx: StorageContext, limit = 5000): Promise<num
       rows.map((r) => r.id),
     ]);
     if (deleted.affectedRows !== rows.length) throw new Error('count rows changed under their lock');
-    const sums = new Map<string, { workflow: string; state: string; n: number }>();
-    for (const r of rows) {
-      const k = `${r.workflow}\u0000${r.state}`;
-      const s = sums.get(k) ?? { workflow: r.workflow, state: r.state, n: 0 };
-      s.n += Number(r.n);
-      sums.set(k, s);
-    }
-    const now = ctx.now();
-    const kept = [...sums.values()].filter((s) => s.n !== 0).map((s) => [ulid(now), s.workflow, s.state, s.n]);
-    if (kept.length)
-      await sql.query(`INSERT INTO ${t.counts} (\`id\`, \`workflow\`, \`state\`, \`n\`) VALUES ?`, [kept]);
+    const kept = insertSums(
+      t,
+      rows.map((r) => ({ workflow: r.workflow, state: r.state, n: Number(r.n) })),
+      ctx.now(),
+    );
+    if (kept) await sql.query(...kept);
     return rows.length;
   });
 }

@@ -45,11 +45,14 @@ const PHASE_SQL: Record<LivePhase, string> = {
  */
 export async function listRuns(ctx: StorageContext, q: ListQuery): Promise<RunRow[]> {
   const { t } = ctx;
+  // After the cursor's run, in the order (submitted_at, id) descending.
+  const afterCursor = (where: string[], params: unknown[]) => {
+    if (!q.after) return;
+    where.push('(r.`submitted_at` < ? OR (r.`submitted_at` = ? AND r.`id` < ?))');
+    params.push(q.after.submittedAt, q.after.submittedAt, q.after.id);
+  };
   const page = (index: string, where: string[], params: unknown[]) => {
-    if (q.after) {
-      where.push('(r.`submitted_at` < ? OR (r.`submitted_at` = ? AND r.`id` < ?))');
-      params.push(q.after.submittedAt, q.after.submittedAt, q.after.id);
-    }
+    afterCursor(where, params);
     return ctx.client.query<RunRow[]>(
       `${RUN_WITH_JOB(t, `FORCE INDEX (\`${index}\`)`)} WHERE ${where.join(' AND ')}
         ORDER BY r.\`submitted_at\` DESC, r.\`id\` DESC LIMIT ?`,
@@ -60,10 +63,7 @@ export async function listRuns(ctx: StorageContext, q: ListQuery): Promise<RunRo
   // leased jobs (ix_claim for a workflow, ix_state otherwise), ordered here.
   const running = async () => {
     const { where, params } = filters(false);
-    if (q.after) {
-      where.push('(r.`submitted_at` < ? OR (r.`submitted_at` = ? AND r.`id` < ?))');
-      params.push(q.after.submittedAt, q.after.submittedAt, q.after.id);
-    }
+    afterCursor(where, params);
     const byQueue = q.workflow !== undefined;
     const rows = await ctx.client.query<RunRow[]>(
       `SELECT ${RUN_FIELDS} FROM ${t.jobs} AS j FORCE INDEX (\`${byQueue ? 'ix_claim' : 'ix_state'}\`)

@@ -186,15 +186,16 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
       countIs(moving.length),
     );
   }
+  const ends = ending.map(runEnd);
   // Every ending run was active: the fast path ends no other (countIs, or the check below).
   const counted = countChanges(
     ctx.t,
-    ending.map((e) => ({ workflow: e.job.queue, from: RunRowState.Active, to: runEnd(e).status })),
+    ending.map((e, i) => ({ workflow: e.job.queue, from: RunRowState.Active, to: ends[i].status })),
     now,
   );
   if (ending.length && !notify) {
     first.push(
-      endRuns(ctx.t, ending.map(runEnd), now, true),
+      endRuns(ctx.t, ends, now, true),
       countIs(ending.length),
       noHandlersGuard(ctx, workflows),
       noParentsGuard(
@@ -228,7 +229,6 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
     if (runs.length !== ending.length || runs.some((r) => r.state !== RunRowState.Active || r.parent_run_id))
       throw CAREFUL;
     const byId = new Map(runs.map((r) => [r.id, r]));
-    const ends = ending.map(runEnd);
     const jobs = ends.flatMap((e) => {
       const run = byId.get(e.runId)!;
       return deliveries(queuesFor(run.workflow), ctx.deliveryAttempts, e, run, now);
