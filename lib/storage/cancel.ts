@@ -35,9 +35,10 @@ export async function cancelRun(ctx: StorageContext, runId: string): Promise<Can
       return await cancelOnce(ctx, runId, (r) => (seen.intended = r));
     } catch (err) {
       if (!(err instanceof CommitUnknownError) || lost >= 3) throw err;
-      // Whether the unanswered COMMIT landed shows in the run's state; if not, cancel again.
+      // Whether the unanswered COMMIT landed shows in the run's state (a locking read waits
+      // for a COMMIT still being applied); if not, cancel again.
       const [run] = await ctx.client.query<Array<{ state: string }>>(
-        `SELECT \`state\` FROM ${ctx.t.runs} WHERE \`id\` = ?`,
+        `SELECT \`state\` FROM ${ctx.t.runs} WHERE \`id\` = ? FOR UPDATE`,
         [runId],
       );
       if (seen.intended === 'cancelled' && run?.state === 'cancelled') return 'cancelled';

@@ -33,9 +33,11 @@ export async function claimBatch(
     return await leaseReady(ctx, queue, limit, token, leaseMs, maxAttempts, limits, (ids) => (tried = ids));
   } catch (err) {
     if (!(err instanceof CommitUnknownError) || tried.length === 0) throw err;
+    // A locking read: the server may still be applying that COMMIT, and a plain read
+    // would see the rows as they were before it (still ready), leaving leases to expire.
     const rows = await ctx.client.query<JobRow[]>(
       `SELECT ${CLAIM_COLUMNS} FROM ${ctx.t.jobs} FORCE INDEX (PRIMARY)
-        WHERE \`id\` IN (?) AND \`state\` = ${JobState.Leased} AND \`lease_token\` = CONCAT(?, '/', \`id\`)`,
+        WHERE \`id\` IN (?) AND \`state\` = ${JobState.Leased} AND \`lease_token\` = CONCAT(?, '/', \`id\`) FOR UPDATE`,
       [tried, token],
     );
     return {

@@ -121,9 +121,10 @@ interface SlotOffer {
   leased?: ClaimedJob;
 }
 
+/** A locking read, so it waits for an unanswered COMMIT the server is still applying. */
 async function leasedTo(ctx: StorageContext, jobId: string, token: string, received: string) {
   const [row] = await ctx.client.query<JobRow[]>(
-    `SELECT ${CLAIM_COLUMNS} FROM ${ctx.t.jobs} FORCE INDEX (PRIMARY) WHERE \`id\` = ? AND \`state\` = ${JobState.Leased} AND \`lease_token\` = ?`,
+    `SELECT ${CLAIM_COLUMNS} FROM ${ctx.t.jobs} FORCE INDEX (PRIMARY) WHERE \`id\` = ? AND \`state\` = ${JobState.Leased} AND \`lease_token\` = ? FOR UPDATE`,
     [jobId, token],
   );
   return row ? { ...toClaimed(row, token, Number(row.attempts)), received } : undefined;
