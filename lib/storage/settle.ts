@@ -23,6 +23,7 @@ import {
 } from './storage.types.js';
 import { insertRunsIn } from './submit.js';
 import { countChanges } from './counts.js';
+import { ulid } from '../utils/ulid.js';
 import type { StorageContext } from './tables.js';
 import {
   advanceRuns,
@@ -171,6 +172,14 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
     keys.set(i.job.queue, list);
   }
 
+  // Successors leased in place get tokens of one prefix per batch, so one expression sets
+  // them all. A token issued before (a retry after an unanswered COMMIT, which looks for
+  // it) is kept.
+  const prefix = ulid();
+  for (const i of items) {
+    const next = (i.settlement as { next?: NewJob }).next;
+    if (next?.leaseToken && !next.leaseToken.includes('/')) next.leaseToken = `${prefix}/${next.id}`;
+  }
   const first: Statement[] = [];
   for (const [effect, list] of byJob)
     first.push(jobEffect(ctx, effect as ReturnType<typeof kindOf>['job'], list, now), countIs(list.length));

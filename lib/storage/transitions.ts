@@ -58,6 +58,11 @@ const leaseMicros = (ms: number | undefined) => (ms ?? DEFAULTS.leaseMs) * 1000;
  * Turns each held job row into its successor (same id). A successor leased to this
  * worker keeps state and run_at, so neither index entry moves; one that waits (a
  * delay, or the in-place bound reached) goes back to the queue like a fresh job.
+ *
+ * Per-row CASE lists cost the server a comparison per row and branch, so what a batch
+ * shares is one expression: the next step number, and for the successors leased in
+ * place their lease (with tokens of one prefix, `prefix/id` as a claim's, set by
+ * CONCAT). Only the payloads, and whatever a batch does not share, go by CASE.
  */
 export function rewriteAsSuccessors(
   t: Tables,
@@ -71,21 +76,11 @@ export function rewriteAsSuccessors(
   const parked = moves.filter((m) => m.next.waitFor !== undefined);
   const joining = moves.filter((m) => m.next.childrenOpen !== undefined);
   const sets = [
-    caseById(params, 'step_number', moves, id, '?', (m) => [m.next.stepNumber], '`step_number`'),
+    moves.every((m) => m.next.stepNumber === m.job.stepNumber + 1)
+      ? '`step_number` = `step_number` + 1'
+      : caseById(params, 'step_number', moves, id, '?', (m) => [m.next.stepNumber], '`step_number`'),
     caseById(params, 'payload', moves, id, '?', (m) => [m.next.payload], '`payload`'),
-    caseById(params, 'lease_token', leased, id, '?', (m) => [m.next.leaseToken], 'NULL'),
-    caseById(
-      params,
-      'lease_until',
-      leased,
-      id,
-      'DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND)',
-      (m) => [leaseMicros(m.next.leaseMs)],
-      'NULL',
-    ),
-    caseById(params, 'attempts', leased, id, '1', () => [], '0'),
-    // When the delivery in place began, for the reaper's record should its worker die.
-    caseById(params, 'started_at', leased, id, '?', () => [now], 'NULL'),
+    ...leaseSets(params, leased, moves.length, now),
     `\`handbacks\` = 0`,
     caseById(params, 'state', waiting, id, '?', (m) => [stateOf(m.next)], '`state`'),
     caseById(params, 'run_at', waiting, id, '?', (m) => [m.next.runAt], '`run_at`'),
@@ -105,6 +100,56 @@ export function rewriteAsSuccessors(
       WHERE \`id\` IN (?) AND \`lease_token\` IN (?)`,
     params,
   ];
+}
+
+type Move = { job: ClaimedJob; next: NewJob };
+
+/** The lease columns of successors: those in `leased` run in place, the other rows are not leased. */
+function leaseSets(params: unknown[], leased: Move[], of: number, now: number): string[] {
+  const id = (m: Move) => m.job.id;
+  const prefix = sharedPrefix(leased);
+  const leaseMs = leased[0]?.next.leaseMs;
+  if (prefix === undefined || leased.some((m) => m.next.leaseMs !== leaseMs)) {
+    return [
+      caseById(params, 'lease_token', leased, id, '?', (m) => [m.next.leaseToken], 'NULL'),
+      caseById(
+        params,
+        'lease_until',
+        leased,
+        id,
+        'DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND)',
+        (m) => [leaseMicros(m.next.leaseMs)],
+        'NULL',
+      ),
+      caseById(params, 'attempts', leased, id, '1', () => [], '0'),
+      // When the delivery in place began, for the reaper's record should its worker die.
+      caseById(params, 'started_at', leased, id, '?', () => [now], 'NULL'),
+    ];
+  }
+  const whenLeased = (name: string, expr: string, values: unknown[], otherwise: string) => {
+    if (leased.length === of) {
+      params.push(...values);
+      return `\`${name}\` = ${expr}`;
+    }
+    params.push(leased.map(id), ...values);
+    return `\`${name}\` = IF(\`id\` IN (?), ${expr}, ${otherwise})`;
+  };
+  return [
+    whenLeased('lease_token', "CONCAT(?, '/', `id`)", [prefix], 'NULL'),
+    whenLeased('lease_until', 'DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ? MICROSECOND)', [leaseMicros(leaseMs)], 'NULL'),
+    whenLeased('attempts', '1', [], '0'),
+    whenLeased('started_at', '?', [now], 'NULL'),
+  ];
+}
+
+/** The prefix every token of `leased` has before `/id`, if they share one (and there is any). */
+function sharedPrefix(leased: Move[]): string | undefined {
+  if (leased.length === 0) return undefined;
+  const { job, next } = leased[0];
+  const token = next.leaseToken!;
+  if (!token.endsWith(`/${job.id}`)) return undefined;
+  const prefix = token.slice(0, token.length - job.id.length - 1);
+  return leased.every((m) => m.next.leaseToken === `${prefix}/${m.job.id}`) ? prefix : undefined;
 }
 
 /** The queue state a job that is not leased starts in. */
@@ -161,11 +206,14 @@ export function deleteJobs(t: Tables, ids: string[]): Statement {
 
 /** Moves active runs to their next step. */
 export function advanceRuns(t: Tables, moves: Array<{ runId: string; stepNumber: number }>, now: number): Statement {
-  const when = moves.map(() => 'WHEN ? THEN ?').join(' ');
+  // One branch per step number, not per run: runs of a batch are mostly at a few steps.
+  const byStep = new Map<number, string[]>();
+  for (const m of moves) byStep.set(m.stepNumber, [...(byStep.get(m.stepNumber) ?? []), m.runId]);
+  const when = [...byStep.keys()].map(() => 'WHEN `id` IN (?) THEN ?').join(' ');
   return [
-    `UPDATE ${t.runs} FORCE INDEX (PRIMARY) SET \`current_step\` = CASE \`id\` ${when} END, \`updated_at\` = ?
+    `UPDATE ${t.runs} FORCE INDEX (PRIMARY) SET \`current_step\` = CASE ${when} END, \`updated_at\` = ?
       WHERE \`id\` IN (?) AND \`state\` = '${RunRowState.Active}'`,
-    [...moves.flatMap((m) => [m.runId, m.stepNumber]), now, moves.map((m) => m.runId)],
+    [...[...byStep].flatMap(([step, ids]) => [ids, step]), now, moves.map((m) => m.runId)],
   ];
 }
 
