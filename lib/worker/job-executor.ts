@@ -506,10 +506,10 @@ export class JobExecutor {
    */
   private async settle(exec: Execution, settlement: Settlement): Promise<void> {
     const record = this.recordOf(exec, settlement);
-    // Only a successor leased to this worker keeps the slot; anything else frees it now,
-    // while the settlement commits.
-    const planned = inPlace(settlement);
-    if (!planned) exec.releaseSlot();
+    // The step has run: its slot serves other work while the settlement commits. A
+    // successor leased to this worker waits for a slot like any claimed job (the worker
+    // runs those first), so the commit is not dead time on the slot.
+    exec.releaseSlot();
     const started = Date.now();
     // Set once a try failed with its COMMIT possibly applied: a later 'lost' may be our own write.
     let unanswered = false;
@@ -523,8 +523,6 @@ export class JobExecutor {
           );
           return;
         }
-        // Storage may send a successor back to the queue (its key has steps waiting for a slot).
-        if (planned && !inPlace(settlement)) exec.releaseSlot();
         this.settled(exec, settlement, result);
         return;
       } catch (err) {

@@ -16,10 +16,15 @@ interface Pending {
 
 /** Largest batch per transaction: keeps statements and lock sets small. */
 const MAX_BATCH = 64;
-/** Transactions in flight at once: while one waits on the server, the next batch forms and goes. */
+/**
+ * One transaction at a time: settlements that arrive meanwhile form the next batch. Two
+ * concurrent settle transactions cost the server more than one of twice the size
+ * (bench/RESULTS.md, 2026-12-02: 7,500 against 11,500 steps/s on the chain), so a second
+ * goes only when the first has been out this long (a lock wait, a slow disk), and a
+ * third never.
+ */
+const STALLED_MS = 25;
 const MAX_FLUSHES = 2;
-/** A queue longer than this, with a second transaction slot free, is split between the slots. */
-const SPLIT_ABOVE = 24;
 
 /**
  * Group commit for settlements. Settlements that arrive while a transaction
@@ -32,6 +37,9 @@ export class SettleBatcher {
   private queue: Pending[] = [];
   private flushes = 0;
   private scheduled = false;
+  /** When the transaction in flight (the first, if two) was sent. */
+  private sentAt = 0;
+  private stallTimer?: NodeJS.Timeout;
 
   constructor(private readonly storage: WorkflowStorage) {}
 
@@ -42,9 +50,29 @@ export class SettleBatcher {
     });
   }
 
+  /** A transaction may go now: none is out, or the one out is stalled. */
+  private mayFlush(): boolean {
+    if (this.flushes === 0) return true;
+    return this.flushes < MAX_FLUSHES && Date.now() - this.sentAt >= STALLED_MS;
+  }
+
   /** Next turn of the event loop, so settlements finishing in this one share a transaction. */
   private schedule(): void {
-    if (this.scheduled || this.flushes >= MAX_FLUSHES || this.queue.length === 0) return;
+    if (this.scheduled || this.queue.length === 0) return;
+    if (!this.mayFlush()) {
+      // Looked at again when the transaction out returns, or once it counts as stalled.
+      if (this.flushes < MAX_FLUSHES && !this.stallTimer) {
+        this.stallTimer = setTimeout(
+          () => {
+            this.stallTimer = undefined;
+            this.schedule();
+          },
+          Math.max(1, this.sentAt + STALLED_MS - Date.now()),
+        );
+        this.stallTimer.unref();
+      }
+      return;
+    }
     this.scheduled = true;
     setImmediate(() => {
       this.scheduled = false;
@@ -84,14 +112,9 @@ export class SettleBatcher {
   }
 
   private async flush(): Promise<void> {
-    if (this.queue.length === 0 || this.flushes >= MAX_FLUSHES) return;
-    this.flushes++;
-    // A burst (many runs finishing a step at once) is split over the free transaction
-    // slots, so the server works on the halves in parallel and each caller waits only for
-    // its own. Smaller queues go whole: splitting them costs a commit and gains nothing.
-    const free = MAX_FLUSHES - this.flushes + 1;
-    const size = this.queue.length > SPLIT_ABOVE && free > 1 ? Math.ceil(this.queue.length / free) : MAX_BATCH;
-    const batch = this.take(Math.min(size, MAX_BATCH));
+    if (this.queue.length === 0 || !this.mayFlush()) return;
+    if (this.flushes++ === 0) this.sentAt = Date.now();
+    const batch = this.take(MAX_BATCH);
     this.schedule();
     try {
       const results = await this.storage.settleMany(
@@ -108,7 +131,10 @@ export class SettleBatcher {
         for (const b of batch) b.reject(err);
       }
     } finally {
-      this.flushes--;
+      // The one left out (if two were) was sent later than `sentAt`: judged from now on.
+      if (--this.flushes > 0) this.sentAt = Date.now();
+      clearTimeout(this.stallTimer);
+      this.stallTimer = undefined;
       this.schedule();
     }
   }

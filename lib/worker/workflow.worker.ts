@@ -29,12 +29,26 @@ const CLAIM_BATCH = 32;
  */
 const MAX_IN_PLACE = 16;
 
+/** Jobs one process holds leased (running, settling, queued for a slot), per slot of `concurrency`. */
+const HELD_PER_SLOT = 2;
+
+type Slot = { free: boolean };
+
+interface Queued {
+  q: QueueSlot;
+  exec: Execution;
+  /** Set once it runs. */
+  slot?: Slot;
+}
+
 interface QueueSlot {
   name: string;
   workflow?: string;
   limit: number;
   maxAttempts: number;
   inFlight: number;
+  /** Slots a claim in flight may fill: nothing else takes them meanwhile. */
+  claiming: number;
   /** Ready jobs may be waiting for a slot: what the last claim or probe saw, or a local wake-up. */
   waiting: boolean;
   /** keyConcurrency / rateLimit: every step goes through a claim (none runs in place). */
@@ -53,8 +67,16 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
   private readonly tag = randomBytes(6).toString('hex');
   private seq = 0;
   private readonly inFlight = new Map<string, Execution>();
-  /** Slots taken: runs executing a step, or whose step's successor will run in place. */
+  /** Slots taken: runners (and handlers) running now. */
   private busySlots = 0;
+  /** Slots the claims in flight may fill. */
+  private claiming = 0;
+  /**
+   * Successors leased to this worker by their predecessor's settlement, waiting for a
+   * slot: they are in `inFlight` (leases renewed, cancels seen) and go before any claim.
+   */
+  private readonly queued: Queued[] = [];
+  private runQueuedSoon = false;
   private queues: QueueSlot[] = [];
   private running = false;
   private loop?: Promise<void>;
@@ -120,6 +142,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
           limit: runner.concurrency,
           maxAttempts: runner.maxAttempts,
           inFlight: 0,
+          claiming: 0,
           waiting: true,
           limits: runner.limits,
         });
@@ -131,6 +154,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
         limit: opts.concurrency,
         maxAttempts: this.config.defaults.maxAttempts,
         inFlight: 0,
+        claiming: 0,
         waiting: true,
       });
     }
@@ -195,8 +219,8 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
     if (!this.running) return undefined;
     const q = this.queues.find((r) => r.name === queue);
     if (!q?.workflow || q.limits?.rate || (keyed && q.limits?.keyConcurrency)) return undefined;
-    if (this.busySlots >= this.options.concurrency || q.inFlight >= q.limit) return undefined;
-    if (this.queues.some((r) => r.waiting)) return undefined;
+    if (!this.hasSlot(q)) return undefined;
+    if (this.queued.length || this.queues.some((r) => r.waiting)) return undefined;
     const slot = this.takeSlot(q);
     let done = false;
     this.handoffs++;
@@ -273,20 +297,29 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
         const blocked: QueueSlot[] = [];
         for (const q of this.claimOrder()) {
           if (!this.running) break;
-          const free = Math.min(opts.concurrency - this.busySlots, q.limit - q.inFlight, CLAIM_BATCH);
+          const free = Math.min(
+            opts.concurrency - this.busySlots - this.claiming - this.queued.length,
+            // Settling jobs count too: their successors come back for slots, and more runs
+            // begun than slots can serve would only wait in this process.
+            HELD_PER_SLOT * opts.concurrency - this.inFlight.size,
+            q.limit - q.inFlight,
+            CLAIM_BATCH,
+          );
           if (free <= 0) {
             blocked.push(q);
             continue;
           }
-          const claimed = await storage.claimBatch(
-            q.name,
-            free,
-            this.nextToken(),
-            opts.leaseMs,
-            q.maxAttempts,
-            q.limits,
-          );
+          this.claiming += free;
+          q.claiming = free;
+          let claimed: Awaited<ReturnType<typeof storage.claimBatch>>;
+          try {
+            claimed = await storage.claimBatch(q.name, free, this.nextToken(), opts.leaseMs, q.maxAttempts, q.limits);
+          } finally {
+            this.claiming -= free;
+            q.claiming = 0;
+          }
           for (const job of claimed.jobs) this.launch(q, job);
+          if (this.queued.length) this.runQueued();
           if (claimed.wakeInMs !== undefined) this.wakeThrottledIn(claimed.wakeInMs);
           q.waiting = claimed.more;
           if (claimed.more) more = true;
@@ -353,41 +386,86 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
   }
 
   /**
-   * Runs a job in a slot. The slot is given back as soon as the step's outcome is handed
-   * to the settlement batcher (unless its successor will run in place), so the next claim
-   * overlaps that commit; the job stays in `inFlight` (leases, shutdown) until settled.
-   * A runner the runtime took the job from keeps the slot until it returns.
+   * Runs a job in a slot, or queues it for the next free one (`slot` null). The slot is
+   * given back as soon as the step's outcome is handed to the settlement batcher, so other
+   * work overlaps that commit; the job stays in `inFlight` (leases, shutdown) until
+   * settled. A runner the runtime took the job from keeps the slot until it returns.
    */
-  private launch(q: QueueSlot, job: ClaimedJob, chain = 0, slot = this.takeSlot(q)): void {
+  private launch(q: QueueSlot, job: ClaimedJob, chain = 0, slot: Slot | null = this.takeSlot(q)): void {
     const workflow = q.workflow ?? safeWorkflowOf(job);
     const inPlace = () => (this.running && (chain < MAX_IN_PLACE || !this.wanted(q)) ? this.nextToken() : undefined);
+    const entry: Queued = { q, slot: slot ?? undefined, exec: undefined! };
     // A rate-limited step must pass a claim (its start is counted there), so it never runs in place.
-    const exec = new Execution(job, workflow, q.workflow && !q.limits?.rate ? inPlace : undefined, () =>
-      this.freeSlot(q, slot),
-    );
+    const exec = new Execution(job, workflow, q.workflow && !q.limits?.rate ? inPlace : undefined, () => {
+      if (entry.slot) this.freeSlot(q, entry.slot);
+    });
+    entry.exec = exec;
     this.inFlight.set(job.id, exec);
-    void this.executor.execute(exec);
+    if (slot) void this.executor.execute(exec);
+    else this.queued.push(entry);
     void exec.done.then(() => {
       if (this.inFlight.get(job.id) === exec) this.inFlight.delete(job.id);
-      // The successor is already leased to us: run it in this slot, even while draining.
-      if (exec.next) return this.launch(q, exec.next, chain + 1, slot.free ? this.takeSlot(q) : slot);
+      if (!entry.slot) {
+        // Taken over (cancel, lost lease, shutdown) while it waited for a slot: no runner to wait for.
+        this.queued.splice(this.queued.indexOf(entry), 1);
+        exec.runnerReturned();
+      }
+      // The successor is already leased to us: it runs here, in this slot if the runner
+      // still holds it (a step.transaction), else in the next free one, even while draining.
+      if (exec.next) return this.launch(q, exec.next, chain + 1, this.slotFor(q, entry.slot));
       exec.releaseSlot();
       this.leases?.watch(exec);
     });
   }
 
-  private takeSlot(q: QueueSlot): { free: boolean } {
+  /** The slot a successor runs in: its predecessor's if still held, a free one if nothing queued is ahead, else none yet. */
+  private slotFor(q: QueueSlot, held: Slot | undefined): Slot | null {
+    if (held && !held.free) return held;
+    return this.queued.length || !this.hasSlot(q) ? null : this.takeSlot(q);
+  }
+
+  /** A slot is free for `q`: under both limits, counting the slots a claim in flight may fill. */
+  private hasSlot(q: QueueSlot): boolean {
+    return this.busySlots + this.claiming < this.options.concurrency && q.inFlight + q.claiming < q.limit;
+  }
+
+  private takeSlot(q: QueueSlot): Slot {
     q.inFlight++;
     this.busySlots++;
     return { free: false };
   }
 
-  private freeSlot(q: QueueSlot, slot: { free: boolean }): void {
+  private freeSlot(q: QueueSlot, slot: Slot): void {
     if (slot.free) return;
     slot.free = true;
     q.inFlight--;
     this.busySlots--;
+    if (this.queued.length) this.scheduleQueued();
     this.wake();
+  }
+
+  /** Soon, not inside the freeing call: that is the middle of a settlement (and a sync runner would recurse). */
+  private scheduleQueued(): void {
+    if (this.runQueuedSoon) return;
+    this.runQueuedSoon = true;
+    queueMicrotask(() => {
+      this.runQueuedSoon = false;
+      this.runQueued();
+    });
+  }
+
+  /** Queued successors take free slots, oldest first, each under its queue's limit. */
+  private runQueued(): void {
+    for (let i = 0; i < this.queued.length && this.busySlots + this.claiming < this.options.concurrency;) {
+      const entry = this.queued[i];
+      if (!this.hasSlot(entry.q)) {
+        i++;
+        continue;
+      }
+      this.queued.splice(i, 1);
+      entry.slot = this.takeSlot(entry.q);
+      void this.executor.execute(entry.exec);
+    }
   }
 
   async beforeApplicationShutdown(): Promise<void> {

@@ -2,7 +2,7 @@ import { ConsoleLogger, Injectable, Logger } from '@nestjs/common';
 import type { TestingModule } from '@nestjs/testing';
 import { type Step, StepOutcome, StepRunner, WorkflowService } from 'nestjs-durable-workflow';
 import { startApp } from '../utils/create-test-app.js';
-import { Prefixes } from '../utils/db.js';
+import { Prefixes, rawConnection } from '../utils/db.js';
 import { deferred, holdsFor, waitFor } from '../utils/wait.js';
 
 /** Invocations of runner code running at once, process-wide, and the most seen. */
@@ -85,6 +85,48 @@ class NeverRunner {
     this.started.resolve();
     await this.release.promise;
     return StepOutcome.succeed('too late');
+  }
+}
+
+/**
+ * Step 0 waits for the test's go, then continues in place; step 1 and later are counted.
+ * Runs of input 'hold' block in step 0 until the test releases them.
+ */
+@Injectable()
+@StepRunner('relay')
+class RelayRunner {
+  go = deferred<void>();
+  release = deferred<void>();
+  started = new Map<string, ReturnType<typeof deferred<void>>>();
+  laterSteps = new Map<string, number>();
+
+  startedFor(runId: string) {
+    let d = this.started.get(runId);
+    if (!d) this.started.set(runId, (d = deferred<void>()));
+    return d.promise;
+  }
+
+  async runStep(step: Step<string>) {
+    this.startedFor(step.runId);
+    this.started.get(step.runId)!.resolve();
+    if (step.stepNumber > 0) {
+      this.laterSteps.set(step.runId, (this.laterSteps.get(step.runId) ?? 0) + 1);
+      return StepOutcome.succeed(step.payload);
+    }
+    await (step.payload === 'hold' ? this.release.promise : this.go.promise);
+    return StepOutcome.continue(step.payload);
+  }
+}
+
+/** Six steps of 2 ms each, continuing in place, counted by Overlap. */
+@Injectable()
+@StepRunner('overlap-chain')
+class ChainOverlapRunner {
+  constructor(private readonly overlap: Overlap) {}
+
+  async runStep(step: Step<number>) {
+    await this.overlap.work(step, 2);
+    return step.stepNumber < 5 ? StepOutcome.continue(step.payload) : StepOutcome.succeed(step.payload);
   }
 }
 
@@ -203,5 +245,74 @@ describe('slots of runners that ignore their aborted signal', () => {
     } finally {
       runner.release.resolve();
     }
+  });
+});
+
+/**
+ * A slot serves runners, not commits: a step that returned gives its slot back while its
+ * settlement commits, and a successor leased to this worker waits for the next free slot
+ * like a claimed step would (before any claim), so `concurrency` still bounds runners.
+ */
+describe('a slot while its step settles', () => {
+  let app: TestingModule | undefined;
+  afterEach(async () => {
+    await app?.close();
+    app = undefined;
+  });
+
+  it('serves another run while a settlement waits, queues the successor, and a cancel reaches it before it runs', async () => {
+    const prefix = prefixes.next();
+    app = await startApp({
+      prefix,
+      providers: [RelayRunner],
+      worker: { concurrency: 2, pollIntervalMs: 50, leaseMs: 5_000, shutdownTimeoutMs: 2_000 },
+    });
+    const service = app.get(WorkflowService);
+    const relay = app.get(RelayRunner);
+    const { runId: a } = await service.submit('relay', { input: 'go' });
+    const { runId: b } = await service.submit('relay', { input: 'hold' });
+    await Promise.all([relay.startedFor(a), relay.startedFor(b)]);
+    const { runId: c } = await service.submit('relay', { input: 'hold' });
+
+    // A's settlement will wait on this lock on its run row, holding A's slot free meanwhile.
+    const lock = await rawConnection();
+    try {
+      await lock.query('START TRANSACTION');
+      await lock.query(`SELECT \`id\` FROM \`${prefix}runs\` WHERE \`id\` = ? FOR UPDATE`, [a]);
+      relay.go.resolve();
+      // C gets the slot A's step gave back, though A's settlement has not committed.
+      await relay.startedFor(c);
+      await lock.query('COMMIT');
+    } finally {
+      await lock.end();
+    }
+    // A's successor is leased to this worker, but B and C hold both slots: it waits.
+    await waitFor(async () => (await service.status(a))?.currentStep === 1, "A's settlement to commit");
+    await holdsFor(() => !relay.laterSteps.has(a), 300, "A's successor waits for a slot");
+    expect(await service.cancel(a)).toBe(true);
+    expect(await service.waitForOutcome(a, { timeoutMs: 5_000 })).toMatchObject({ status: 'cancelled' });
+
+    relay.release.resolve();
+    for (const r of [b, c])
+      expect(await service.waitForOutcome(r, { timeoutMs: 5_000 })).toMatchObject({ status: 'succeeded' });
+    expect(relay.laterSteps.has(a)).toBe(false);
+  });
+
+  it('never runs more runners than concurrency while chains continue in place: 30 runs of 6 steps, concurrency 3', async () => {
+    app = await startApp({
+      prefix: prefixes.next(),
+      providers: [Overlap, ChainOverlapRunner],
+      worker: { concurrency: 3, pollIntervalMs: 50 },
+    });
+    const service = app.get(WorkflowService);
+    const runs = await service.submitMany(
+      'overlap-chain',
+      Array.from({ length: 30 }, (_, i) => ({ input: i })),
+    );
+    const outcomes = await Promise.all(runs.map((r) => service.waitForOutcome(r.runId, { timeoutMs: 20_000 })));
+    expect(outcomes.every((o) => o.status === 'succeeded')).toBe(true);
+    const overlap = app.get(Overlap);
+    expect(overlap.calls).toBe(30 * 6);
+    expect(overlap.max).toBe(3);
   });
 });

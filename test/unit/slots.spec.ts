@@ -232,7 +232,7 @@ describe('worker slots', () => {
       expect(c.limit).toBeLessThanOrEqual(c.queue === 'narrow' ? NARROW_LIMIT : CONCURRENCY);
     }
     // The fake's backlog never holds a successor: steps 1 and 2 of a wide run could only
-    // run in place, leased to this worker in the slot their first step was claimed into.
+    // run in place, leased to this worker by their predecessor's settlement.
     const continued = batcher.settled.filter((s) => s.type === 'continue');
     expect(continued).toHaveLength(6 * (WIDE_STEPS - 1));
     for (const s of continued) expect(s.next.leaseToken).toBeDefined();
