@@ -71,6 +71,8 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
   private busySlots = 0;
   /** Slots the claims in flight may fill. */
   private claiming = 0;
+  /** The last claim took fewer than the free slots because of the jobs held: a settlement's end wakes the loop. */
+  private heldBack = false;
   /**
    * Successors leased to this worker by their predecessor's settlement, waiting for a
    * slot: they are in `inFlight` (leases renewed, cancels seen) and go before any claim.
@@ -297,14 +299,17 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
         const blocked: QueueSlot[] = [];
         for (const q of this.claimOrder()) {
           if (!this.running) break;
+          // Settling jobs count too: their successors come back for slots, and more runs
+          // begun than slots can serve would only wait in this process.
+          const unheld = HELD_PER_SLOT * opts.concurrency - this.inFlight.size;
           const free = Math.min(
             opts.concurrency - this.busySlots - this.claiming - this.queued.length,
-            // Settling jobs count too: their successors come back for slots, and more runs
-            // begun than slots can serve would only wait in this process.
-            HELD_PER_SLOT * opts.concurrency - this.inFlight.size,
+            unheld,
             q.limit - q.inFlight,
             CLAIM_BATCH,
           );
+          // Held back by settlements, not by slots: the next one to commit wakes the loop.
+          if (unheld <= free) this.heldBack = true;
           if (free <= 0) {
             blocked.push(q);
             continue;
@@ -405,6 +410,10 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
     else this.queued.push(entry);
     void exec.done.then(() => {
       if (this.inFlight.get(job.id) === exec) this.inFlight.delete(job.id);
+      if (this.heldBack) {
+        this.heldBack = false;
+        this.wake();
+      }
       if (!entry.slot) {
         // Taken over (cancel, lost lease, shutdown) while it waited for a slot: no runner to wait for.
         this.queued.splice(this.queued.indexOf(entry), 1);
