@@ -17,11 +17,11 @@ interface Pending {
 /** Largest batch per transaction: keeps statements and lock sets small. */
 const MAX_BATCH = 64;
 /**
- * One transaction at a time: settlements that arrive meanwhile form the next batch. Two
- * concurrent settle transactions cost the server more than one of twice the size
- * (bench/RESULTS.md, 2026-12-02: 7,500 against 11,500 steps/s on the chain), so a second
- * goes only when the first has been out this long (a lock wait, a slow disk), and a
- * third never.
+ * One transaction at a time: settlements that arrive meanwhile form the next batch. On the
+ * chain benchmark that gives the throughput of two at once for about 12% less CPU, in
+ * this process and in the server (bench/RESULTS.md, 2026-12-02), since batches are
+ * twice the size. A second goes only when the first has been out this long (a lock
+ * wait, a slow disk), and a third never.
  */
 const STALLED_MS = 25;
 const MAX_FLUSHES = 2;
