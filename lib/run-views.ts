@@ -28,11 +28,12 @@ export function toStatus(row: RunRow): RunStatus {
     runId: row.id,
     workflow: row.workflow,
     state,
-    currentStep: Number(row.current_step),
+    // A step that continues moves the job row on, not the run's: while the run lives, its job says where it is.
+    currentStep: Number(active && row.job_step != null ? row.job_step : row.current_step),
     attempts: Number(active ? (row.job_attempts ?? 0) : row.attempts),
     headers: visibleHeaders(row.headers),
     submittedAt: new Date(Number(row.submitted_at)),
-    updatedAt: new Date(Number(row.updated_at)),
+    updatedAt: new Date(Math.max(Number(row.updated_at), active ? Number(row.job_created_at ?? 0) : 0)),
   };
   if (row.finished_at != null) status.finishedAt = new Date(Number(row.finished_at));
   if (row.result != null) status.result = parseJson(row.result);

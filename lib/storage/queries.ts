@@ -3,7 +3,7 @@ import type { StorageContext, Tables } from './tables.js';
 
 /** A run row with what RunStatus needs of its current job. */
 const RUN_FIELDS =
-  'r.*, j.`state` AS job_state, j.`attempts` AS job_attempts, j.`run_at` AS job_run_at, j.`wait_for` AS job_wait_for, j.`children_open` AS job_children_open';
+  'r.*, j.`state` AS job_state, j.`attempts` AS job_attempts, j.`run_at` AS job_run_at, j.`wait_for` AS job_wait_for, j.`children_open` AS job_children_open, j.`step_number` AS job_step, j.`created_at` AS job_created_at';
 const RUN_WITH_JOB = (t: Tables, index = '') =>
   `SELECT ${RUN_FIELDS} FROM ${t.runs} AS r ${index} LEFT JOIN ${t.jobs} AS j ON j.\`id\` = r.\`current_job_id\``;
 

@@ -27,6 +27,7 @@ import { ulid } from '../utils/ulid.js';
 import type { StorageContext } from './tables.js';
 import {
   advanceRuns,
+  allActive,
   countIs,
   deleteHeld,
   deleteJobs,
@@ -93,6 +94,16 @@ export async function settleMany(ctx: StorageContext, items: SettleItem[]): Prom
   });
   ctx.stats.carefulBatches++;
   return results;
+}
+
+/**
+ * A step that continues leaves its run row alone (status() reads the step from the job
+ * row), which saves a row write per step. On Galera it is written all the same: there
+ * the write is what makes certification order the settlement against a cancel
+ * committed on another node, which only locks (node-locally) the job row.
+ */
+async function writesRunOnContinue(ctx: StorageContext): Promise<boolean> {
+  return ctx.client.isGalera();
 }
 
 /** Step settlements that leave their run alone need the careful path's look at the run (it may be cancelling). */
@@ -185,7 +196,7 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
     first.push(jobEffect(ctx, effect as ReturnType<typeof kindOf>['job'], list, now), countIs(list.length));
   const recorded = items.filter((i) => i.record !== undefined) as Array<SettleItem & { record: DeliveryRecord }>;
   if (recorded.length) first.push(insertHistory(ctx.t, recorded, now));
-  if (moving.length) {
+  if (moving.length && (await writesRunOnContinue(ctx))) {
     first.push(
       advanceRuns(
         ctx.t,
@@ -193,6 +204,13 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
         now,
       ),
       countIs(moving.length),
+    );
+  } else if (moving.length) {
+    first.push(
+      allActive(
+        ctx.t,
+        moving.map((m) => m.job.runId),
+      ),
     );
   }
   const ends = ending.map(runEnd);
@@ -335,7 +353,8 @@ async function applyOne(ctx: StorageContext, sql: Sql, given: SettleItem): Promi
   }
   if (kind.run === 'advance') {
     const next = (settlement as { next: NewJob }).next;
-    await sql.query(...advanceRuns(ctx.t, [{ runId: job.runId, stepNumber: next.stepNumber }], now));
+    if (settlement.type !== 'continue' || (await writesRunOnContinue(ctx)))
+      await sql.query(...advanceRuns(ctx.t, [{ runId: job.runId, stepNumber: next.stepNumber }], now));
     if (kind.mailbox && next.waitFor !== undefined)
       await takeFromMailbox(ctx, sql, job.id, job.runId, next.waitFor, now);
     if (kind.spawn) {

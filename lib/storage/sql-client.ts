@@ -345,8 +345,8 @@ export class SqlClient {
     return tx;
   }
 
-  /** SHOW VARIABLES, not @@wsrep_on: MySQL has no such variable and would refuse the statement. */
-  private isGalera(): Promise<boolean> {
+  /** Whether the server is a Galera node. SHOW VARIABLES, not @@wsrep_on: MySQL has no such variable and would refuse the statement. */
+  isGalera(): Promise<boolean> {
     this.galera ??= this.query<Array<{ Value: string }>>("SHOW VARIABLES LIKE 'wsrep_on'").then(
       (rows) => String(rows[0]?.Value ?? '').toUpperCase() === 'ON',
       (err) => {

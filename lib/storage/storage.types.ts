@@ -188,6 +188,9 @@ export interface RunRow {
   job_children_open?: number | string | null;
   job_state?: number | string | null;
   job_attempts?: number | string | null;
+  /** The current job's step: a step that continues leaves the run row's current_step behind. */
+  job_step?: number | string | null;
+  job_created_at?: number | string | null;
   job_run_at?: number | string | null;
   job_wait_for?: string | null;
 }

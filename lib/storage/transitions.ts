@@ -232,6 +232,19 @@ export function advanceRuns(t: Tables, moves: Array<{ runId: string; stepNumber:
   ];
 }
 
+/**
+ * The fast path's check that runs whose steps continue are still active, where it writes
+ * nothing to them. A plain read is enough: a cancel locks the run's current job row,
+ * which this transaction has just written, before it changes the run (lockCurrent), so
+ * a cancel either committed before (and is seen) or waits for this COMMIT.
+ */
+export function allActive(t: Tables, runIds: string[]): Statement {
+  return [
+    `SET @wf_guard = ~0 + ((SELECT COUNT(*) FROM ${t.runs} FORCE INDEX (PRIMARY) WHERE \`id\` IN (?) AND \`state\` = '${RunRowState.Active}') <> ?)`,
+    [runIds, runIds.length],
+  ];
+}
+
 /** Where a run ends: its last step and that step's deliveries. */
 export interface RunEnd extends RunEnding {
   runId: string;

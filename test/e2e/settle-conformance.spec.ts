@@ -179,7 +179,13 @@ describe('settlement paths', () => {
     expect(results.every((r) => r === 'settled')).toBe(true);
     // The fast path really ran: the ending runs moved, a delivery exists for the noticed one.
     expect(rows.runs.find((r) => r.id === 'r-succeed')).toMatchObject({ state: 'succeeded', result: '{"ok":true}' });
-    expect(rows.runs.find((r) => r.id === 'r-continue-ready')).toMatchObject({ state: 'active', current_step: 3 });
+    // A continue moves the job row on and leaves the run row alone (status() reads the step from the job).
+    expect(rows.jobs.find((j) => j.run_id === 'r-continue-ready')).toMatchObject({ step_number: 3 });
+    expect(rows.runs.find((r) => r.id === 'r-continue-ready')).toMatchObject({
+      state: 'active',
+      current_step: 2,
+      updated_at: NOW - 1000,
+    });
     expect(rows.jobs.filter((j) => Number(j.kind) === JobKind.Terminal)).toHaveLength(1);
   });
 

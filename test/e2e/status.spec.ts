@@ -27,17 +27,36 @@ class GatedRunner {
   }
 }
 
+/** Three steps continuing in place; each waits at its start until the test lets it go. */
+@Injectable()
+@StepRunner('stepwise')
+class StepwiseRunner {
+  private gates = [deferred(), deferred(), deferred()];
+  started = [deferred<Step>(), deferred<Step>(), deferred<Step>()];
+
+  release(step: number) {
+    this.gates[step].resolve();
+  }
+
+  async runStep(step: Step<null>) {
+    this.started[step.stepNumber].resolve(step);
+    await this.gates[step.stepNumber].promise;
+    return step.stepNumber < 2 ? StepOutcome.continue(null) : StepOutcome.succeed('done');
+  }
+}
+
 describe('status and waitForOutcome', () => {
   const prefix = uniquePrefix('status');
   let app: TestingModule;
   let workflows: WorkflowService;
 
   beforeAll(async () => {
-    app = await startApp({ prefix, providers: [GatedRunner] });
+    app = await startApp({ prefix, providers: [GatedRunner, StepwiseRunner] });
     workflows = app.get(WorkflowService);
   });
   afterAll(async () => {
     app?.get(GatedRunner).release.resolve();
+    for (const s of [0, 1, 2]) app?.get(StepwiseRunner).release(s);
     await app?.close();
     await dropTables(prefix);
   });
@@ -98,6 +117,34 @@ describe('status and waitForOutcome', () => {
     expect(done).toMatchObject({ state: 'succeeded', currentStep: 0, result: { length: 5 } });
     expect(done!.finishedAt).toBeInstanceOf(Date);
     expect(done!.finishedAt!.getTime()).toBeGreaterThanOrEqual(done!.submittedAt.getTime());
+  });
+
+  it('follows a chain step by step, in this process and in a worker: false one: currentStep and updatedAt move with each step', async () => {
+    const runner = app.get(StepwiseRunner);
+    const web = await startApp({ prefix, worker: false, options: { workflows: ['stepwise'] } });
+    try {
+      const { runId } = await workflows.submit('stepwise', { input: null });
+      let last = 0;
+      for (const step of [0, 1, 2]) {
+        await runner.started[step].promise;
+        for (const service of [workflows, web.get(WorkflowService)]) {
+          const status = await service.status(runId);
+          expect(status).toMatchObject({ state: 'running', currentStep: step, attempts: 1 });
+          expect(status!.updatedAt.getTime()).toBeGreaterThanOrEqual(last);
+        }
+        last = (await workflows.status(runId))!.updatedAt.getTime();
+        runner.release(step);
+      }
+      expect(await workflows.waitForOutcome(runId, { timeoutMs: 10_000 })).toMatchObject({
+        status: 'succeeded',
+        finalStep: 2,
+      });
+      expect(await workflows.status(runId)).toMatchObject({ state: 'succeeded', currentStep: 2 });
+      const [listed] = (await workflows.listRuns({ workflow: 'stepwise' })).runs;
+      expect(listed).toMatchObject({ runId, currentStep: 2 });
+    } finally {
+      await web.close();
+    }
   });
 });
 
