@@ -196,21 +196,26 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
     first.push(jobEffect(ctx, effect as ReturnType<typeof kindOf>['job'], list, now), countIs(list.length));
   const recorded = items.filter((i) => i.record !== undefined) as Array<SettleItem & { record: DeliveryRecord }>;
   if (recorded.length) first.push(insertHistory(ctx.t, recorded, now));
-  if (moving.length && (await writesRunOnContinue(ctx))) {
+  if (moving.length) {
     first.push(
-      advanceRuns(
-        ctx.t,
-        moving.map((m) => ({ runId: m.job.runId, stepNumber: (m.settlement as { next: NewJob }).next.stepNumber })),
-        now,
-      ),
-      countIs(moving.length),
-    );
-  } else if (moving.length) {
-    first.push(
-      allActive(
-        ctx.t,
-        moving.map((m) => m.job.runId),
-      ),
+      ...((await writesRunOnContinue(ctx))
+        ? [
+            advanceRuns(
+              ctx.t,
+              moving.map((m) => ({
+                runId: m.job.runId,
+                stepNumber: (m.settlement as { next: NewJob }).next.stepNumber,
+              })),
+              now,
+            ),
+            countIs(moving.length),
+          ]
+        : [
+            allActive(
+              ctx.t,
+              moving.map((m) => m.job.runId),
+            ),
+          ]),
     );
   }
   const ends = ending.map(runEnd);

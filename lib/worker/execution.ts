@@ -15,7 +15,7 @@ export class Execution {
   private finish!: () => void;
   readonly done = new Promise<void>((resolve) => (this.finish = resolve));
   timer?: NodeJS.Timeout;
-  /** The successor, inserted already leased to this worker: run it in this slot without a claim. */
+  /** The successor, inserted already leased to this worker: it runs in the next free slot without a claim. */
   next?: ClaimedJob;
   /**
    * `step.transaction()`: open while it holds the job row (the lease keeper leaves the row

@@ -416,7 +416,8 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
       }
       if (!entry.slot) {
         // Taken over (cancel, lost lease, shutdown) while it waited for a slot: no runner to wait for.
-        this.queued.splice(this.queued.indexOf(entry), 1);
+        const at = this.queued.indexOf(entry);
+        if (at >= 0) this.queued.splice(at, 1);
         exec.runnerReturned();
       }
       // The successor is already leased to us: it runs here, in this slot if the runner
