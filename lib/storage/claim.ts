@@ -7,7 +7,14 @@ import { CLAIM_COLUMNS, type JobRow, type StorageContext, toClaimed } from './ta
 /**
  * Leases up to `limit` ready jobs of one queue to `token`; `more` says whether another
  * ready one was left behind (the SELECT reads one row past the limit and leaves it to
- * the next claimer).
+ * the next claimer), and `next` where it is in claim order.
+ *
+ * `from` (a previous claim's `next`) starts the scan there instead of at the head of the
+ * queue. In a deep drain the head of the claim index is a run of entries that earlier
+ * claims moved out and the server has not purged yet: every claim from the head walks
+ * them all (a third of the server's CPU on the single-step drain). A step that becomes
+ * ready ahead of `from` is not seen by such a claim; the worker claims from the head at
+ * least once per poll interval (bench/RESULTS.md, 2026-12-02 13:00).
  *
  * Commits: the rows leased, attempts + 1, one token per job, the lease end in the
  *          database clock (host clock skew cannot make two workers hold one job).
@@ -27,10 +34,11 @@ export async function claimBatch(
   leaseMs: number,
   maxAttempts: number,
   limits?: FlowLimits,
+  from?: ClaimCursor,
 ): Promise<ClaimResult> {
   let tried: string[] = [];
   try {
-    return await leaseReady(ctx, queue, limit, token, leaseMs, maxAttempts, limits, (ids) => (tried = ids));
+    return await leaseReady(ctx, queue, limit, token, leaseMs, maxAttempts, limits, from, (ids) => (tried = ids));
   } catch (err) {
     if (!(err instanceof CommitUnknownError) || tried.length === 0) throw err;
     // A locking read: the server may still be applying that COMMIT, and a plain read
@@ -47,10 +55,19 @@ export async function claimBatch(
   }
 }
 
+/** A position in a queue's claim order (priority, run_at, id). */
+export interface ClaimCursor {
+  priority: number;
+  runAt: number;
+  id: string;
+}
+
 export interface ClaimResult {
   jobs: ClaimedJob[];
   /** A ready job was left behind. */
   more: boolean;
+  /** The first ready job left behind, when the claim saw one. */
+  next?: ClaimCursor;
   /** Steps were throttled by a rate limit whose window has room again in this many ms. */
   wakeInMs?: number;
 }
@@ -69,25 +86,32 @@ async function leaseReady(
   leaseMs: number,
   maxAttempts: number,
   limits: FlowLimits | undefined,
+  from: ClaimCursor | undefined,
   trying: (ids: string[]) => void,
 ): Promise<ClaimResult> {
   return ctx.client.transaction(async (sql) => {
+    // Spelled out rather than a row comparison, which MariaDB's range optimizer does not use.
+    const after = from
+      ? 'AND (`priority` > ? OR (`priority` = ? AND (`run_at` > ? OR (`run_at` = ? AND `id` >= ?))))'
+      : '';
     const found = await sql.query<JobRow[]>(
-      `SELECT ${CLAIM_COLUMNS} FROM ${ctx.t.jobs} FORCE INDEX (\`ix_claim\`)
-        WHERE \`queue\` = ? AND \`state\` = ${JobState.Ready}
+      `SELECT ${CLAIM_COLUMNS}, \`run_at\` FROM ${ctx.t.jobs} FORCE INDEX (\`ix_claim\`)
+        WHERE \`queue\` = ? AND \`state\` = ${JobState.Ready} ${after}
         ORDER BY \`priority\`, \`run_at\`, \`id\` LIMIT ? FOR UPDATE SKIP LOCKED`,
-      [queue, limit + 1],
+      from ? [queue, from.priority, from.priority, from.runAt, from.runAt, from.id, limit + 1] : [queue, limit + 1],
     );
     let rows = found.slice(0, limit);
     if (rows.length === 0) return { jobs: [], more: false };
     const more = found.length > limit;
+    const left = found[limit] as (JobRow & { run_at: number | string }) | undefined;
+    const next = left && { priority: Number(left.priority), runAt: Number(left.run_at), id: left.id };
     // A runner without limits pays nothing here: the same two round trips as ever.
     let parked: Statement[] = [];
     let wakeInMs: number | undefined;
     if (limits) ({ admitted: rows, writes: parked, wakeInMs } = await admit(ctx, sql, queue, rows, limits));
     if (rows.length === 0) {
       await runBatch(sql, parked, true);
-      return { jobs: [], more, wakeInMs };
+      return { jobs: [], more, next, wakeInMs };
     }
     trying(rows.map((r) => r.id));
     // The rows are locked by the SELECT, so the lease is right whatever the UPDATE
@@ -116,7 +140,7 @@ async function leaseReady(
         limits,
       ),
     );
-    return { jobs, more, wakeInMs };
+    return { jobs, more, next, wakeInMs };
   });
 }
 

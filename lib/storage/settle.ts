@@ -226,15 +226,8 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
     now,
   );
   if (ending.length && !notify) {
-    first.push(
-      endRuns(ctx.t, ends, now, true),
-      countIs(ending.length),
-      noHandlersGuard(ctx, workflows),
-      noParentsGuard(
-        ctx,
-        ending.map((e) => e.job.runId),
-      ),
-    );
+    // A child's ending counts toward its parent (the careful path): endRuns leaves it, and countIs trips.
+    first.push(endRuns(ctx.t, ends, now, true), countIs(ending.length), noHandlersGuard(ctx, workflows));
     if (counted) first.push(counted);
   }
   const notifyAt = first.length;
@@ -390,12 +383,4 @@ async function spawnable(ctx: StorageContext, sql: Sql, item: SettleItem): Promi
     .slice(0, 10)
     .join(', ')}`;
   return { job: item.job, settlement: Settle.deadLetter(error) };
-}
-
-/** A guard (see countIs) that trips when one of these runs is a child: its ending counts toward its parent. */
-function noParentsGuard(ctx: StorageContext, runIds: string[]): Statement {
-  return [
-    `SET @wf_guard = ~0 + ((SELECT COUNT(*) FROM ${ctx.t.runs} FORCE INDEX (PRIMARY) WHERE \`id\` IN (?) AND \`parent_run_id\` IS NOT NULL) <> 0)`,
-    [runIds],
-  ];
 }

@@ -252,8 +252,8 @@ export interface RunEnd extends RunEnding {
   attempts: number;
 }
 
-/** Ends runs (only those still active, if asked: the fast path counts what it changed). */
-export function endRuns(t: Tables, ends: RunEnd[], now: number, onlyActive: boolean): Statement {
+/** Ends runs (only those still active and without a parent, if asked: the fast path counts what it changed). */
+export function endRuns(t: Tables, ends: RunEnd[], now: number, onlyActiveTopLevel: boolean): Statement {
   const params: unknown[] = [];
   const id = (e: RunEnd) => e.runId;
   const of = ends.length;
@@ -267,7 +267,7 @@ export function endRuns(t: Tables, ends: RunEnd[], now: number, onlyActive: bool
   params.push(now, now, ends.map(id));
   return [
     `UPDATE ${t.runs} FORCE INDEX (PRIMARY) SET ${sets.join(', ')},
-      \`current_job_id\` = NULL, \`ending\` = \`ending\` + 1, \`finished_at\` = ?, \`updated_at\` = ? WHERE \`id\` IN (?)${onlyActive ? ` AND \`state\` = '${RunRowState.Active}'` : ''}`,
+      \`current_job_id\` = NULL, \`ending\` = \`ending\` + 1, \`finished_at\` = ?, \`updated_at\` = ? WHERE \`id\` IN (?)${onlyActiveTopLevel ? ` AND \`state\` = '${RunRowState.Active}' AND \`parent_run_id\` IS NULL` : ''}`,
     params,
   ];
 }

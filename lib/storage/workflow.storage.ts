@@ -3,7 +3,7 @@ import type { EntityManager } from 'typeorm';
 import type { ResolvedWorkflowConfig } from '../workflow.config.js';
 import { WORKFLOW_CONFIG } from '../workflow.constants.js';
 import { type CancelResult, cancelRun, finishCascade, takeDueCascades } from './cancel.js';
-import { claimBatch, promoteDue, readyQueues } from './claim.js';
+import { type ClaimCursor, claimBatch, promoteDue, readyQueues } from './claim.js';
 import { type FlowLimits, wakeThrottled } from './flow.js';
 import { deadSteps, retryDead } from './dead-letters.js';
 import { expireHandlers, HandlerDirectory, type HostedHandler, registerHandlers } from './handlers.js';
@@ -140,8 +140,9 @@ export class WorkflowStorage {
     leaseMs: number,
     maxAttempts: number,
     limits?: FlowLimits,
+    from?: ClaimCursor,
   ) {
-    return claimBatch(await this.c(), queue, limit, token, leaseMs, maxAttempts, limits);
+    return claimBatch(await this.c(), queue, limit, token, leaseMs, maxAttempts, limits, from);
   }
 
   /** Rate-limited steps whose window has room again become ready. */

@@ -17,6 +17,7 @@ import { Maintenance } from './maintenance.js';
 import { JobExecutor } from './job-executor.js';
 import { WorkflowNotifier } from '../workflow.notifier.js';
 import type { FlowLimits } from '../storage/flow.js';
+import type { ClaimCursor } from '../storage/claim.js';
 
 /** Most jobs one claim transaction takes; deep queues are drained in batches of this. */
 const CLAIM_BATCH = 32;
@@ -53,6 +54,10 @@ interface QueueSlot {
   waiting: boolean;
   /** keyConcurrency / rateLimit: every step goes through a claim (none runs in place). */
   limits?: FlowLimits;
+  /** Where the last full claim stopped: the next one starts there (see claimBatch's `from`). */
+  cursor?: ClaimCursor;
+  /** When a claim of this queue must start from the head again (Date.now()). */
+  headDueAt: number;
 }
 
 /**
@@ -147,6 +152,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
           claiming: 0,
           waiting: true,
           limits: runner.limits,
+          headDueAt: 0,
         });
       }
     }
@@ -158,6 +164,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
         inFlight: 0,
         claiming: 0,
         waiting: true,
+        headDueAt: 0,
       });
     }
     // Before the first claim: from now on every run that ends, in any process, writes deliveries for these.
@@ -311,14 +318,28 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
           // Held back by settlements, not by slots: the next one to commit wakes the loop.
           if (unheld <= free) this.heldBack = true;
           if (free <= 0) {
-            blocked.push(q);
+            // One its last claim saw work left in needs no probe: its next claim tells.
+            if (!q.waiting) blocked.push(q);
             continue;
           }
           this.claiming += free;
           q.claiming = free;
+          // A step ready ahead of the cursor (from another process, a retry come due) waits at
+          // most a poll interval for a claim from the head. Not for limited queues: the steps
+          // they park become ready again in their old place, behind the cursor.
+          const from = !q.limits && Date.now() < q.headDueAt ? q.cursor : undefined;
+          if (!from) q.headDueAt = Date.now() + opts.pollIntervalMs;
           let claimed: Awaited<ReturnType<typeof storage.claimBatch>>;
           try {
-            claimed = await storage.claimBatch(q.name, free, this.nextToken(), opts.leaseMs, q.maxAttempts, q.limits);
+            claimed = await storage.claimBatch(
+              q.name,
+              free,
+              this.nextToken(),
+              opts.leaseMs,
+              q.maxAttempts,
+              q.limits,
+              from,
+            );
           } finally {
             this.claiming -= free;
             q.claiming = 0;
@@ -326,8 +347,10 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
           for (const job of claimed.jobs) this.launch(q, job);
           if (this.queued.length) this.runQueued();
           if (claimed.wakeInMs !== undefined) this.wakeThrottledIn(claimed.wakeInMs);
-          q.waiting = claimed.more;
-          if (claimed.more) more = true;
+          q.cursor = claimed.more ? claimed.next : undefined;
+          // Past the cursor the queue ran dry: what is ahead of it is claimed from the head next.
+          q.waiting = claimed.more || from !== undefined;
+          if (q.waiting) more = true;
         }
         // Each claim says whether it left a job behind and a local submit says so at once;
         // work other processes submit to a queue that got no slot is noticed by one probe of
