@@ -8,7 +8,7 @@ import { type FlowLimits, wakeThrottled } from './flow.js';
 import { deadSteps, retryDead } from './dead-letters.js';
 import { expireHandlers, HandlerDirectory, type HostedHandler, registerHandlers } from './handlers.js';
 import { cancellingAmong, renewLeases } from './leases.js';
-import { reapExpired, sweepRetention } from './maintenance.js';
+import { type DueWork, dueWork, reapExpired, sweepRetention } from './maintenance.js';
 import { foldCounts, readCounts } from './counts.js';
 import { oldestDue, oldestDueByQueue } from './queue-lag.js';
 import {
@@ -152,6 +152,11 @@ export class WorkflowStorage {
 
   async readyQueues(queues: readonly string[]): Promise<Set<string>> {
     return readyQueues(await this.c(), queues);
+  }
+
+  /** Which kinds of due work a promotion pass would find (a plain read). */
+  async dueWork(): Promise<DueWork> {
+    return dueWork(await this.c());
   }
 
   async promoteDue(limit?: number): Promise<number> {

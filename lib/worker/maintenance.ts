@@ -109,11 +109,14 @@ export class Maintenance {
 
   /** Also fires due schedule ticks: the same cadence, and a ManualClock jump calls it at once. */
   async promote(): Promise<void> {
+    // One plain read says which of the locking passes below have anything to do.
+    const work = await this.storage.dueWork();
     const due =
-      (await this.storage.promoteDue()) +
-      (await this.storage.wakeTimedOut()) +
+      (work.promote ? await this.storage.promoteDue() : 0) +
+      (work.timeouts ? await this.storage.wakeTimedOut() : 0) +
       (this.opts.rateLimited ? await this.storage.wakeThrottled() : 0);
     if (due > 0) this.onWork();
+    if (!work.schedules) return;
     // After the wake-up above, so a schedule that fails to fire cannot hold back promoted steps.
     const fired = await this.storage.fireDueSchedules(this.opts.priorityOf);
     if (fired.created > 0) this.onWork();

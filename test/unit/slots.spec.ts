@@ -66,6 +66,9 @@ class FakeStorage {
   async expireHandlers(): Promise<number> {
     return 0;
   }
+  async dueWork() {
+    return { promote: false, timeouts: false, schedules: false };
+  }
   async promoteDue(): Promise<number> {
     return 0;
   }
