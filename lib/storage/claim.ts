@@ -14,7 +14,7 @@ import { CLAIM_COLUMNS, type JobRow, type StorageContext, toClaimed } from './ta
  * claims moved out and the server has not purged yet: every claim from the head walks
  * them all (a third of the server's CPU on the single-step drain). A step that becomes
  * ready ahead of `from` is not seen by such a claim; the worker claims from the head at
- * least once per poll interval (bench/RESULTS.md, 2026-12-02 13:00).
+ * least once per poll interval (bench/RESULTS.md, 2026-12-02 13:00 UTC).
  *
  * Commits: the rows leased, attempts + 1, one token per job, the lease end in the
  *          database clock (host clock skew cannot make two workers hold one job).
