@@ -318,8 +318,9 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
           // Held back by settlements, not by slots: the next one to commit wakes the loop.
           if (unheld <= free) this.heldBack = true;
           if (free <= 0) {
-            // One its last claim saw work left in needs no probe: its next claim tells.
-            if (!q.waiting) blocked.push(q);
+            // One its last claim left work in needs no probe (its next claim tells); `waiting`
+            // alone may be a local wake-up's guess, which the probe is there to check.
+            if (!q.cursor) blocked.push(q);
             continue;
           }
           this.claiming += free;
