@@ -225,11 +225,8 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
    * goes first, in the claim's order). Internal: the module's own WorkflowService calls it.
    */
   reserve(queue: string, keyed: boolean): Handoff | undefined {
-    if (!this.running) return undefined;
-    const q = this.queues.find((r) => r.name === queue);
-    if (!q?.workflow || q.limits?.rate || (keyed && q.limits?.keyConcurrency)) return undefined;
-    if (!this.hasSlot(q)) return undefined;
-    if (this.queued.length || this.queues.some((r) => r.waiting)) return undefined;
+    const q = this.reservable(queue, keyed);
+    if (!q) return undefined;
     const slot = this.takeSlot(q);
     let done = false;
     this.handoffs++;
@@ -253,6 +250,20 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
         settled();
       },
     };
+  }
+
+  /** Whether reserve() would give a slot now (it takes nothing). Internal: tests of the hand-off wait for it. */
+  canReserve(queue: string, keyed: boolean): boolean {
+    return this.reservable(queue, keyed) !== undefined;
+  }
+
+  private reservable(queue: string, keyed: boolean): QueueSlot | undefined {
+    if (!this.running) return undefined;
+    const q = this.queues.find((r) => r.name === queue);
+    if (!q?.workflow || q.limits?.rate || (keyed && q.limits?.keyConcurrency)) return undefined;
+    if (!this.hasSlot(q)) return undefined;
+    if (this.queued.length || this.queues.some((r) => r.waiting)) return undefined;
+    return q;
   }
 
   wake(): void {

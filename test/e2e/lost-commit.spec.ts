@@ -8,6 +8,7 @@
 import { Injectable } from '@nestjs/common';
 import type { TestingModule } from '@nestjs/testing';
 import { type Step, StepError, StepOutcome, StepRunner, WorkflowService } from 'nestjs-durable-workflow';
+import { handoffPossible } from '../utils/handoff.js';
 import { startApp } from '../utils/create-test-app.js';
 import { CuttingProxy, type CutWhen } from '../utils/cutting-proxy.js';
 import { dropTables, uniquePrefix } from '../utils/db.js';
@@ -148,6 +149,7 @@ describe.each<CutWhen>(['after', 'before'])('a connection cut %s COMMIT', (when)
     const { runId } = await local.submit('gate', { input: null, maxAttemptsPerStep: 1 });
     for (let s = await local.status(runId); s?.state !== 'waiting'; s = await local.status(runId))
       await new Promise((r) => setTimeout(r, 20));
+    await handoffPossible(worker, 'gate');
     const cut = proxy.cutOnce({ when, match: (sql) => isCommit(sql) && /SET `state` = 2, .*`received`/s.test(sql) });
     expect(await local.signal(runId, 'go', 'handed', { signalId: `hand-${when}` })).toBe(true);
     await cut;

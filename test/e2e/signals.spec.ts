@@ -19,6 +19,7 @@ import {
 import { WorkflowStorage } from '../../lib/storage/workflow.storage.js';
 import { startApp } from '../utils/create-test-app.js';
 import { DB_URL, dropTables, rawConnection, uniquePrefix } from '../utils/db.js';
+import { handoffPossible } from '../utils/handoff.js';
 import { waitFor } from '../utils/wait.js';
 
 type Plan = { waits: Array<{ name: string; timeoutMs?: number }> };
@@ -369,6 +370,7 @@ describe('signals handed to the local worker', () => {
 
   it('a free slot: the woken step starts without a claim, at once', async () => {
     const runId = await waitingRun({});
+    await handoffPossible(app, 'gated');
     const before = claims;
     const sent = Date.now();
     expect(await service.signal(runId, 'go')).toBe(true);
