@@ -12,6 +12,7 @@ import { handoffPossible } from '../utils/handoff.js';
 import { startApp } from '../utils/create-test-app.js';
 import { CuttingProxy, type CutWhen } from '../utils/cutting-proxy.js';
 import { dropTables, uniquePrefix } from '../utils/db.js';
+import { waitFor } from '../utils/wait.js';
 
 /** Three steps, each continuing at once (in place), counting every delivery. */
 @Injectable()
@@ -129,8 +130,7 @@ describe.each<CutWhen>(['after', 'before'])('a connection cut %s COMMIT', (when)
 
   it('a signal to a waiting run: the answer is true, it is stored once and read once', async () => {
     const { runId } = await service.submit('gate', { input: null });
-    for (let s = await service.status(runId); s?.state !== 'waiting'; s = await service.status(runId))
-      await new Promise((r) => setTimeout(r, 20));
+    await waitFor(async () => (await service.status(runId))?.state === 'waiting', 'the run waiting for its signal');
     // The signal's COMMIT, alone or riding with its writes.
     const cut = webProxy.cutOnce({
       when,
@@ -152,8 +152,7 @@ describe.each<CutWhen>(['after', 'before'])('a connection cut %s COMMIT', (when)
     // the test tries again with a new run until a hand-off's COMMIT is the one cut.
     for (let tries = 1; ; tries++) {
       const { runId } = await local.submit('gate', { input: null, maxAttemptsPerStep: 1 });
-      for (let s = await local.status(runId); s?.state !== 'waiting'; s = await local.status(runId))
-        await new Promise((r) => setTimeout(r, 20));
+      await waitFor(async () => (await local.status(runId))?.state === 'waiting', 'the run waiting for its signal');
       await handoffPossible(worker, 'gate');
       const cut = proxy.cutOnce({ when, match: (sql) => isCommit(sql) && /SET `state` = 2, .*`received`/s.test(sql) });
       expect(await local.signal(runId, 'go', 'handed', { signalId: `hand-${when}-${tries}` })).toBe(true);
