@@ -15,6 +15,8 @@ export class Execution {
   private finish!: () => void;
   readonly done = new Promise<void>((resolve) => (this.finish = resolve));
   timer?: NodeJS.Timeout;
+  /** Its settlement, handed over, leaves nothing to run here (no successor leased in place). */
+  leaving = false;
   /** The successor, inserted already leased to this worker: it runs in the next free slot without a claim. */
   next?: ClaimedJob;
   /**

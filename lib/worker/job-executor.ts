@@ -510,6 +510,7 @@ export class JobExecutor {
     // successor leased to this worker waits for a slot like any claimed job (the worker
     // runs those first), so the commit is not dead time on the slot.
     exec.releaseSlot();
+    exec.leaving = settlement.type !== 'continue' || !settlement.next.leaseToken;
     const started = Date.now();
     // Set once a try failed with its COMMIT possibly applied: a later 'lost' may be our own write.
     let unanswered = false;
@@ -559,7 +560,8 @@ export class JobExecutor {
     if (!this.config.history || exec.job.kind !== JobKind.Step) return undefined;
     const error = s.type === 'retry' || s.type === 'deadLetter' ? s.error : undefined;
     return {
-      startedAt: exec.begunAt,
+      // A job handed back before its runner was called (claimed ahead, at shutdown) took no time.
+      startedAt: exec.begunAt || this.now(),
       // The same words as the spans and metrics (a retried timeout is 'timeout', one that gave up 'dead').
       outcome: outcomeOf(s, 'settled', exec.abortReason),
       ...(error !== undefined ? { error } : {}),

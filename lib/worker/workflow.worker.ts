@@ -30,8 +30,21 @@ const CLAIM_BATCH = 32;
  */
 const MAX_IN_PLACE = 16;
 
-/** Jobs one process holds leased (running, settling, queued for a slot), per slot of `concurrency`. */
+/**
+ * Jobs one process holds leased that will run here again (running, waiting for a slot,
+ * settling with a successor leased in place), per slot of `concurrency`. More runs begun
+ * than slots can serve only wait in this process, and each batch of steps grows: the
+ * chain's p99 broke 10 ms at 3-4 (bench/RESULTS.md, 2026-12-02).
+ */
 const HELD_PER_SLOT = 2;
+/**
+ * All jobs one process holds leased, endings still settling included, per slot. Endings
+ * leave nothing to run here, so a drain of single-step runs claims past its free slots
+ * while they commit (bench/RESULTS.md, 2026-12-03).
+ */
+const MAX_HELD_PER_SLOT = 4;
+/** Weight of the newest sample in the running averages of runner and claim times. */
+const EWMA = 0.2;
 
 type Slot = { free: boolean };
 
@@ -40,6 +53,8 @@ interface Queued {
   exec: Execution;
   /** Set once it runs. */
   slot?: Slot;
+  /** When its runner was called (performance.now()). */
+  began?: number;
 }
 
 interface QueueSlot {
@@ -58,6 +73,8 @@ interface QueueSlot {
   cursor?: ClaimCursor;
   /** When a claim of this queue must start from the head again (Date.now()). */
   headDueAt: number;
+  /** How long its runners take, on average (ms); unknown until one returned. */
+  runMs?: number;
 }
 
 /**
@@ -76,6 +93,8 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
   private busySlots = 0;
   /** Slots the claims in flight may fill. */
   private claiming = 0;
+  /** How long a claim takes, on average (ms). */
+  private claimMs = 0;
   /** The last claim took fewer than the free slots because of the jobs held: a settlement's end wakes the loop. */
   private heldBack = false;
   /**
@@ -83,6 +102,11 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
    * slot: they are in `inFlight` (leases renewed, cancels seen) and go before any claim.
    */
   private readonly queued: Queued[] = [];
+  /**
+   * Jobs a claim took beyond the free slots of a queue with more ready work: they wait
+   * here (in `inFlight` too) behind the successors, so runs in progress keep their pace.
+   */
+  private readonly ahead: Queued[] = [];
   private runQueuedSoon = false;
   private queues: QueueSlot[] = [];
   private running = false;
@@ -262,7 +286,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
     const q = this.queues.find((r) => r.name === queue);
     if (!q?.workflow || q.limits?.rate || (keyed && q.limits?.keyConcurrency)) return undefined;
     if (!this.hasSlot(q)) return undefined;
-    if (this.queued.length || this.queues.some((r) => r.waiting)) return undefined;
+    if (this.queued.length || this.ahead.length || this.queues.some((r) => r.waiting)) return undefined;
     return q;
   }
 
@@ -317,15 +341,15 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
         const blocked: QueueSlot[] = [];
         for (const q of this.claimOrder()) {
           if (!this.running) break;
-          // Settling jobs count too: their successors come back for slots, and more runs
-          // begun than slots can serve would only wait in this process.
-          const unheld = HELD_PER_SLOT * opts.concurrency - this.inFlight.size;
-          const free = Math.min(
-            opts.concurrency - this.busySlots - this.claiming - this.queued.length,
-            unheld,
-            q.limit - q.inFlight,
-            CLAIM_BATCH,
+          const unheld = Math.min(
+            HELD_PER_SLOT * opts.concurrency - this.returning(),
+            MAX_HELD_PER_SLOT * opts.concurrency - this.inFlight.size,
           );
+          const slots = Math.min(
+            opts.concurrency - this.busySlots - this.claiming - this.queued.length - this.ahead.length,
+            q.limit - q.inFlight,
+          );
+          const free = Math.min(slots + this.aheadOf(q, slots), unheld, CLAIM_BATCH);
           // Held back by settlements, not by slots: the next one to commit wakes the loop.
           if (unheld <= free) this.heldBack = true;
           if (free <= 0) {
@@ -334,14 +358,16 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
             if (!q.cursor) blocked.push(q);
             continue;
           }
-          this.claiming += free;
-          q.claiming = free;
+          const filling = Math.min(free, slots);
+          this.claiming += filling;
+          q.claiming = filling;
           // A step ready ahead of the cursor (from another process, a retry come due) waits at
           // most a poll interval for a claim from the head. Not for limited queues: the steps
           // they park become ready again in their old place, behind the cursor.
           const from = !q.limits && Date.now() < q.headDueAt ? q.cursor : undefined;
           if (!from) q.headDueAt = Date.now() + opts.pollIntervalMs;
           let claimed: Awaited<ReturnType<typeof storage.claimBatch>>;
+          const claimStart = performance.now();
           try {
             claimed = await storage.claimBatch(
               q.name,
@@ -353,11 +379,12 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
               from,
             );
           } finally {
-            this.claiming -= free;
+            this.claiming -= filling;
             q.claiming = 0;
           }
-          for (const job of claimed.jobs) this.launch(q, job);
-          if (this.queued.length) this.runQueued();
+          this.claimMs += EWMA * (performance.now() - claimStart - this.claimMs);
+          for (const job of claimed.jobs) this.launch(q, job, 0, this.hasSlot(q) ? this.takeSlot(q) : null, this.ahead);
+          if (this.queued.length || this.ahead.length) this.runQueued();
           if (claimed.wakeInMs !== undefined) this.wakeThrottledIn(claimed.wakeInMs);
           q.cursor = claimed.more ? claimed.next : undefined;
           // Past the cursor the queue ran dry: what is ahead of it is claimed from the head next.
@@ -405,6 +432,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
 
   /** Whether a slot a run of `q` gives back would serve waiting work: of its own queue, or of another below its limit. */
   private wanted(q: QueueSlot): boolean {
+    if (this.ahead.length) return true;
     for (const r of this.queues) if (r.waiting && (r === q || r.inFlight < r.limit)) return true;
     return false;
   }
@@ -431,18 +459,27 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
    * work overlaps that commit; the job stays in `inFlight` (leases, shutdown) until
    * settled. A runner the runtime took the job from keeps the slot until it returns.
    */
-  private launch(q: QueueSlot, job: ClaimedJob, chain = 0, slot: Slot | null = this.takeSlot(q)): void {
+  private launch(
+    q: QueueSlot,
+    job: ClaimedJob,
+    chain = 0,
+    slot: Slot | null = this.takeSlot(q),
+    waitIn: Queued[] = this.queued,
+  ): void {
     const workflow = q.workflow ?? safeWorkflowOf(job);
     const inPlace = () => (this.running && (chain < MAX_IN_PLACE || !this.wanted(q)) ? this.nextToken() : undefined);
     const entry: Queued = { q, slot: slot ?? undefined, exec: undefined! };
     // A rate-limited step must pass a claim (its start is counted there), so it never runs in place.
     const exec = new Execution(job, workflow, q.workflow && !q.limits?.rate ? inPlace : undefined, () => {
-      if (entry.slot) this.freeSlot(q, entry.slot);
+      if (!entry.slot) return;
+      if (!entry.slot.free && entry.began !== undefined)
+        q.runMs = (q.runMs ?? 0) + EWMA * (performance.now() - entry.began - (q.runMs ?? 0));
+      this.freeSlot(q, entry.slot);
     });
     entry.exec = exec;
     this.inFlight.set(job.id, exec);
-    if (slot) void this.executor.execute(exec);
-    else this.queued.push(entry);
+    if (slot) this.begin(entry);
+    else waitIn.push(entry);
     void exec.done.then(() => {
       if (this.inFlight.get(job.id) === exec) this.inFlight.delete(job.id);
       if (this.heldBack) {
@@ -451,8 +488,8 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
       }
       if (!entry.slot) {
         // Taken over (cancel, lost lease, shutdown) while it waited for a slot: no runner to wait for.
-        const at = this.queued.indexOf(entry);
-        if (at >= 0) this.queued.splice(at, 1);
+        const at = waitIn.indexOf(entry);
+        if (at >= 0) waitIn.splice(at, 1);
         exec.runnerReturned();
       }
       // The successor is already leased to us: it runs here, in this slot if the runner
@@ -485,7 +522,7 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
     slot.free = true;
     q.inFlight--;
     this.busySlots--;
-    if (this.queued.length) this.scheduleQueued();
+    if (this.queued.length || this.ahead.length) this.scheduleQueued();
     this.wake();
   }
 
@@ -499,18 +536,45 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
     });
   }
 
-  /** Queued successors take free slots, oldest first, each under its queue's limit. */
+  /** Queued successors take free slots, oldest first, each under its queue's limit; then jobs claimed ahead. */
   private runQueued(): void {
-    for (let i = 0; i < this.queued.length && this.busySlots + this.claiming < this.options.concurrency;) {
-      const entry = this.queued[i];
-      if (!this.hasSlot(entry.q)) {
-        i++;
-        continue;
+    for (const list of [this.queued, this.ahead]) {
+      for (let i = 0; i < list.length && this.busySlots + this.claiming < this.options.concurrency;) {
+        const entry = list[i];
+        if (!this.hasSlot(entry.q)) {
+          i++;
+          continue;
+        }
+        list.splice(i, 1);
+        entry.slot = this.takeSlot(entry.q);
+        this.begin(entry);
       }
-      this.queued.splice(i, 1);
-      entry.slot = this.takeSlot(entry.q);
-      void this.executor.execute(entry.exec);
     }
+  }
+
+  /**
+   * How many jobs a claim of `q` may take past its free slots: as many as its runners
+   * finish, at their recent pace, while one claim is out, so none waits here longer than
+   * a claim would have taken (steps of seconds get none, and stay claimable by other
+   * processes). Only a queue whose last claim left work behind, and not a limited one:
+   * a leased step holds its key's slot, and its start counts in the rate window.
+   */
+  private aheadOf(q: QueueSlot, slots: number): number {
+    if (slots <= 0 || !q.cursor || q.limits || q.runMs === undefined) return 0;
+    const perClaim = (Math.min(this.options.concurrency, q.limit) * this.claimMs) / Math.max(q.runMs, 0.01);
+    return Math.floor(Math.min(perClaim, CLAIM_BATCH));
+  }
+
+  private begin(entry: Queued): void {
+    entry.began = performance.now();
+    void this.executor.execute(entry.exec);
+  }
+
+  /** Jobs held that will run here again: all in flight but endings settling (see MAX_HELD_PER_SLOT). */
+  private returning(): number {
+    let n = 0;
+    for (const exec of this.inFlight.values()) if (!exec.leaving) n++;
+    return n;
   }
 
   async beforeApplicationShutdown(): Promise<void> {
@@ -537,9 +601,14 @@ export class WorkflowWorker implements OnApplicationBootstrap, BeforeApplication
     await this.maintenance?.stop();
     this.notifier.close();
     await this.loop;
+    // Claimed ahead and not begun: handed back at once, for another process to run now.
+    const unbegun = this.ahead
+      .splice(0)
+      .map((e) => this.executor.takeOver(e.exec, 'shutdown', 'application shutting down'));
     // A signal's transaction that leased a step to this worker hands it over once it commits: wait for it to be in flight.
     if (this.handoffs > 0) await waitAll([new Promise<void>((r) => (this.handoffsSettled = r))], 5_000);
     const timeout = this.options.shutdownTimeoutMs;
+    await waitAll(unbegun, 5_000);
     if (this.inFlight.size) {
       this.logger.log(`Shutting down: waiting up to ${timeout} ms for ${this.inFlight.size} job(s) in flight.`);
       await waitAll(
