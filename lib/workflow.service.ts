@@ -46,6 +46,7 @@ import {
 import { WorkflowRegistry } from './workflow.registry.js';
 import { escapedBytes, packetBudget } from './storage/packet.js';
 import { WorkflowNotifier } from './workflow.notifier.js';
+import { RunLookups } from './storage/run-lookups.js';
 import { traceSubmit } from './observability/telemetry.js';
 
 /** Submit, cancel and observe runs, from any process that imports WorkflowModule. */
@@ -256,11 +257,14 @@ export class WorkflowService implements OnApplicationBootstrap {
     return (await this.lookup(runId))?.status ?? null;
   }
 
-  private async lookup(runId: string): Promise<{ status: RunStatus; ending: number } | null> {
+  private async lookup(runId: string, shared = false): Promise<{ status: RunStatus; ending: number } | null> {
     if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId)) throw new InvalidRunIdError(runId);
-    const row = await this.storage.getRun(runId);
+    const row = await (shared ? this.waits.get(runId) : this.storage.getRun(runId));
     return row ? { status: toStatus(row), ending: Number(row.ending) } : null;
   }
+
+  /** The polls of every waitForOutcome in this process, a few statements per tick. */
+  private readonly waits = new RunLookups((ids) => this.storage.getRuns(ids));
 
   private readonly waitLogger = new Logger(WorkflowService.name);
   /** True from a wait's first failed poll to the next good one: an outage is logged once, not per poll and waiter. */
@@ -289,7 +293,7 @@ export class WorkflowService implements OnApplicationBootstrap {
       for (;;) {
         let found: Awaited<ReturnType<WorkflowService['lookup']>> | undefined;
         try {
-          found = await this.lookup(runId);
+          found = await this.lookup(runId, true);
           delay = poll;
           if (this.waitOutage) {
             this.waitOutage = false;
@@ -311,8 +315,10 @@ export class WorkflowService implements OnApplicationBootstrap {
         if (found && TERMINAL.has(found.status.state)) return toOutcome(found.status, found.ending);
         const left = deadline - Date.now();
         if (left <= 0) throw new WaitTimeoutError(runId, timeoutMs!);
+        // On a tick shared by every waiter (a multiple of the delay), so their polls share a statement.
+        const untilTick = delay - (Date.now() % delay);
         await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, Math.min(delay, left));
+          const timer = setTimeout(resolve, Math.min(untilTick, left));
           woken = () => {
             clearTimeout(timer);
             resolve();

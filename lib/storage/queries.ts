@@ -13,6 +13,12 @@ export async function getRun(ctx: StorageContext, runId: string): Promise<RunRow
   return rows[0] ?? null;
 }
 
+/** Several runs as getRun reads one (those that exist, in no order). */
+export async function getRuns(ctx: StorageContext, runIds: readonly string[]): Promise<RunRow[]> {
+  if (runIds.length === 0) return [];
+  return ctx.client.query<RunRow[]>(`${RUN_WITH_JOB(ctx.t)} WHERE r.\`id\` IN (?)`, [runIds]);
+}
+
 /** What a live run's step is doing, as RunStatus derives `pending` / `running` / `waiting` from it. */
 export type LivePhase = 'pending' | 'running' | 'waiting';
 

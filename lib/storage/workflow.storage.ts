@@ -17,6 +17,7 @@ import {
   childRuns,
   currentPayload,
   getRun,
+  getRuns,
   type HistoryRow,
   historyOf,
   joinHandled,
@@ -259,6 +260,10 @@ export class WorkflowStorage {
 
   async getRun(runId: string): Promise<RunRow | null> {
     return getRun(await this.c(), runId);
+  }
+
+  async getRuns(runIds: readonly string[]): Promise<RunRow[]> {
+    return getRuns(await this.c(), runIds);
   }
 
   /** The current step's payload as stored (JSON text), null once the run has ended. */
