@@ -3,8 +3,8 @@
  * (WorkflowModule awaits it while its providers are built, so it is there before the
  * first submit or step). Absent, everything in lib/observability does nothing. Only
  * the API is ever imported: whether anything is recorded is up to the SDK the
- * application registers, looked up at every use, so an SDK registered after the
- * module was imported still gets every span and measurement.
+ * application registers, whose provider is looked up at every use, so an SDK registered
+ * after the module was imported still gets every span and measurement.
  */
 import type * as OtelApi from '@opentelemetry/api';
 
@@ -41,15 +41,30 @@ export function otel(): Otel | null | undefined {
   return api;
 }
 
-/** A tracer of the registered SDK, or undefined while none is registered (nothing to record). */
+/** The tracer of the provider last seen, and that provider: an SDK registered again gets a tracer of its own. */
+let tracerOf: { provider: unknown; tracer: OtelApi.Tracer } | undefined;
+/** The meter of the provider last seen (undefined for the no-op one). */
+let meterOf: { provider: unknown; meter: OtelApi.Meter | undefined } | undefined;
+
+/**
+ * A tracer of the registered SDK, or undefined while none is registered (nothing to
+ * record). Asked of the SDK once per provider: its lookup by name and version is a
+ * measurable share of a step when every delivery asks.
+ */
 export function activeTracer(o: Otel): OtelApi.Tracer | undefined {
   const provider = o.trace.getTracerProvider() as Partial<OtelApi.ProxyTracerProvider> & OtelApi.TracerProvider;
   const delegate = typeof provider.getDelegate === 'function' ? provider.getDelegate() : provider;
-  return delegate === noopTracerProvider ? undefined : o.trace.getTracer(SCOPE);
+  if (delegate === noopTracerProvider) return undefined;
+  if (tracerOf?.provider !== delegate) tracerOf = { provider: delegate, tracer: o.trace.getTracer(SCOPE) };
+  return tracerOf.tracer;
 }
 
-/** A meter of the registered SDK, or undefined while none is registered. */
+/** A meter of the registered SDK, or undefined while none is registered; asked once per provider. */
 export function activeMeter(o: Otel): OtelApi.Meter | undefined {
-  const meter = o.metrics.getMeter(SCOPE);
-  return meter === noopMeter ? undefined : meter;
+  const provider = o.metrics.getMeterProvider();
+  if (meterOf?.provider !== provider) {
+    const meter = provider.getMeter(SCOPE);
+    meterOf = { provider, meter: meter === noopMeter ? undefined : meter };
+  }
+  return meterOf.meter;
 }
