@@ -114,19 +114,28 @@ async function insertRuns(
       ],
     ],
     [
-      `SELECT \`id\`, \`workflow\`, \`input_hash\`, \`submit_key\` FROM ${t.runs} FORCE INDEX (PRIMARY) WHERE \`id\` IN (?) LOCK IN SHARE MODE`,
-      [runs.map((r) => r.id)],
+      // Only the rows this INSERT did not write come back (those it wrote it holds locked
+      // already): a submit of new runs reads nothing back.
+      `SELECT \`id\`, \`workflow\`, \`input_hash\`, \`submit_key\` FROM ${t.runs} FORCE INDEX (PRIMARY)
+        WHERE \`id\` IN (?) AND NOT (\`submit_key\` <=> ?) LOCK IN SHARE MODE`,
+      [runs.map((r) => r.id), key],
     ],
   ]);
   const existing = new Map<string, ExistingRun>();
   const created = new Set<string>();
-  const fresh: NewRun[] = [];
-  const byId = new Map(runs.map((r) => [r.id, r]));
+  const others = new Set<string>();
   for (const r of rows as Array<{ id: string; workflow: string; input_hash: string; submit_key: string | null }>) {
-    if (r.submit_key === key) fresh.push(byId.get(r.id)!);
+    others.add(r.id);
     // Committed by an earlier try of this very call, with its step 0: ours, nothing left to write.
-    if (r.submit_key === key || (r.submit_key !== null && earlier.has(r.submit_key))) created.add(r.id);
+    if (r.submit_key !== null && earlier.has(r.submit_key)) created.add(r.id);
     else existing.set(r.id, { id: r.id, workflow: r.workflow, inputHash: r.input_hash });
+  }
+  // Written by this INSERT (an id given twice was inserted once).
+  const fresh: NewRun[] = [];
+  for (const r of runs) {
+    if (others.has(r.id) || created.has(r.id)) continue;
+    fresh.push(r);
+    created.add(r.id);
   }
   try {
     check(existing);
