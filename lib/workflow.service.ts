@@ -30,7 +30,15 @@ import { isConnectionError } from './storage/sql-client.js';
 import { type CancelResult, WorkflowStorage } from './storage/workflow.storage.js';
 import { TERMINAL_STATES as TERMINAL, toOutcome, toStatus } from './run-views.js';
 import { countRuns, listRuns } from './run-listing.js';
-import { handlerOf, JobKind, type NewRun, parseJobId, publicJobId, type ReserveSlot } from './storage/storage.types.js';
+import {
+  handlerOf,
+  JobKind,
+  type NewRun,
+  parseJobId,
+  publicJobId,
+  type ReserveSlot,
+  type RunRow,
+} from './storage/storage.types.js';
 import { hashJson, parseJson, serializeJson } from './utils/json.js';
 import { ulid } from './utils/ulid.js';
 import { range, type ResolvedWorkflowConfig, show } from './workflow.config.js';
@@ -46,7 +54,7 @@ import {
 import { WorkflowRegistry } from './workflow.registry.js';
 import { escapedBytes, packetBudget } from './storage/packet.js';
 import { WorkflowNotifier } from './workflow.notifier.js';
-import { RunLookups } from './storage/run-lookups.js';
+import { RunLookups } from './run-lookups.js';
 import { traceSubmit } from './observability/telemetry.js';
 
 /** Submit, cancel and observe runs, from any process that imports WorkflowModule. */
@@ -257,9 +265,12 @@ export class WorkflowService implements OnApplicationBootstrap {
     return (await this.lookup(runId))?.status ?? null;
   }
 
-  private async lookup(runId: string, shared = false): Promise<{ status: RunStatus; ending: number } | null> {
+  private async lookup(
+    runId: string,
+    read: (runId: string) => Promise<RunRow | null> = (id) => this.storage.getRun(id),
+  ): Promise<{ status: RunStatus; ending: number } | null> {
     if (typeof runId !== 'string' || !RUN_ID_PATTERN.test(runId)) throw new InvalidRunIdError(runId);
-    const row = await (shared ? this.waits.get(runId) : this.storage.getRun(runId));
+    const row = await read(runId);
     return row ? { status: toStatus(row), ending: Number(row.ending) } : null;
   }
 
@@ -293,7 +304,7 @@ export class WorkflowService implements OnApplicationBootstrap {
       for (;;) {
         let found: Awaited<ReturnType<WorkflowService['lookup']>> | undefined;
         try {
-          found = await this.lookup(runId, true);
+          found = await this.lookup(runId, (id) => this.waits.get(id));
           delay = poll;
           if (this.waitOutage) {
             this.waitOutage = false;

@@ -1,4 +1,4 @@
-import type { RunRow } from './storage.types.js';
+import type { RunRow } from './storage/storage.types.js';
 
 /** Most run ids one statement looks up. */
 const MAX_IDS = 500;
