@@ -88,11 +88,13 @@ export async function admit(
 
   const admitted: JobRow[] = [];
   const blocked: string[] = [];
+  const parkedKeys = new Set<string>();
   const throttled: string[] = [];
   const waits = new Map<string, number>();
   for (const r of rows) {
     if (conc && r.ckey != null && (running.get(r.ckey) ?? 0) >= conc) {
       blocked.push(r.id);
+      parkedKeys.add(r.ckey);
       continue;
     }
     if (rate) {
@@ -110,7 +112,10 @@ export async function admit(
   }
 
   const writes: Statement[] = [];
-  if (blocked.length) writes.push(park(t, blocked, JobState.Blocked));
+  if (blocked.length) {
+    writes.push(park(t, blocked, JobState.Blocked));
+    ctx.blockedKeys.parked(queue, parkedKeys);
+  }
   if (throttled.length) writes.push(park(t, throttled, JobState.Throttled));
   for (const [b, room] of rooms) if (room.used > 0) writes.push(...recordStarts(t, queue, b, room, rate!.limit));
   for (const [b, us] of waits) {
@@ -342,6 +347,59 @@ export function keyStatements(t: Tables, keys: KeysByQueue): Statement[] {
       jobParams,
     ],
   ];
+}
+
+/**
+ * The one-trip form of `keyStatements`, for a batch none of whose keys was last seen with
+ * steps waiting for a slot: the keys' flow rows locked, then a check that no step of them
+ * is Blocked, so the batch commits in the same round trip. When one is (a claim parked it
+ * since), the check fails with `KEYS_BLOCKED` (more than one row from a scalar subquery:
+ * the same error on MySQL and MariaDB, told apart from the row-count guards), having
+ * changed nothing: the transaction stays open, its flow rows locked, and the settlement
+ * reads the key state (`keyStatements`) and frees slots as it would have.
+ */
+export function keysNoneBlocked(t: Tables, keys: KeysByQueue): Statement[] {
+  const [flowWhere, flowParams] = keyedWhere(keys, 'bucket');
+  const [jobWhere, jobParams] = keyedWhere(keys, 'ckey');
+  return [
+    [
+      `SELECT \`queue\`, \`bucket\` FROM ${t.flow} WHERE ${flowWhere} ORDER BY \`queue\`, \`bucket\` FOR UPDATE`,
+      flowParams,
+    ],
+    [
+      `SET @wf_keys = (SELECT 1 UNION ALL (SELECT 1 FROM ${t.jobs} FORCE INDEX (\`ix_key\`)
+        WHERE \`state\` = ${JobState.Blocked} AND (${jobWhere}) LIMIT 1))`,
+      jobParams,
+    ],
+  ];
+}
+
+/** ER_SUBQUERY_NO_1_ROW: `keysNoneBlocked` found a Blocked step. */
+export const KEYS_BLOCKED = 1242;
+
+/**
+ * Which keys this process last saw with Blocked steps (its claims parked some, or a
+ * settlement read some), so their settlements read the key state at once rather than try
+ * the one-trip form first. Only a hint: the one-trip form checks in the database.
+ */
+export class BlockedKeys {
+  private readonly seen = new Set<string>();
+  anyOf(keys: KeysByQueue): boolean {
+    for (const [queue, list] of keys) for (const key of list) if (this.seen.has(keyId(queue, key))) return true;
+    return false;
+  }
+  /** After a settlement read the state of these keys. */
+  saw(keys: KeysByQueue, state: KeyState): void {
+    for (const [queue, list] of keys)
+      for (const key of list) {
+        const id = keyId(queue, key);
+        if (state.blocked.has(id)) this.seen.add(id);
+        else this.seen.delete(id);
+      }
+  }
+  parked(queue: string, keys: Iterable<string>): void {
+    for (const key of keys) this.seen.add(keyId(queue, key));
+  }
 }
 
 export interface KeyState {

@@ -3,6 +3,8 @@ import {
   hasBlocked,
   keyId,
   type KeysByQueue,
+  KEYS_BLOCKED,
+  keysNoneBlocked,
   keyStatements,
   promoteBlocked,
   readKeyState,
@@ -160,7 +162,9 @@ function jobEffect(
  * The whole batch in one or two round trips. The server checks each write's row count
  * (`countIs`): if one is off (a lost lease, a run that is not active) nothing commits
  * and the careful path runs. Batches whose ending runs have @OnTerminal handlers read
- * those runs first (deliveries carry the submission time) and take a second trip.
+ * those runs first (deliveries carry the submission time) and take a second trip, and
+ * so do batches whose keys have steps waiting for a slot (they read the keys, then free
+ * slots with the COMMIT).
  */
 async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): Promise<SettleResult[]> {
   const now = ctx.now();
@@ -241,10 +245,22 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
     );
   // After the job effects: a step that left Leased is no longer counted against its key.
   const keysAt = first.length;
-  if (keys.size) first.push(...keyStatements(ctx.t, keys));
-  const oneTrip = !notify && keys.size === 0;
-  const results = await runBatch(sql, first, oneTrip);
-  if (oneTrip) return items.map((): SettleResult => 'settled');
+  // Keys with no step waiting for a slot have nothing to free: checked in the same trip.
+  const hopeful = keys.size > 0 && !notify && !ctx.blockedKeys.anyOf(keys);
+  if (keys.size) first.push(...(hopeful ? keysNoneBlocked(ctx.t, keys) : keyStatements(ctx.t, keys)));
+  const oneTrip = !notify && (keys.size === 0 || hopeful);
+  let results: unknown[];
+  let keyResults: unknown[];
+  try {
+    results = await runBatch(sql, first, oneTrip);
+    if (oneTrip) return items.map((): SettleResult => 'settled');
+    keyResults = results.slice(keysAt, keysAt + 3);
+  } catch (err) {
+    if (!hopeful || (err as { errno?: number })?.errno !== KEYS_BLOCKED) throw err;
+    // Everything before the check stands and the flow rows stay locked: read the keys as the two-trip form does.
+    results = [];
+    keyResults = await runBatch(sql, keyStatements(ctx.t, keys));
+  }
 
   const second: Statement[] = [];
   if (notify) {
@@ -264,7 +280,8 @@ async function settleFast(ctx: StorageContext, sql: Sql, items: SettleItem[]): P
   }
   let handedBack: SettleItem[] = [];
   if (keys.size) {
-    const state = readKeyState(results.slice(keysAt, keysAt + 3));
+    const state = readKeyState(keyResults);
+    ctx.blockedKeys.saw(keys, state);
     // A successor keeps its key's slot only while no step of that key waits for one.
     handedBack = keyed.filter(
       (i) => staysLeased(i.settlement) && state.blocked.has(keyId(i.job.queue, i.job.keySlot!)),

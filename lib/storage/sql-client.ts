@@ -336,7 +336,14 @@ export class SqlClient {
           return results;
         }
         tx.commitSent = true;
-        const results = await tx.batch([...statements, ['COMMIT', []]]);
+        let results: any[];
+        try {
+          results = await tx.batch([...statements, ['COMMIT', []]]);
+        } catch (err) {
+          // A statement the server refused stopped the trip before COMMIT: the transaction is open, and may go on.
+          if (!isConnectionError(err)) tx.commitSent = false;
+          throw err;
+        }
         tx.committed = true;
         return results.slice(0, -1);
       },

@@ -1,3 +1,4 @@
+import type { BlockedKeys } from './flow.js';
 import type { HandlerDirectory } from './handlers.js';
 import type { SqlClient } from './sql-client.js';
 import { type ClaimedJob, JobKind } from './storage.types.js';
@@ -44,6 +45,8 @@ export interface StorageContext {
   history: boolean;
   /** Settle batches by the path that committed them (the fast one is the one to keep fast). */
   stats: { fastBatches: number; carefulBatches: number };
+  /** Keys this process last saw with steps waiting for a slot (a hint for the settle path). */
+  blockedKeys: BlockedKeys;
 }
 
 export const JOB_COLUMNS =

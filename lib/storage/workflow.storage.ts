@@ -4,7 +4,7 @@ import type { ResolvedWorkflowConfig } from '../workflow.config.js';
 import { WORKFLOW_CONFIG } from '../workflow.constants.js';
 import { type CancelResult, cancelRun, finishCascade, takeDueCascades } from './cancel.js';
 import { type ClaimCursor, claimBatch, promoteDue, readyQueues } from './claim.js';
-import { type FlowLimits, wakeThrottled } from './flow.js';
+import { BlockedKeys, type FlowLimits, wakeThrottled } from './flow.js';
 import { deadSteps, retryDead } from './dead-letters.js';
 import { expireHandlers, HandlerDirectory, type HostedHandler, registerHandlers } from './handlers.js';
 import { cancellingAmong, renewLeases } from './leases.js';
@@ -84,6 +84,7 @@ export class WorkflowStorage {
         deliveryAttempts: this.config.defaults.maxAttempts,
         history: this.config.history,
         stats: { fastBatches: 0, carefulBatches: 0 },
+        blockedKeys: new BlockedKeys(),
       };
       const rows = await db.client.query<Array<{ workflow: string; queue: string }>>(
         `SELECT \`workflow\`, \`queue\` FROM ${ctx.t.handlers}`,

@@ -402,6 +402,59 @@ describe('flow control across two worker apps', () => {
   });
 });
 
+describe('a key slot freed in one app, for steps another app held back', () => {
+  const prefixes = new Prefixes('flowpark');
+  afterAll(() => prefixes.dropAll());
+
+  // The app that frees the slot never saw the key's steps wait (its settlement tries to commit
+  // in one trip and finds them in the database), so this is the path the hint skips.
+  it('the freeing settlement finds the held-back step and makes it ready', async () => {
+    const prefix = prefixes.next();
+    const worker = { pollIntervalMs: 50, leaseMs: 5_000, concurrency: 1 };
+    const holder = await startApp({ prefix, providers: runners, worker });
+    let parker: TestingModule | undefined;
+    const first = 'park-first';
+    const go = deferred();
+    const inside = deferred();
+    gates.set(first, go.promise);
+    entered.set(first, inside.resolve);
+    try {
+      const svc = holder.get(WorkflowService);
+      await svc.submit('single', { runId: first, input: { key: 'parked', steps: 2 }, concurrencyKey: 'parked' });
+      await inside.promise;
+      // The holder's one slot is taken, so only the second app can claim, and it parks these.
+      parker = await startApp({ prefix, providers: runners, worker });
+      const held = await svc.submitMany(
+        'single',
+        Array.from({ length: 3 }, () => ({ input: { key: 'parked' }, concurrencyKey: 'parked' })),
+      );
+      const db = await rawConnection();
+      try {
+        await waitFor(async () => {
+          const [rows] = await db.query(
+            `SELECT COUNT(*) AS n FROM \`${prefix}jobs\` WHERE \`run_id\` IN (?) AND \`state\` = 4`,
+            [held.map((r) => r.runId)],
+          );
+          return Number((rows as Array<{ n: number }>)[0].n) === 3;
+        }, 'the three parked by the second app');
+      } finally {
+        await db.end();
+      }
+      go.resolve();
+      const outcomes = await Promise.all(
+        [first, ...held.map((r) => r.runId)].map((id) => svc.waitForOutcome(id, { timeoutMs: 15_000 })),
+      );
+      expect(outcomes.map((o) => o.status)).toEqual(['succeeded', 'succeeded', 'succeeded', 'succeeded']);
+    } finally {
+      go.resolve();
+      gates.delete(first);
+      entered.delete(first);
+      await parker?.close();
+      await holder.close();
+    }
+  });
+});
+
 describe('flow control declarations and keys are checked', () => {
   const prefixes = new Prefixes('flowbad');
   afterAll(() => prefixes.dropAll());

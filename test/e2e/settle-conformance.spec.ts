@@ -10,6 +10,7 @@ import { SqlClient } from '../../lib/storage/sql-client.js';
 import { migrate } from '../../lib/storage/schema/migrator.js';
 import { settleMany, settleOne, type SettleItem } from '../../lib/storage/settle.js';
 import { Settle, type Settlement } from '../../lib/storage/settlements.js';
+import { BlockedKeys } from '../../lib/storage/flow.js';
 import { HandlerDirectory } from '../../lib/storage/handlers.js';
 import { type ClaimedJob, JobKind } from '../../lib/storage/storage.types.js';
 import { type StorageContext, tablesOf } from '../../lib/storage/tables.js';
@@ -86,6 +87,7 @@ describe('settlement paths', () => {
       history: true,
       deliveryAttempts: 3,
       stats: { fastBatches: 0, carefulBatches: 0 },
+      blockedKeys: new BlockedKeys(),
     };
     // One handler, hosted for 'noticed' only; both copies know it (as a started worker would).
     await client.query(
