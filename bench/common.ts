@@ -54,6 +54,12 @@ export interface BenchConfig {
   backlogSchedules: number;
   scale: number[];
   timeoutS: number;
+  /**
+   * BENCH_PREFILL=1: the chain section queues every run before any worker starts, and
+   * times from the first step's start to the last ending: the backlog drain the issue
+   * names ("addBulk then a worker draining it"), without submission beside it.
+   */
+  prefill: boolean;
   /** Set by main.ts per child when BENCH_PROFILE names it: where to write the measured window's CPU profile. */
   profileFile?: string;
 }
@@ -84,6 +90,7 @@ export function loadConfig(): BenchConfig {
     backlogSchedules: Math.max(0, envInt('BENCH_BACKLOG_SCHEDULES', 0)),
     scale: envList('BENCH_SCALE', '1,2,4').map((s) => Math.max(1, Math.floor(Number(s)))),
     timeoutS: Math.max(10, envInt('BENCH_TIMEOUT_S', 900)),
+    prefill: process.env.BENCH_PREFILL === '1',
   };
 }
 
