@@ -383,6 +383,8 @@ export const KEYS_BLOCKED = 1242;
  * the one-trip form first. Only a hint: the one-trip form checks in the database.
  */
 export class BlockedKeys {
+  /** Keys are unbounded (one per tenant, say) and this is only a hint: past this many it starts over. */
+  static readonly MAX = 10_000;
   private readonly seen = new Set<string>();
   anyOf(keys: KeysByQueue): boolean {
     for (const [queue, list] of keys) for (const key of list) if (this.seen.has(keyId(queue, key))) return true;
@@ -393,12 +395,19 @@ export class BlockedKeys {
     for (const [queue, list] of keys)
       for (const key of list) {
         const id = keyId(queue, key);
-        if (state.blocked.has(id)) this.seen.add(id);
+        if (state.blocked.has(id)) this.add(id);
         else this.seen.delete(id);
       }
   }
   parked(queue: string, keys: Iterable<string>): void {
-    for (const key of keys) this.seen.add(keyId(queue, key));
+    for (const key of keys) this.add(keyId(queue, key));
+  }
+  private add(id: string): void {
+    if (this.seen.size >= BlockedKeys.MAX) this.seen.clear();
+    this.seen.add(id);
+  }
+  get size(): number {
+    return this.seen.size;
   }
 }
 
