@@ -9,7 +9,8 @@ import { type Step, StepOutcome, StepRunner, WorkflowConfigError, WorkflowServic
 import { InvalidRunSpecError } from 'nestjs-durable-workflow';
 import { startApp, startupError, testBuilder } from '../utils/create-test-app.js';
 import type { Connection } from 'mysql2/promise';
-import { Prefixes, rawConnection } from '../utils/db.js';
+import { DB_URL, Prefixes, rawConnection } from '../utils/db.js';
+import { DataSource } from 'typeorm';
 import { createJournal, startWorker, type WorkerProcess } from '../utils/processes.js';
 import { deferred, waitFor } from '../utils/wait.js';
 
@@ -40,6 +41,22 @@ const tracker = new Tracker();
 /** Runs whose step waits for the test to let it go. */
 const gates = new Map<string, Promise<void>>();
 const entered = new Map<string, () => void>();
+
+/** Holds `runId`'s step inside its runner: `inside` resolves when it is there, `open()` lets it go. */
+function gate(runId: string): { inside: Promise<void>; open: () => void } {
+  const go = deferred();
+  const inside = deferred();
+  gates.set(runId, go.promise);
+  entered.set(runId, inside.resolve);
+  return {
+    inside: inside.promise,
+    open: () => {
+      go.resolve();
+      gates.delete(runId);
+      entered.delete(runId);
+    },
+  };
+}
 
 interface Input {
   key?: string;
@@ -221,13 +238,10 @@ describe('flow control across two worker apps', () => {
 
   it('a held-back step holds no worker slot: another key runs while one key’s steps wait', async () => {
     const first = 'hold-first';
-    const go = deferred();
-    const inside = deferred();
-    gates.set(first, go.promise);
-    entered.set(first, inside.resolve);
+    const gated = gate(first);
     try {
       await service.submit('single', { runId: first, input: { key: 'busy' }, concurrencyKey: 'busy' });
-      await inside.promise;
+      await gated.inside;
       // 20 more of the busy key: far more than the 16 slots of both apps, all held back.
       const held = await service.submitMany(
         'single',
@@ -236,10 +250,10 @@ describe('flow control across two worker apps', () => {
       const other = await service.submit('single', { input: { key: 'free' }, concurrencyKey: 'free' });
       expect((await service.waitForOutcome(other.runId, { timeoutMs: 10_000 })).status).toBe('succeeded');
       expect((await service.status(held[0].runId))?.state).toBe('pending');
-      go.resolve();
+      gated.open();
       await all(held.map((r) => r.runId));
     } finally {
-      go.resolve();
+      gated.open();
     }
     expect(tracker.peak.get('busy')).toBe(1);
   });
@@ -266,12 +280,9 @@ describe('flow control across two worker apps', () => {
 
   it('priorities keep their order within the limit', async () => {
     const first = 'prio-first';
-    const go = deferred();
-    const inside = deferred();
-    gates.set(first, go.promise);
-    entered.set(first, inside.resolve);
+    const gated = gate(first);
     await service.submit('single', { runId: first, input: { key: 'p' }, concurrencyKey: 'p' });
-    await inside.promise;
+    await gated.inside;
     const low = await service.submitMany(
       'single',
       Array.from({ length: 3 }, (_, i) => ({
@@ -295,7 +306,7 @@ describe('flow control across two worker apps', () => {
       const states = await Promise.all([...low, ...high].map((r) => service.status(r.runId)));
       return states.every((s) => s?.state === 'pending');
     }, 'held back');
-    go.resolve();
+    gated.open();
     await all([...low, ...high].map((r) => r.runId));
     expect(tracker.order.filter((id) => id.startsWith('prio-'))).toEqual([
       'prio-first',
@@ -406,53 +417,60 @@ describe('a key slot freed in one app, for steps another app held back', () => {
   const prefixes = new Prefixes('flowpark');
   afterAll(() => prefixes.dropAll());
 
+  let ds: DataSource | undefined;
+  afterAll(() => ds?.destroy());
+
   // The app that frees the slot never saw the key's steps wait (its settlement tries to commit
-  // in one trip and finds them in the database), so this is the path the hint skips.
-  it('the freeing settlement finds the held-back step and makes it ready', async () => {
-    const prefix = prefixes.next();
-    const worker = { pollIntervalMs: 50, leaseMs: 5_000, concurrency: 1 };
-    const holder = await startApp({ prefix, providers: runners, worker });
-    let parker: TestingModule | undefined;
-    const first = 'park-first';
-    const go = deferred();
-    const inside = deferred();
-    gates.set(first, go.promise);
-    entered.set(first, inside.resolve);
-    try {
-      const svc = holder.get(WorkflowService);
-      await svc.submit('single', { runId: first, input: { key: 'parked', steps: 2 }, concurrencyKey: 'parked' });
-      await inside.promise;
-      // The holder's one slot is taken, so only the second app can claim, and it parks these.
-      parker = await startApp({ prefix, providers: runners, worker });
-      const held = await svc.submitMany(
-        'single',
-        Array.from({ length: 3 }, () => ({ input: { key: 'parked' }, concurrencyKey: 'parked' })),
-      );
-      const db = await rawConnection();
-      try {
-        await waitFor(async () => {
-          const [rows] = await db.query(
-            `SELECT COUNT(*) AS n FROM \`${prefix}jobs\` WHERE \`run_id\` IN (?) AND \`state\` = 4`,
-            [held.map((r) => r.runId)],
-          );
-          return Number((rows as Array<{ n: number }>)[0].n) === 3;
-        }, 'the three parked by the second app');
-      } finally {
-        await db.end();
+  // in one trip and finds them in the database), so this is the path the hint skips. Its
+  // statements go as one packet on the module's own pool, one by one on the app's DataSource.
+  it.each(['its own pool', "the app's TypeORM DataSource"])(
+    'the freeing settlement finds the held-back step and makes it ready (holder on %s)',
+    async (on) => {
+      const prefix = prefixes.next();
+      const worker = { pollIntervalMs: 50, leaseMs: 5_000, concurrency: 1 };
+      if (on !== 'its own pool' && !ds) {
+        ds = new DataSource({ type: 'mysql', url: DB_URL, poolSize: 10 } as never);
+        await ds.initialize();
       }
-      go.resolve();
-      const outcomes = await Promise.all(
-        [first, ...held.map((r) => r.runId)].map((id) => svc.waitForOutcome(id, { timeoutMs: 15_000 })),
-      );
-      expect(outcomes.map((o) => o.status)).toEqual(['succeeded', 'succeeded', 'succeeded', 'succeeded']);
-    } finally {
-      go.resolve();
-      gates.delete(first);
-      entered.delete(first);
-      await parker?.close();
-      await holder.close();
-    }
-  });
+      const options = on === 'its own pool' ? {} : { connection: undefined, dataSource: ds };
+      const holder = await startApp({ prefix, providers: runners, worker, options });
+      let parker: TestingModule | undefined;
+      const first = 'park-first';
+      const gated = gate(first);
+      try {
+        const svc = holder.get(WorkflowService);
+        await svc.submit('single', { runId: first, input: { key: 'parked', steps: 2 }, concurrencyKey: 'parked' });
+        await gated.inside;
+        // The holder's one slot is taken, so only the second app can claim, and it parks these.
+        parker = await startApp({ prefix, providers: runners, worker });
+        const held = await svc.submitMany(
+          'single',
+          Array.from({ length: 3 }, () => ({ input: { key: 'parked' }, concurrencyKey: 'parked' })),
+        );
+        const db = await rawConnection();
+        try {
+          await waitFor(async () => {
+            const [rows] = await db.query(
+              `SELECT COUNT(*) AS n FROM \`${prefix}jobs\` WHERE \`run_id\` IN (?) AND \`state\` = 4`,
+              [held.map((r) => r.runId)],
+            );
+            return Number((rows as Array<{ n: number }>)[0].n) === 3;
+          }, 'the three parked by the second app');
+        } finally {
+          await db.end();
+        }
+        gated.open();
+        const outcomes = await Promise.all(
+          [first, ...held.map((r) => r.runId)].map((id) => svc.waitForOutcome(id, { timeoutMs: 15_000 })),
+        );
+        expect(outcomes.map((o) => o.status)).toEqual(['succeeded', 'succeeded', 'succeeded', 'succeeded']);
+      } finally {
+        gated.open();
+        await parker?.close();
+        await holder.close();
+      }
+    },
+  );
 });
 
 describe('flow control declarations and keys are checked', () => {
