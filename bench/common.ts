@@ -217,6 +217,11 @@ export class ChainTracker {
   }
 }
 
+/** The note of a chain run whose runs were all queued before its worker started (BENCH_PREFILL=1). */
+export function prefillNote(runs: number, fillMs: number): string {
+  return `${runs} runs queued first in ${fillMs.toFixed(0)} ms; timed from the first step`;
+}
+
 /** Rejects after `ms` with a message naming what was being waited for. */
 export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;

@@ -35,6 +35,7 @@ import {
   makePad,
   peakRssMb,
   send,
+  prefillNote,
   startProfiler,
   wallNow,
   withTimeout,
@@ -177,7 +178,7 @@ export async function oursChain(cfg: BenchConfig, variant: 'default' | 'notrace'
     const submitter = await createApp({ ...options, worker: false, workflows: ['chain'] }, []);
     await submitAll(submitter.get(WorkflowService), 'chain', cfg, tracker, cfg.runs);
     await submitter.close();
-    filled = `${cfg.runs} runs queued first in ${(wallNow() - t).toFixed(0)} ms; timed from the first step`;
+    filled = prefillNote(cfg.runs, wallNow() - t);
     await waitForQuietInnodb(cfg.mysqlUrl);
   }
   // With a prefill the worker drains from the moment its app starts: the counters and CPU

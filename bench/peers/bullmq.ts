@@ -12,6 +12,7 @@ import {
   chainResult,
   send,
   cpuWindow,
+  prefillNote,
   startProfiler,
   wallNow,
   withTimeout,
@@ -54,7 +55,7 @@ export async function bullmqChain(cfg: BenchConfig): Promise<ChainResult> {
   if (cfg.prefill) {
     const t = wallNow();
     await fill();
-    filled = `${cfg.runs} runs queued first in ${(wallNow() - t).toFixed(0)} ms; timed from the first step`;
+    filled = prefillNote(cfg.runs, wallNow() - t);
   }
   // With a prefill the worker drains from the moment it exists: its CPU window opens first.
   const early = cfg.prefill ? cpuWindow() : undefined;
