@@ -13,10 +13,12 @@
  *   within 2% of the limit, never above).
  * Variants are interleaved BENCH_REPEAT (2) times, as this machine's disk is noisy.
  *   BENCH_FLOW_ONLY=chain,history,tx,rate picks sections. WORKFLOW_DB_URL / BENCH_MYSQL_URL.
+ *   BENCH_FLOW_JSON=file also writes the chain section's samples there (bench/targets.ts reads them).
  */
 import 'reflect-metadata';
 import { Injectable, Module } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
+import { writeFileSync } from 'node:fs';
 import { DataSource } from 'typeorm';
 import { type Step, StepOutcome, StepRunner, WorkflowModule, WorkflowService } from 'nestjs-durable-workflow';
 import { loadConfig, wallNow } from './common.js';
@@ -128,6 +130,7 @@ if (only.has('chain')) {
     keyed.push(await chain(service, 'keyed', true));
   }
   await app.close();
+  if (process.env.BENCH_FLOW_JSON) writeFileSync(process.env.BENCH_FLOW_JSON, JSON.stringify({ plain, keyed }));
   lines.push(`chain, no limits:                      ${fmt(plain)}`);
   lines.push(
     `chain, ${keys} keys, keyConcurrency 2:     ${fmt(keyed)}  = ${(median(keyed) / median(plain)).toFixed(2)}x`,
