@@ -128,30 +128,19 @@ async function measure(): Promise<void> {
       readings.push(`${fmt(ours.stepsPerSec)} / ${fmt(bull.stepsPerSec)}`);
     }
     row('chain 5,000 × 10 ÷ BullMQ', '≥ 1.5×', '×', ratio, readings, (v) => v >= 1.5);
-    row(
-      'chain p50 step to step',
-      '≤ 2 ms',
-      'ms',
-      p50,
-      p50.map((v) => v.toFixed(2)),
-      (v) => v <= 2,
-    );
-    row(
-      'chain p99 step to step',
-      '≤ 10 ms',
-      'ms',
-      p99,
-      p99.map((v) => v.toFixed(1)),
-      (v) => v <= 10,
-    );
-    row(
-      'chain peak RSS',
-      '≤ 250 MB',
-      'MB',
-      rss,
-      rss.map((v) => fmt(v)),
-      (v) => v <= 250,
-    );
+    for (const [target, goal, unit, values, digits, max] of [
+      ['chain p50 step to step', '≤ 2 ms', 'ms', p50, 2, 2],
+      ['chain p99 step to step', '≤ 10 ms', 'ms', p99, 1, 10],
+      ['chain peak RSS', '≤ 250 MB', 'MB', rss, 0, 250],
+    ] as const)
+      row(
+        target,
+        goal,
+        unit,
+        [...values],
+        values.map((v) => fmt(v, digits)),
+        (v) => v <= max,
+      );
   }
   if (picked.has('keyed') || picked.has('tracing')) {
     const keyed: number[] = [];
